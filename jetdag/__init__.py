@@ -1,0 +1,1 @@
+"""jetdag command line: `jetdag up` (the whole stack), `jetdag <service>`, `jetdag settings`."""

@@ -1,0 +1,3 @@
+from jetdag.cli import main
+
+main()

@@ -1,0 +1,20 @@
+# jetdag tasks. `just --list` shows them all.
+
+# run the whole stack in the foreground (embedded nats-server unless NATS_URL is set)
+up:
+    python -m jetdag up
+
+# run the test suite (what CI runs)
+test *args:
+    python -m pytest {{args}}
+
+# ruff and mypy
+lint:
+    ruff check .
+    ruff format --check .
+    mypy
+
+# format the code
+fmt:
+    ruff format .
+    ruff check --fix .

@@ -1,0 +1,146 @@
+"""What the gateway asks of NATS: typed commands to the registry and scheduler, and health probes.
+
+The gateway holds no state; this is a thin typed client over `shared.commands.request`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from shared.api import ComponentHealth
+from shared.commands import CommandError, Unavailable, request
+from shared.messages import (
+    DeregisterReply,
+    HeartbeatCommand,
+    ListWorkers,
+    RegisterReply,
+    RegisterWorker,
+    WorkerList,
+    WorkerRef,
+    WorkerSummary,
+    WorkerView,
+)
+from shared.subjects import Names
+
+__all__ = ["Backend"]
+
+Out = TypeVar("Out", bound=msgspec.Struct)
+T = TypeVar("T")
+
+
+class Backend:
+    def __init__(self, nc: Client, names: Names, *, timeout: float, health_timeout: float) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=health_timeout)
+        self.names = names
+        self.timeout = timeout
+        self.health_timeout = health_timeout
+
+    async def _registry(self, command: str, payload: msgspec.Struct, reply: type[Out]) -> Out:
+        return await request(
+            self.nc,
+            self.names.registry(command),
+            payload,
+            reply,
+            service="registry",
+            timeout=self.timeout,
+        )
+
+    async def _scheduler(self, command: str, payload: msgspec.Struct, reply: type[Out]) -> Out:
+        return await request(
+            self.nc,
+            self.names.scheduler(command),
+            payload,
+            reply,
+            service="scheduler",
+            timeout=self.timeout,
+        )
+
+    # --- workers -------------------------------------------------------------------------------------
+
+    async def register_worker(self, cmd: RegisterWorker) -> RegisterReply:
+        return await self._registry("register", cmd, RegisterReply)
+
+    async def heartbeat(self, worker_id: str, current_load: int) -> WorkerView:
+        cmd = HeartbeatCommand(worker_id=worker_id, current_load=current_load)
+        return await self._registry("heartbeat", cmd, WorkerView)
+
+    async def deregister(self, worker_id: str) -> DeregisterReply:
+        return await self._registry("deregister", WorkerRef(worker_id=worker_id), DeregisterReply)
+
+    async def get_worker(self, worker_id: str) -> WorkerView:
+        return await self._registry("get", WorkerRef(worker_id=worker_id), WorkerView)
+
+    async def list_workers(self) -> WorkerList:
+        return await self._registry("list", ListWorkers(), WorkerList)
+
+    # --- health --------------------------------------------------------------------------------------
+
+    async def _probe(self, check: Awaitable[T]) -> tuple[ComponentHealth, T | None]:
+        """Run one health check with a deadline, timing it; failures become an `error` sentence."""
+        start = time.perf_counter()
+        error: str | None = None
+        value: T | None = None
+        if not self.nc.is_connected:
+            return ComponentHealth(healthy=False, latency_ms=0.0, error="NATS is not reachable"), None
+        try:
+            value = await asyncio.wait_for(check, self.health_timeout)
+        except CommandError as exc:
+            error = exc.message
+        except TimeoutError:
+            error = f"no answer within {self.health_timeout:g} s"
+        except Exception as exc:
+            error = _describe(exc)
+        latency = round((time.perf_counter() - start) * 1000, 2)
+        return ComponentHealth(healthy=error is None, latency_ms=latency, error=error), value
+
+    async def _check_queue(self) -> None:
+        try:
+            info = await self.js.stream_info(self.names.jobs_stream)
+        except Exception as exc:
+            raise Unavailable(
+                f"job stream {self.names.jobs_stream} does not answer ({_describe(exc)}); the scheduler creates it"
+            ) from None
+        if info.config.subjects != [self.names.jobs_all]:
+            raise Unavailable(f"job stream {self.names.jobs_stream} has unexpected subjects")
+
+    async def _check_state(self) -> None:
+        buckets = [
+            self.names.workers_bucket,
+            self.names.executions_bucket,
+            self.names.checkpoints_bucket,
+        ]
+        results = await asyncio.gather(*(self.js.stream_info(f"KV_{b}") for b in buckets), return_exceptions=True)
+        missing = [b for b, r in zip(buckets, results, strict=True) if isinstance(r, BaseException)]
+        if missing:
+            raise Unavailable(f"KV bucket(s) {', '.join(missing)} do not answer")
+
+    async def _check_scheduler(self) -> None:
+        subject = self.names.service_ping(self.names.scheduler_service)
+        try:
+            await self.nc.request(subject, b"", timeout=self.health_timeout)
+        except Exception:
+            raise Unavailable(f"the scheduler service does not answer its ping ({subject})") from None
+
+    async def health(
+        self,
+    ) -> tuple[ComponentHealth, ComponentHealth, ComponentHealth, ComponentHealth, WorkerSummary | None]:
+        (queue, _), (registry, summary), (state, _), (scheduler, _) = await asyncio.gather(
+            self._probe(self._check_queue()),
+            self._probe(self._registry("summary", ListWorkers(), WorkerSummary)),
+            self._probe(self._check_state()),
+            self._probe(self._check_scheduler()),
+        )
+        return queue, registry, state, scheduler, summary
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if text else type(exc).__name__

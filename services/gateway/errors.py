@@ -1,0 +1,109 @@
+"""Every failure becomes `{"success": false, "error": "<one sentence>"}` with the API.md status.
+
+The client never sees a traceback: unexpected exceptions are logged with theirs and answered with a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from shared.api import ErrorResponse
+from shared.commands import CommandError
+from shared.ids import ID_RE, NAME_RE, WORKFLOW_RE
+from shared.logging import get_logger
+
+__all__ = ["exception_handlers"]
+
+log = get_logger(__name__)
+
+
+def _error(status: int, message: str) -> Response[ErrorResponse]:
+    return Response(ErrorResponse(error=message), status_code=status)
+
+
+# msgspec reports a failed pattern as the regex itself; say what the pattern means instead.
+_PATTERNS = {
+    f"matching regex '{ID_RE.pattern}'": "of 1-128 characters of A-Z, a-z, 0-9, '_' or '-'",
+    f"matching regex '{NAME_RE.pattern}'": "of 1-64 characters of A-Z, a-z, 0-9, '_' or '-' without '__'",
+    f"matching regex '{WORKFLOW_RE.pattern}'": "of 1-128 characters of A-Z, a-z, 0-9, '_', '-', '.' or ':'",
+}
+
+
+def _humanize(message: str) -> str:
+    for raw, nice in _PATTERNS.items():
+        message = message.replace(raw, nice)
+    return message
+
+
+def _validation_message(exc: ValidationException) -> str:
+    """Turn Litestar's validation detail into one sentence that names the field."""
+    extra = exc.extra
+    items: list[Any] = extra if isinstance(extra, list) else [extra] if extra else []
+    parts = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        message = _humanize(str(item.get("message", "")).strip())
+        key = item.get("key")
+        source = item.get("source")
+        if key == "data" and source == "body":
+            # An empty body reaches us as a KeyError on the parameter name.
+            parts.append("the body is empty; a JSON object is required" if message == "'data'" else message)
+        elif key and source == "body":
+            parts.append(f"{key}: {message}")
+        elif key and source in ("path", "query") and message:
+            parts.append(f"{source} parameter {key}: {message}")
+        elif message:
+            parts.append(message)
+    if not parts:
+        # Litestar puts msgspec's decode error (malformed JSON) in the detail.
+        detail = exc.detail or "the request is invalid"
+        if detail.startswith("Validation failed"):
+            return "invalid request"
+        return f"malformed JSON body: {detail}"
+    return "invalid request: " + "; ".join(parts)
+
+
+def _on_command_error(_: Request[Any, Any, Any], exc: CommandError) -> Response[ErrorResponse]:
+    return _error(exc.status, exc.message)
+
+
+def _on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorResponse]:
+    return _error(400, _validation_message(exc))
+
+
+def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
+    status = exc.status_code
+    if status == 404:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    elif status == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    elif status == 413:
+        limit = request.app.state.get("max_body_bytes")
+        message = "the request body is too large" + (f" (limit {limit} bytes)" if limit else "")
+    elif status >= 500:
+        log.error("http error", status=status, detail=exc.detail, path=request.url.path)
+        message = "internal error in the gateway; see its log"
+    elif status == 400 and exc.detail:
+        # msgspec's decode errors ("Input data was truncated", "invalid character") arrive here.
+        message = f"malformed JSON body: {exc.detail}"
+    else:
+        message = exc.detail or "bad request"
+    return _error(status, message)
+
+
+def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
+    log.exception("unhandled error", path=request.url.path, method=request.method, exc_info=exc)
+    return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal error in the gateway; see its log")
+
+
+exception_handlers: dict[type[Exception] | int, Any] = {
+    CommandError: _on_command_error,
+    ValidationException: _on_validation,
+    HTTPException: _on_http,
+    Exception: _on_unexpected,
+}

@@ -1,0 +1,55 @@
+"""`/health`: real checks of the job stream, the registry, the KV buckets and the scheduler."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.openapi import ResponseSpec
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+
+from shared.api import HealthComponents, HealthResponse, HealthWorkers
+from shared.timeutil import now_iso
+
+from ..backend import Backend
+
+
+@get(
+    "/health",
+    tags=["health"],
+    summary="200 when every component answers, 503 (same body) when one does not",
+    responses={503: ResponseSpec(HealthResponse, description="A component failed: same body, `healthy: false`")},
+)
+async def health(backend: Backend) -> Response[HealthResponse]:
+    queue, registry, state, scheduler, summary = await backend.health()
+    if summary is not None:
+        capacity = summary.capacity
+        workers = HealthWorkers(
+            total=summary.total,
+            active=summary.active,
+            idle=summary.idle,
+            busy=summary.busy,
+            unhealthy=summary.unhealthy,
+            utilization_percent=round(summary.load / capacity * 100, 2) if capacity else 0.0,
+        )
+    else:
+        workers = HealthWorkers(total=0, active=0, idle=0, busy=0, unhealthy=0, utilization_percent=0.0)
+    components = HealthComponents(queue=queue, worker_manager=registry, state_store=state, scheduler=scheduler)
+    failed = [
+        f"{name}: {c.error}"
+        for name, c in (
+            ("queue", queue),
+            ("workerManager", registry),
+            ("stateStore", state),
+            ("scheduler", scheduler),
+        )
+        if not c.healthy
+    ]
+    healthy = not failed
+    body = HealthResponse(
+        success=healthy,
+        healthy=healthy,
+        components=components,
+        workers=workers,
+        checked_at=now_iso(),
+        error="; ".join(failed) if failed else None,
+    )
+    return Response(body, status_code=HTTP_200_OK if healthy else HTTP_503_SERVICE_UNAVAILABLE)

@@ -1,0 +1,1 @@
+"""Registry service: owns worker state in the workers KV bucket (the only writer)."""

@@ -1,0 +1,246 @@
+"""The registry: register, heartbeat, deregister, get, list, summary — and reaping of silent workers.
+
+Every write is to the workers KV bucket; heartbeats use compare-and-set so concurrent writers (a heartbeat
+racing the reaper, two registry replicas) never lose an update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+
+import msgspec
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from shared.commands import Conflict, Endpoint, Invalid, NotFound, add_endpoints
+from shared.events import publish_event
+from shared.jetstream import (
+    ensure_bucket,
+    ensure_stream,
+    events_stream_config,
+    is_wrong_last_sequence,
+    kv_config,
+    kv_entries,
+)
+from shared.logging import get_logger
+from shared.messages import (
+    MAX_METADATA_BYTES,
+    DeregisterReply,
+    HeartbeatCommand,
+    ListWorkers,
+    RegisterReply,
+    RegisterWorker,
+    WorkerEvent,
+    WorkerList,
+    WorkerRecord,
+    WorkerRef,
+    WorkerSummary,
+    WorkerView,
+)
+from shared.service import ServiceContext
+from shared.settings import RegistrySettings, load
+from shared.timeutil import now_iso, now_ms
+
+from .status import derive_status, silence_ms, view
+
+__all__ = ["RegistryService"]
+
+log = get_logger(__name__)
+VERSION = "0.1.0"
+CAS_ATTEMPTS = 8
+
+_encode = msgspec.json.Encoder().encode
+_decode_record = msgspec.json.Decoder(WorkerRecord).decode
+
+
+class RegistryService:
+    name = "registry"
+
+    def __init__(self, settings: RegistrySettings | None = None) -> None:
+        self.settings = settings or load(RegistrySettings)
+        self._kv: KeyValue | None = None
+        self._ctx: ServiceContext | None = None
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None, "serve() not called"
+        return self._kv
+
+    @property
+    def ctx(self) -> ServiceContext:
+        assert self._ctx is not None, "serve() not called"
+        return self._ctx
+
+    async def ensure(self, ctx: ServiceContext) -> None:
+        await ensure_stream(ctx.js, events_stream_config(ctx.names, ctx.storage))
+        self._kv = await ensure_bucket(
+            ctx.js, kv_config(ctx.names.workers_bucket, "jetdag worker records", ctx.storage)
+        )
+
+    async def serve(self, ctx: ServiceContext, stack: AsyncExitStack) -> None:
+        self._ctx = ctx
+        svc = await add_endpoints(
+            ctx.nc,
+            service=ctx.names.registry_service,
+            description="jetdag worker registry: register, heartbeat, deregister, list",
+            version=VERSION,
+            prefix=ctx.names.registry_prefix,
+            endpoints={
+                "register": Endpoint(RegisterWorker, self.register),
+                "heartbeat": Endpoint(HeartbeatCommand, self.heartbeat),
+                "deregister": Endpoint(WorkerRef, self.deregister),
+                "get": Endpoint(WorkerRef, self.get),
+                "list": Endpoint(ListWorkers, self.list_workers),
+                "summary": Endpoint(ListWorkers, self.summary),
+            },
+        )
+        stack.push_async_callback(svc.stop)
+        ctx.spawn(self._reaper(), "reaper")
+
+    # --- commands ------------------------------------------------------------------------------------
+
+    async def register(self, cmd: RegisterWorker) -> RegisterReply:
+        if len(_encode(cmd.metadata)) > MAX_METADATA_BYTES:
+            raise Invalid(f"metadata must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
+        if cmd.current_load > cmd.max_concurrency:
+            raise Invalid(f"currentLoad ({cmd.current_load}) must not exceed maxConcurrency ({cmd.max_concurrency})")
+        now = now_iso()
+        record = WorkerRecord(
+            worker_id=cmd.worker_id,
+            hostname=cmd.hostname,
+            pid=cmd.pid,
+            capabilities=sorted(set(cmd.capabilities)),
+            max_concurrency=cmd.max_concurrency,
+            current_load=cmd.current_load,
+            metadata=cmd.metadata,
+            registered_at=now,
+            last_heartbeat=now,
+            heartbeat_interval_s=cmd.heartbeat_interval_s or self.settings.rest_heartbeat_interval_s,
+        )
+        payload = _encode(record)
+        try:
+            await self.kv.create(cmd.worker_id, payload)
+            created = True
+        except KeyWrongLastSequenceError:
+            # A restarted worker registers again under its id: its new record replaces the old one.
+            await self.kv.put(cmd.worker_id, payload)
+            created = False
+        log.info("worker registered", workerId=cmd.worker_id, created=created)
+        await self._event(record, "registered")
+        return RegisterReply(worker=view(record, now_ms()), created=created)
+
+    async def heartbeat(self, cmd: HeartbeatCommand) -> WorkerView:
+        recovered = False
+        for _ in range(CAS_ATTEMPTS):
+            entry, record = await self._load(cmd.worker_id)
+            if cmd.current_load > record.max_concurrency:
+                raise Invalid(
+                    f"currentLoad ({cmd.current_load}) must not exceed the worker's maxConcurrency "
+                    f"({record.max_concurrency})"
+                )
+            recovered = record.unhealthy_since is not None
+            record.current_load = cmd.current_load
+            record.last_heartbeat = now_iso()
+            record.unhealthy_since = None
+            try:
+                await self.kv.update(cmd.worker_id, _encode(record), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            if recovered:
+                await self._event(record, "recovered", status=derive_status(record, now_ms()))
+            return view(record, now_ms())
+        raise Conflict(f"worker {cmd.worker_id} is being updated concurrently; retry the heartbeat")
+
+    async def deregister(self, cmd: WorkerRef) -> DeregisterReply:
+        _, record = await self._load(cmd.worker_id)
+        await self.kv.delete(cmd.worker_id)
+        log.info("worker deregistered", workerId=cmd.worker_id)
+        await self._event(record, "deregistered")
+        return DeregisterReply(worker_id=cmd.worker_id)
+
+    async def get(self, cmd: WorkerRef) -> WorkerView:
+        _, record = await self._load(cmd.worker_id)
+        return view(record, now_ms())
+
+    async def list_workers(self, _: ListWorkers) -> WorkerList:
+        now = now_ms()
+        views = [view(record, now) for _, record in await self._all()]
+        views.sort(key=lambda v: v.worker_id)
+        return WorkerList(workers=views)
+
+    async def summary(self, _: ListWorkers) -> WorkerSummary:
+        now = now_ms()
+        counts = {"idle": 0, "busy": 0, "unhealthy": 0}
+        load = capacity = 0
+        records = await self._all()
+        for _, record in records:
+            status = derive_status(record, now)
+            counts[status] += 1
+            if status != "unhealthy":
+                load += record.current_load
+                capacity += record.max_concurrency
+        return WorkerSummary(
+            total=len(records),
+            active=counts["idle"] + counts["busy"],
+            idle=counts["idle"],
+            busy=counts["busy"],
+            unhealthy=counts["unhealthy"],
+            load=load,
+            capacity=capacity,
+        )
+
+    # --- internals -----------------------------------------------------------------------------------
+
+    async def _load(self, worker_id: str) -> tuple[KeyValue.Entry, WorkerRecord]:
+        try:
+            entry = await self.kv.get(worker_id)
+        except KeyNotFoundError:
+            raise NotFound(f"worker {worker_id} is not registered") from None
+        assert entry.value is not None
+        return entry, _decode_record(entry.value)
+
+    async def _all(self) -> list[tuple[KeyValue.Entry, WorkerRecord]]:
+        out = []
+        for entry in await kv_entries(self.kv):
+            if entry.value:
+                out.append((entry, _decode_record(entry.value)))
+        return out
+
+    async def _event(self, record: WorkerRecord, what: str, **extra: object) -> None:
+        event = WorkerEvent(event=what, worker_id=record.worker_id, at=now_iso(), **extra)  # type: ignore[arg-type]
+        await publish_event(self.ctx.js, self.ctx.names.worker_event(record.worker_id, what), event)
+
+    async def _reaper(self) -> None:
+        """Announce workers that went silent, and remove those silent for longer than `reap_after_s`."""
+        while True:
+            try:
+                await self._reap_once()
+            except Exception as exc:  # a NATS hiccup must not kill the loop; the next pass retries
+                log.warning("reaper pass failed", error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(self.settings.reap_check_s)
+
+    async def _reap_once(self) -> None:
+        now = now_ms()
+        for entry, record in await self._all():
+            silent = silence_ms(record, now)
+            try:
+                if silent > self.settings.reap_after_s * 1000:
+                    # CAS delete: only one replica reaps, and never a worker that just heartbeated.
+                    await self.kv.delete(record.worker_id, last=entry.revision)
+                    log.info("worker reaped", workerId=record.worker_id, silent_s=silent / 1000)
+                    await self._event(record, "reaped", reason=f"no heartbeat for {silent / 1000:.0f} s")
+                elif derive_status(record, now) == "unhealthy" and record.unhealthy_since is None:
+                    record.unhealthy_since = now_iso()
+                    await self.kv.update(record.worker_id, _encode(record), last=entry.revision)
+                    log.warning("worker unhealthy", workerId=record.worker_id, silent_s=silent / 1000)
+                    await self._event(
+                        record,
+                        "unhealthy",
+                        status="unhealthy",
+                        reason=f"no heartbeat for {silent / 1000:.0f} s",
+                    )
+            except (KeyWrongLastSequenceError, APIError) as exc:
+                if not is_wrong_last_sequence(exc):
+                    raise
+                continue  # changed under us (heartbeat, or another replica got there first)

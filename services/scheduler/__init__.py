@@ -1,0 +1,1 @@
+"""Scheduler service: owns executions, the job stream and its consumers."""

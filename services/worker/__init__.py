@@ -1,0 +1,1 @@
+"""Worker service: runs user code for the jobs it can handle."""

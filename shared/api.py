@@ -1,0 +1,92 @@
+"""REST response bodies of the gateway (API.md). Request bodies are the command Structs in
+`shared.messages`, so REST and NATS share one definition of each field."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from shared.messages import WorkerStatus, WorkerView
+
+__all__ = [
+    "ComponentHealth",
+    "DeregisterResponse",
+    "ErrorResponse",
+    "HealthResponse",
+    "HealthWorkers",
+    "HeartbeatResponse",
+    "RegisterResponse",
+    "WorkerListResponse",
+    "WorkerResponse",
+]
+
+
+class Response(msgspec.Struct, rename="camel", kw_only=True):
+    success: bool = True
+
+
+class ErrorResponse(Response, kw_only=True):
+    """Every failed request: `success: false` and one readable sentence."""
+
+    success: bool = False
+    error: str
+
+
+class RegisterResponse(Response):
+    worker_id: str
+    registered_at: str
+
+
+class HeartbeatResponse(Response):
+    worker_id: str
+    status: WorkerStatus
+    current_load: int
+    last_heartbeat: str
+
+
+class DeregisterResponse(Response):
+    worker_id: str
+    message: str
+
+
+class WorkerListResponse(Response):
+    count: int
+    workers: list[WorkerView]
+
+
+class WorkerResponse(Response):
+    worker: WorkerView
+
+
+class ComponentHealth(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    healthy: bool
+    latency_ms: Annotated[float, Meta(ge=0)]
+    error: str | None = None
+
+
+class HealthComponents(msgspec.Struct, rename="camel", kw_only=True):
+    queue: ComponentHealth
+    worker_manager: ComponentHealth
+    state_store: ComponentHealth
+    scheduler: ComponentHealth
+    """Extra component: the scheduler service answers its ping (no executions progress without it)."""
+
+
+class HealthWorkers(msgspec.Struct, rename="camel", kw_only=True):
+    total: int
+    active: int
+    idle: int
+    busy: int
+    unhealthy: int
+    utilization_percent: float
+
+
+class HealthResponse(Response):
+    healthy: bool
+    components: HealthComponents
+    workers: HealthWorkers
+    checked_at: str
+    error: str | None = None
+    """Present when unhealthy: which components failed."""

@@ -1,0 +1,51 @@
+"""Validation of every user-supplied token that can end up in a subject, a consumer name or a KV key.
+
+A `.` splits subject tokens, `*` and `>` are wildcards and whitespace ends a subject: letting any of them
+through would let one client address another's data. Everything else is rejected with a readable sentence.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["ID_RE", "IdError", "check_id", "check_name", "check_workflow_id"]
+
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# Capabilities and job types form consumer names `<capability>__<type>`; a `__` inside either would make
+# two different pairs collide on one consumer.
+NAME_RE = re.compile(r"^(?!.*__)[A-Za-z0-9_-]{1,64}$")
+WORKFLOW_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class IdError(ValueError):
+    """An id is not of the accepted form; the message names the field."""
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_id(field: str, value: object) -> str:
+    """Return `value` if it is a valid id (1-128 of `[A-Za-z0-9_-]`), else raise IdError naming `field`."""
+    if not isinstance(value, str) or not ID_RE.match(value):
+        raise IdError(f"{field} must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-', got {_describe(value)}")
+    return value
+
+
+def check_name(field: str, value: object) -> str:
+    """Validate a capability or job type (1-64 of `[A-Za-z0-9_-]`, no `__`)."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise IdError(
+            f"{field} must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-' without '__', got {_describe(value)}"
+        )
+    return value
+
+
+def check_workflow_id(value: object) -> str:
+    """workflowId may also hold `.` and `:`; it is never used raw in a subject or key."""
+    if not isinstance(value, str) or not WORKFLOW_RE.match(value):
+        raise IdError(
+            f"workflowId must be 1-128 characters of A-Z, a-z, 0-9, '_', '-', '.' or ':', got {_describe(value)}"
+        )
+    return value

@@ -1,0 +1,140 @@
+"""Stream and KV bucket definitions, and idempotent `ensure_*` helpers every service calls at start.
+
+The definitions live here because more than one service ensures the same stream (everyone publishes events);
+which service *writes* what is fixed by DESIGN.md, not by who created it first.
+"""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
+
+from shared.logging import get_logger
+from shared.settings import StorageSettings
+from shared.subjects import Names
+
+__all__ = [
+    "ensure_bucket",
+    "ensure_stream",
+    "events_stream_config",
+    "is_wrong_last_sequence",
+    "jobs_stream_config",
+    "kv_config",
+    "kv_entries",
+]
+
+log = get_logger(__name__)
+
+STREAM_NAME_IN_USE = 10058
+# JSStreamWrongLastSequenceErrF / JSStreamWrongLastSequenceConstantErr: a compare-and-set lost its race.
+WRONG_LAST_SEQUENCE = (10071, 10164)
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+def _storage(storage: StorageSettings) -> StorageType:
+    return StorageType.MEMORY if storage.memory else StorageType.FILE
+
+
+def jobs_stream_config(names: Names, storage: StorageSettings) -> StreamConfig:
+    """The work queue: each job message is removed once a worker acks it."""
+    return StreamConfig(
+        name=names.jobs_stream,
+        description="jetdag job messages, one per job attempt; consumed by workers",
+        subjects=[names.jobs_all],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=_storage(storage),
+        num_replicas=storage.replicas,
+        discard=DiscardPolicy.NEW,
+        max_msg_size=MAX_MESSAGE_BYTES,
+        duplicate_window=120.0,
+    )
+
+
+def events_stream_config(names: Names, storage: StorageSettings) -> StreamConfig:
+    """Every execution, job and worker event; kept for a while so late subscribers can replay."""
+    return StreamConfig(
+        name=names.events_stream,
+        description="jetdag execution, job and worker events",
+        subjects=[names.events_all],
+        retention=RetentionPolicy.LIMITS,
+        storage=_storage(storage),
+        num_replicas=storage.replicas,
+        max_age=storage.events_max_age_s,
+        max_msg_size=MAX_MESSAGE_BYTES,
+        duplicate_window=120.0,
+    )
+
+
+def kv_config(bucket: str, description: str, storage: StorageSettings) -> KeyValueConfig:
+    return KeyValueConfig(
+        bucket=bucket,
+        description=description,
+        history=1,
+        storage=_storage(storage),
+        replicas=storage.replicas,
+        max_value_size=MAX_MESSAGE_BYTES,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
+    """Create the stream, or bring an existing one to `config` (idempotent; safe with many replicas)."""
+    try:
+        return await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+    log.info("updating stream configuration", stream=config.name)
+    return await js.update_stream(config)
+
+
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Open the KV bucket, creating it on first use."""
+    try:
+        return await js.key_value(config.bucket)
+    except (BucketNotFoundError, NotFoundError):
+        pass
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError as exc:
+        # Another replica created it between our look-up and our create.
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        return await js.key_value(config.bucket)
+
+
+async def kv_entries(kv: KeyValue, keys: str = ">") -> list[KeyValue.Entry]:
+    """Current value of every live key matching `keys` (deleted keys left out), read in one pass."""
+    watcher = await kv.watch(keys, ignore_deletes=True)
+    entries: list[KeyValue.Entry] = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # end of the initial values
+                break
+            entries.append(entry)
+            if entry.delta == 0:
+                break
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return entries
+
+
+def is_wrong_last_sequence(exc: BaseException) -> bool:
+    """True if `exc` is a lost compare-and-set (an expected outcome under contention, not a failure)."""
+    if isinstance(exc, KeyWrongLastSequenceError):
+        return True
+    return isinstance(exc, APIError) and exc.err_code in WRONG_LAST_SEQUENCE

@@ -1,0 +1,51 @@
+"""structlog setup: a readable console on a terminal, one JSON object per line otherwise.
+
+Context (`service`, `workerId`, `executionId`, `jobId`) is bound with `structlog.contextvars` or
+`log.bind(...)`, never formatted into the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger"]
+
+
+def configure_logging(service: str, *, level: str | None = None, json: bool | None = None) -> None:
+    """Configure structlog and the stdlib root logger once per process."""
+    level_name = (level or os.environ.get("JETDAG_LOG_LEVEL", "info")).upper()
+    numeric = logging.getLevelNamesMapping().get(level_name, logging.INFO)
+    if json is None:
+        forced = os.environ.get("JETDAG_LOG_FORMAT", "").lower()
+        json = forced == "json" or (forced != "console" and not sys.stderr.isatty())
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor
+    if json:
+        shared.append(structlog.processors.dict_tracebacks)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries (nats, uvicorn, litestar) log through the stdlib: route them to the same stream and level.
+    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(name)s: %(message)s")
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(service=service)
+
+
+def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
+    """A structlog logger; bind context on it with `.bind(...)`."""
+    log: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return log

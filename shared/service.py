@@ -1,0 +1,138 @@
+"""The one run loop every service uses: connect → ensure streams/buckets → serve → drain on SIGTERM.
+
+A service implements `Service`: `ensure` creates what it owns, `serve` starts its endpoints and tasks and
+pushes their shutdown onto the exit stack. Shutdown unwinds the stack in reverse: endpoints stop taking
+commands first, tasks finish, and the NATS connection drains last so in-flight replies still go out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from shared.logging import configure_logging, get_logger
+from shared.nats_conn import connect
+from shared.settings import NatsSettings, StorageSettings, load
+from shared.subjects import Names
+
+__all__ = ["Service", "ServiceContext", "run_service"]
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ServiceContext:
+    """What a running service gets: its connection, names and settings, and the stop signal."""
+
+    name: str
+    nc: Client
+    js: JetStreamContext
+    names: Names
+    nats: NatsSettings
+    storage: StorageSettings
+    stop: asyncio.Event
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    failed: bool = False
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run a background task for the life of the service; if it crashes the service stops (exit 1)
+        so a supervisor restarts it, instead of limping on without it."""
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.append(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is not None:
+                log.error("background task crashed", task=name, error=repr(exc), exc_info=exc)
+                self.failed = True
+                self.stop.set()
+
+        task.add_done_callback(done)
+        return task
+
+    async def cancel_tasks(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class Service(Protocol):
+    name: str
+
+    async def ensure(self, ctx: ServiceContext) -> None:
+        """Create or update the streams and buckets this service needs."""
+
+    async def serve(self, ctx: ServiceContext, stack: AsyncExitStack) -> None:
+        """Start serving; push every cleanup onto `stack`."""
+
+
+async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[None]] | None) -> int:
+    nats_settings = load(NatsSettings)
+    storage = load(StorageSettings)
+    names = Names(nats_settings.namespace)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bound = log.bind(namespace=names.namespace)
+    try:
+        nc = await connect(nats_settings, f"{names.namespace}-{service.name}", stop=stop)
+    except Exception:
+        if stop.is_set():
+            bound.info("stopped before nats answered")
+            return 0
+        raise
+    ctx = ServiceContext(
+        name=service.name,
+        nc=nc,
+        js=nc.jetstream(timeout=nats_settings.request_timeout_s),
+        names=names,
+        nats=nats_settings,
+        storage=storage,
+        stop=stop,
+    )
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(_close, nc)
+        stack.push_async_callback(ctx.cancel_tasks)
+        await service.ensure(ctx)
+        await service.serve(ctx, stack)
+        bound.info("service ready")
+        if ready is not None:
+            await ready(ctx)
+        await stop.wait()
+        bound.info("service stopping")
+    bound.info("service stopped")
+    return 1 if ctx.failed else 0
+
+
+async def _close(nc: Client) -> None:
+    if nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), 5)
+    except Exception:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+def run_service(service: Service, ready: Callable[[ServiceContext], Awaitable[None]] | None = None) -> None:
+    """Entry point of `python -m services.<name>`: configure logging, run until SIGTERM/SIGINT, exit."""
+    configure_logging(service.name)
+    try:
+        code = asyncio.run(_main(service, ready))
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,220 @@
+"""Settings: read once from the environment into frozen objects, one per concern.
+
+Every field names its environment variable, default and meaning in one place (`env(...)`), so the README
+table (`jetdag settings --markdown`) and the parser cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, get_type_hints
+
+__all__ = [
+    "ExecutionSettings",
+    "GatewaySettings",
+    "NatsSettings",
+    "RegistrySettings",
+    "SettingsError",
+    "StackSettings",
+    "StorageSettings",
+    "WorkerSettings",
+    "all_settings_classes",
+    "load",
+]
+
+NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class SettingsError(ValueError):
+    """A variable holds a value that cannot be used; the message names the variable."""
+
+
+def env(var: str, default: Any, doc: str) -> Any:
+    """Declare a settings field read from environment variable `var`."""
+    return field(default=default, metadata={"env": var, "doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class NatsSettings:
+    """How every service reaches NATS."""
+
+    url: str = env(
+        "NATS_URL",
+        "nats://127.0.0.1:4222",
+        "NATS server(s), comma-separated, as the `nats` CLI reads it. Unset: `jetdag up` starts an "
+        "embedded nats-server and points every service at it.",
+    )
+    user: str = env("NATS_USER", "", "User name for NATS user/password auth.")
+    password: str = env("NATS_PASSWORD", "", "Password for NATS user/password auth.")
+    token: str = env("NATS_TOKEN", "", "Token for NATS token auth.")
+    creds: str = env("NATS_CREDS", "", "Path of a NATS `.creds` file (JWT + nkey seed).")
+    nkey: str = env("NATS_NKEY", "", "Path of an nkey seed file.")
+    namespace: str = env(
+        "JETDAG_NAMESPACE",
+        "jetdag",
+        "Prefix of every subject, stream, KV bucket and service name (`[a-z][a-z0-9_-]*`, ≤ 32).",
+    )
+    request_timeout_s: float = env(
+        "JETDAG_REQUEST_TIMEOUT_S", 3.0, "How long a service command may take before the caller gives up."
+    )
+
+    def __post_init__(self) -> None:
+        if not NAMESPACE_RE.match(self.namespace):
+            raise SettingsError(f"JETDAG_NAMESPACE must match {NAMESPACE_RE.pattern}, got {self.namespace!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Durability of streams and KV buckets (see docs for the production setting)."""
+
+    replicas: int = env("JETDAG_REPLICAS", 1, "Replicas of every stream and KV bucket (3 on a 3-node cluster).")
+    memory: bool = env(
+        "JETDAG_MEMORY_STORAGE", False, "Keep streams in memory instead of files (tests only: loses data)."
+    )
+    events_max_age_s: float = env("JETDAG_EVENTS_MAX_AGE_S", 7 * 24 * 3600.0, "How long the event stream keeps events.")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    """Worker liveness as the registry judges it."""
+
+    heartbeat_interval_s: float = env(
+        "JETDAG_HEARTBEAT_INTERVAL_S",
+        10.0,
+        "Heartbeat interval of jetdag's own workers; a worker is `unhealthy` after 3 missed intervals.",
+    )
+    rest_heartbeat_interval_s: float = env(
+        "JETDAG_REST_HEARTBEAT_INTERVAL_S",
+        30.0,
+        "Heartbeat interval assumed for workers registered over REST (the reference client beats every 30 s).",
+    )
+    reap_after_s: float = env(
+        "JETDAG_WORKER_REAP_AFTER_S",
+        600.0,
+        "A worker silent this long is removed from the registry (event `worker.<id>.reaped`).",
+    )
+    reap_check_s: float = env(
+        "JETDAG_WORKER_REAP_CHECK_S", 5.0, "How often the registry looks for unhealthy and dead workers."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """The REST gateway."""
+
+    host: str = env("JETDAG_HOST", "127.0.0.1", "Address the gateway listens on.")
+    port: int = env("JETDAG_PORT", 8000, "Port the gateway listens on.")
+    max_body_bytes: int = env(
+        "JETDAG_MAX_BODY_BYTES", 4 * 1024 * 1024, "Largest request body accepted; larger ones get 413."
+    )
+    health_timeout_s: float = env(
+        "JETDAG_HEALTH_TIMEOUT_S", 2.0, "How long each `/health` check may take before it counts as failed."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionSettings:
+    """Limits of DAG executions."""
+
+    max_jobs: int = env("JETDAG_MAX_JOBS", 20_000, "Most jobs one execution may have.")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """A worker process (flags of `jetdag worker` override these)."""
+
+    worker_id: str = env("JETDAG_WORKER_ID", "", "Worker id (`[A-Za-z0-9_-]`, ≤ 128); empty: `<hostname>-<pid>`.")
+    capabilities: str = env("JETDAG_WORKER_CAPABILITIES", "cpu", "Comma-separated capabilities this worker offers.")
+    concurrency: int = env("JETDAG_WORKER_CONCURRENCY", 4, "Jobs one worker runs at once.")
+
+
+@dataclass(frozen=True, slots=True)
+class StackSettings:
+    """`jetdag up`: the embedded stack."""
+
+    data_dir: str = env("JETDAG_DATA_DIR", "./.jetdag", "Where the embedded nats-server keeps its store.")
+    nats_host: str = env("JETDAG_NATS_HOST", "127.0.0.1", "Address of the embedded nats-server.")
+    nats_port: int = env("JETDAG_NATS_PORT", 4222, "Client port of the embedded nats-server.")
+    nats_monitor_port: int = env(
+        "JETDAG_NATS_MONITOR_PORT", 8222, "Monitoring (HTTP) port of the embedded nats-server."
+    )
+    workers: int = env("JETDAG_WORKERS", 2, "Worker processes `jetdag up` starts.")
+    shutdown_grace_s: float = env(
+        "JETDAG_SHUTDOWN_GRACE_S", 10.0, "How long `jetdag up` waits for each process after SIGTERM."
+    )
+
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _convert(var: str, raw: str, kind: Any) -> Any:
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            value = float(raw)
+            if math.isnan(value) or math.isinf(value):
+                raise ValueError(raw)
+            return value
+    except ValueError:
+        name = {bool: "a boolean (true/false)", int: "an integer", float: "a number"}[kind]
+        raise SettingsError(f"{var} must be {name}, got {raw!r}") from None
+    return raw
+
+
+def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
+    """Build settings object `cls` from `environ` (default: the process environment)."""
+    source = os.environ if environ is None else environ
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        var = f.metadata["env"]
+        if var in source:
+            values[f.name] = _convert(var, source[var], hints[f.name])
+    obj = cls(**values)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise SettingsError(f"{f.metadata['env']} must not be negative, got {value}")
+    return obj
+
+
+def all_settings_classes() -> tuple[type[Any], ...]:
+    """Every settings class, in the order the README documents them."""
+    return (
+        NatsSettings,
+        StorageSettings,
+        StackSettings,
+        GatewaySettings,
+        RegistrySettings,
+        ExecutionSettings,
+        WorkerSettings,
+    )
+
+
+def markdown_table() -> str:
+    """The README's table of every variable with its default."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for cls in all_settings_classes():
+        for f in dataclasses.fields(cls):
+            default = f.default
+            shown = f"`{default}`" if default not in ("", None) else "(empty)"
+            if isinstance(default, bool):
+                shown = f"`{str(default).lower()}`"
+            lines.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Every subject, stream, consumer, KV bucket and service name — the only place they are spelled.
+
+All names live under one namespace (default `jetdag`) so several deployments, or parallel tests, can share a
+NATS server without seeing each other. Tokens that come from users (worker, execution and job ids) are
+validated by `shared.ids` before they reach any function here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Names"]
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Names derived from one namespace."""
+
+    namespace: str = "jetdag"
+
+    # --- streams and buckets -------------------------------------------------------------------------
+
+    @property
+    def _upper(self) -> str:
+        return self.namespace.upper().replace("-", "_")
+
+    @property
+    def jobs_stream(self) -> str:
+        """Work-queue stream of job messages."""
+        return f"{self._upper}_JOBS"
+
+    @property
+    def events_stream(self) -> str:
+        """Limits-retention stream of every execution, job and worker event."""
+        return f"{self._upper}_EVENTS"
+
+    @property
+    def workers_bucket(self) -> str:
+        """KV bucket of worker records, written only by the registry."""
+        return f"{self.namespace.replace('-', '_')}_workers"
+
+    @property
+    def executions_bucket(self) -> str:
+        """KV bucket of execution and job state, written only by the scheduler."""
+        return f"{self.namespace.replace('-', '_')}_executions"
+
+    @property
+    def checkpoints_bucket(self) -> str:
+        """KV bucket of execution checkpoints, written only by the scheduler."""
+        return f"{self.namespace.replace('-', '_')}_checkpoints"
+
+    # --- service commands (request/reply, nats.micro) --------------------------------------------------
+
+    @property
+    def registry_service(self) -> str:
+        """`nats micro ls` name of the registry."""
+        return f"{self.namespace}-registry"
+
+    @property
+    def scheduler_service(self) -> str:
+        """`nats micro ls` name of the scheduler."""
+        return f"{self.namespace}-scheduler"
+
+    @property
+    def registry_prefix(self) -> str:
+        return f"{self.namespace}.registry"
+
+    @property
+    def scheduler_prefix(self) -> str:
+        return f"{self.namespace}.scheduler"
+
+    def registry(self, command: str) -> str:
+        """Subject of a registry command, e.g. `jetdag.registry.register`."""
+        return f"{self.registry_prefix}.{command}"
+
+    def scheduler(self, command: str) -> str:
+        """Subject of a scheduler command, e.g. `jetdag.scheduler.execute`."""
+        return f"{self.scheduler_prefix}.{command}"
+
+    def service_ping(self, service: str) -> str:
+        """nats.micro PING subject of every instance of `service`."""
+        return f"$SRV.PING.{service}"
+
+    # --- jobs ------------------------------------------------------------------------------------------
+
+    @property
+    def jobs_prefix(self) -> str:
+        return f"{self.namespace}.jobs"
+
+    @property
+    def jobs_all(self) -> str:
+        return f"{self.jobs_prefix}.>"
+
+    def jobs(self, capability: str, job_type: str) -> str:
+        """Subject a job of `job_type` needing `capability` is published on."""
+        return f"{self.jobs_prefix}.{capability}.{job_type}"
+
+    def jobs_consumer(self, capability: str, job_type: str) -> str:
+        """Durable consumer shared by every worker able to run (capability, type)."""
+        return f"{capability}__{job_type}"
+
+    # --- events ----------------------------------------------------------------------------------------
+
+    @property
+    def events_prefix(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def events_all(self) -> str:
+        return f"{self.events_prefix}.>"
+
+    def execution_event(self, execution_id: str, what: str) -> str:
+        return f"{self.events_prefix}.execution.{execution_id}.{what}"
+
+    def execution_events(self, execution_id: str) -> str:
+        """Wildcard for every event of one execution (the execution itself, not its jobs)."""
+        return f"{self.events_prefix}.execution.{execution_id}.*"
+
+    def job_event(self, execution_id: str, job_id: str, what: str) -> str:
+        return f"{self.events_prefix}.job.{execution_id}.{job_id}.{what}"
+
+    def job_events(self, execution_id: str) -> str:
+        """Wildcard for every job event of one execution."""
+        return f"{self.events_prefix}.job.{execution_id}.*.*"
+
+    def worker_event(self, worker_id: str, what: str) -> str:
+        return f"{self.events_prefix}.worker.{worker_id}.{what}"
+
+    @property
+    def worker_events(self) -> str:
+        return f"{self.events_prefix}.worker.*.*"
