@@ -13,7 +13,8 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from shared.api import ErrorResponse
 from shared.commands import CommandError
-from shared.ids import ID_RE, NAME_RE, WORKFLOW_RE
+
+from .body import humanize
 from shared.logging import get_logger
 
 __all__ = ["exception_handlers"]
@@ -25,20 +26,6 @@ def _error(status: int, message: str) -> Response[ErrorResponse]:
     return Response(ErrorResponse(error=message), status_code=status)
 
 
-# msgspec reports a failed pattern as the regex itself; say what the pattern means instead.
-_PATTERNS = {
-    f"matching regex '{ID_RE.pattern}'": "of 1-128 characters of A-Z, a-z, 0-9, '_' or '-'",
-    f"matching regex '{NAME_RE.pattern}'": "of 1-64 characters of A-Z, a-z, 0-9, '_' or '-' without '__'",
-    f"matching regex '{WORKFLOW_RE.pattern}'": "of 1-128 characters of A-Z, a-z, 0-9, '_', '-', '.' or ':'",
-}
-
-
-def _humanize(message: str) -> str:
-    for raw, nice in _PATTERNS.items():
-        message = message.replace(raw, nice)
-    return message
-
-
 def _validation_message(exc: ValidationException) -> str:
     """Turn Litestar's validation detail into one sentence that names the field."""
     extra = exc.extra
@@ -47,7 +34,7 @@ def _validation_message(exc: ValidationException) -> str:
     for item in items:
         if not isinstance(item, dict):
             continue
-        message = _humanize(str(item.get("message", "")).strip())
+        message = humanize(str(item.get("message", "")).strip())
         key = item.get("key")
         source = item.get("source")
         if key == "data" and source == "body":

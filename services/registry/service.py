@@ -169,7 +169,7 @@ class RegistryService:
         views.sort(key=lambda v: v.worker_id)
         return WorkerList(workers=views)
 
-    async def summary(self, _: ListWorkers) -> WorkerSummary:
+    async def summary(self, __: ListWorkers) -> WorkerSummary:
         now = now_ms()
         counts = {"idle": 0, "busy": 0, "unhealthy": 0}
         load = capacity = 0

@@ -17,6 +17,7 @@ from shared.ids import IdError, check_id
 from shared.messages import HeartbeatRequest, RegisterWorker
 
 from ..backend import Backend
+from ..body import strict_body
 from ..openapi import errors
 
 
@@ -36,6 +37,7 @@ class WorkerController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Register a worker (201), or replace the record of a known id (200)",
         responses=errors(400, 413),
+        before_request=strict_body(RegisterWorker),
     )
     async def register(self, data: RegisterWorker, backend: Backend) -> Response[RegisterResponse]:
         reply = await backend.register_worker(data)
@@ -56,6 +58,7 @@ class WorkerController(Controller):
         status_code=HTTP_200_OK,
         summary="Heartbeat with the current load",
         responses=errors(400, 404, 413),
+        before_request=strict_body(HeartbeatRequest),
     )
     async def heartbeat(self, worker_id: str, data: HeartbeatRequest, backend: Backend) -> HeartbeatResponse:
         worker = await backend.heartbeat(valid_worker_id(worker_id), data.current_load)

@@ -1,0 +1,54 @@
+"""Strict request bodies.
+
+Litestar converts bodies with `strict=False`, which would accept `"4"` for an integer. Clients must get a 400
+for a wrong type, so every route with a body first decodes it strictly with the same msgspec Struct (a
+`before_request` hook); Litestar's own conversion then only sees bodies that already passed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request
+
+from shared.commands import Invalid
+from shared.ids import ID_RE, NAME_RE, WORKFLOW_RE
+
+__all__ = ["humanize", "strict_body"]
+
+_AT = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>.*)`$")
+_PATTERNS = {
+    f"matching regex '{ID_RE.pattern}'": "of 1-128 characters of A-Z, a-z, 0-9, '_' or '-'",
+    f"matching regex '{NAME_RE.pattern}'": "of 1-64 characters of A-Z, a-z, 0-9, '_' or '-' without '__'",
+    f"matching regex '{WORKFLOW_RE.pattern}'": "of 1-128 characters of A-Z, a-z, 0-9, '_', '-', '.' or ':'",
+}
+
+
+def humanize(message: str) -> str:
+    """msgspec's `Expected ... - at `$.a[0].b`` → `a[0].b: Expected ...`, regexes replaced by their meaning."""
+    for raw, nice in _PATTERNS.items():
+        message = message.replace(raw, nice)
+    match = _AT.match(message)
+    if match:
+        path = match["path"].lstrip(".")
+        return f"{path}: {match['msg']}" if path else match["msg"]
+    return message
+
+
+def strict_body(struct_type: type[msgspec.Struct]) -> Any:
+    decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(struct_type)
+
+    async def check(request: Request[Any, Any, Any]) -> None:
+        raw = await request.body()
+        if not raw.strip():
+            raise Invalid("the body is empty; a JSON object is required")
+        try:
+            decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise Invalid(f"invalid request: {humanize(str(exc))}") from None
+        except msgspec.DecodeError as exc:
+            raise Invalid(f"malformed JSON body: {exc}") from None
+
+    return check

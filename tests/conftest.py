@@ -1,0 +1,153 @@
+"""Fixtures: a real nats-server per test session (free ports, temp store, JetStream on), a fresh namespace
+per test so tests cannot see each other, and factories for real service processes and an HTTP client."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+from nats.aio.client import Client
+
+from jetdag.natsserver import NatsServer, NatsServerConfig, free_port
+from shared.subjects import Names
+from tests.helpers import ServiceProcess, service_argv
+
+
+def start_nats(tmp: Path, name: str = "test", **config: Any) -> NatsServer:
+    server = NatsServer(
+        NatsServerConfig(
+            store_dir=tmp / name / "store",
+            port=free_port(),
+            monitor_port=free_port(),
+            server_name=name,
+            **config,
+        ),
+        config_path=tmp / name / "nats.conf",
+    )
+    server.start()
+    server.wait_ready()
+    return server
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = start_nats(tmp_path_factory.mktemp("nats"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def names(namespace: str) -> Names:
+    return Names(namespace)
+
+
+def base_env(nats_url: str, namespace: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JETDAG_", "NATS_"))}
+    env.update(
+        NATS_URL=nats_url,
+        JETDAG_NAMESPACE=namespace,
+        JETDAG_LOG_FORMAT="json",
+        JETDAG_LOG_LEVEL="debug" if os.environ.get("JETDAG_TEST_DEBUG") else "info",
+        PYTHONUNBUFFERED="1",
+        JETDAG_REQUEST_TIMEOUT_S="5",
+    )
+    env.update(extra)
+    return env
+
+
+class Stack:
+    """Service processes of one test, all in one namespace on one NATS server. Stopped at teardown."""
+
+    def __init__(self, nats_url: str, namespace: str, log_dir: Path) -> None:
+        self.nats_url = nats_url
+        self.namespace = namespace
+        self.names = Names(namespace)
+        self.log_dir = log_dir
+        self.procs: list[ServiceProcess] = []
+        self.env_overrides: dict[str, str] = {}
+        self.gateway_port: int | None = None
+        self._counter = 0
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return base_env(self.nats_url, self.namespace, **{**self.env_overrides, **extra})
+
+    def process(self, name: str, module: str, *args: str, **env: str) -> ServiceProcess:
+        self._counter += 1
+        proc = ServiceProcess(name, service_argv(module, *args), self.env(**env), self.log_dir)
+        self.procs.append(proc)
+        return proc
+
+    async def registry(self, **env: str) -> ServiceProcess:
+        return await self.process("registry", "services.registry", **env).start().wait_ready()
+
+    async def scheduler(self, name: str = "scheduler", **env: str) -> ServiceProcess:
+        return await self.process(name, "services.scheduler", **env).start().wait_ready()
+
+    async def gateway(self, **env: str) -> ServiceProcess:
+        if self.gateway_port is None:
+            self.gateway_port = free_port()
+        proc = self.process("gateway", "services.gateway", JETDAG_PORT=str(self.gateway_port), **env)
+        return await proc.start().wait_ready()
+
+    async def worker(self, worker_id: str, *args: str, **env: str) -> ServiceProcess:
+        proc = self.process(worker_id, "services.worker", "--id", worker_id, *args, **env)
+        return await proc.start().wait_ready()
+
+    async def up(self, workers: int = 0, **env: str) -> Stack:
+        """Registry, scheduler, gateway (and `workers` workers); `env` applies to every later process too."""
+        self.env_overrides.update(env)
+        await self.registry()
+        await self.scheduler()
+        await self.gateway()
+        for i in range(workers):
+            await self.worker(f"w{i + 1}")
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.gateway_port is not None, "gateway not started"
+        return f"http://127.0.0.1:{self.gateway_port}/api/distributed"
+
+    def stop_all(self) -> None:
+        errors = []
+        # Workers first (they deregister through the registry), then the rest: the order `jetdag up` uses.
+        for proc in sorted(self.procs, key=lambda p: 0 if p.argv[2] == "services.worker" else 1):
+            try:
+                proc.terminate()
+            except AssertionError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise AssertionError("; ".join(errors))
+
+
+@pytest.fixture
+async def stack(nats_server: NatsServer, namespace: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    s = Stack(nats_server.url, namespace, tmp_path / "logs")
+    try:
+        yield s
+    finally:
+        s.stop_all()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.drain()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=15.0) as client:
+        yield client
