@@ -7,20 +7,22 @@ Context (`service`, `workerId`, `executionId`, `jobId`) is bound with `structlog
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import structlog
+
+from shared.settings import LoggingSettings, load
 
 __all__ = ["configure_logging", "get_logger"]
 
 
 def configure_logging(service: str, *, level: str | None = None, json: bool | None = None) -> None:
     """Configure structlog and the stdlib root logger once per process."""
-    level_name = (level or os.environ.get("JETDAG_LOG_LEVEL", "info")).upper()
+    settings = load(LoggingSettings)
+    level_name = (level or settings.level).upper()
     numeric = logging.getLevelNamesMapping().get(level_name, logging.INFO)
     if json is None:
-        forced = os.environ.get("JETDAG_LOG_FORMAT", "").lower()
+        forced = settings.format.lower()
         json = forced == "json" or (forced != "console" and not sys.stderr.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -45,7 +47,7 @@ def configure_logging(service: str, *, level: str | None = None, json: bool | No
     structlog.contextvars.bind_contextvars(service=service)
 
 
-def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
+def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:
     """A structlog logger; bind context on it with `.bind(...)`."""
-    log: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    log: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return log

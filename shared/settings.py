@@ -17,6 +17,7 @@ from typing import Any, TypeVar, get_type_hints
 __all__ = [
     "ExecutionSettings",
     "GatewaySettings",
+    "LoggingSettings",
     "NatsSettings",
     "RegistrySettings",
     "SettingsError",
@@ -66,6 +67,14 @@ class NatsSettings:
     def __post_init__(self) -> None:
         if not NAMESPACE_RE.match(self.namespace):
             raise SettingsError(f"JETDAG_NAMESPACE must match {NAMESPACE_RE.pattern}, got {self.namespace!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    """Log output of every service."""
+
+    level: str = env("JETDAG_LOG_LEVEL", "info", "debug, info, warning or error.")
+    format: str = env("JETDAG_LOG_FORMAT", "", "`json` or `console`; empty: console on a terminal, JSON otherwise.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +207,7 @@ def all_settings_classes() -> tuple[type[Any], ...]:
     """Every settings class, in the order the README documents them."""
     return (
         NatsSettings,
+        LoggingSettings,
         StorageSettings,
         StackSettings,
         GatewaySettings,

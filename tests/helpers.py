@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[T | None] | T | None],
+    check: Callable[[], Any],
     *,
     timeout: float = 20.0,
     interval: float = 0.05,
     message: str = "condition",
-) -> T:
+) -> Any:
     """Poll `check` until it returns something truthy; fail with `message` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -35,7 +35,7 @@ async def wait_for(
             if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
                 result = await result
             if result:
-                return result  # type: ignore[return-value]
+                return result
         except AssertionError as exc:
             last_error = exc
         if time.monotonic() > deadline:

@@ -13,9 +13,9 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from shared.api import ErrorResponse
 from shared.commands import CommandError
+from shared.logging import get_logger
 
 from .body import humanize
-from shared.logging import get_logger
 
 __all__ = ["exception_handlers"]
 

@@ -1,0 +1,177 @@
+"""`jetdag up` as a user runs it: embedded nats-server, every service, readiness, clean SIGTERM, state kept."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jetdag.natsserver import free_port
+from tests.helpers import ROOT, wait_for_sync
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children run in their own sessions, so walk parent links in /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents[int(entry.name)] = ppid
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        nxt = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= nxt
+        frontier = nxt
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Up:
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.ports = {
+            "JETDAG_NATS_PORT": free_port(),
+            "JETDAG_NATS_MONITOR_PORT": free_port(),
+            "JETDAG_PORT": free_port(),
+        }
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("JETDAG_", "NATS_"))}
+        self.env.update({k: str(v) for k, v in self.ports.items()})
+        self.env["JETDAG_DATA_DIR"] = str(data_dir)
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['JETDAG_PORT']}/api/distributed"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jetdag", "up"], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def wait_healthy(self) -> None:
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"jetdag up exited early:\n{self.log.read_text()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for_sync(healthy, timeout=60, message="jetdag up to report healthy")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    u = Up(tmp_path / "data", tmp_path / "up.log")
+    yield u
+    if u.proc is not None and u.proc.poll() is None:
+        u.proc.kill()
+        u.proc.wait()
+
+
+def test_up_runs_the_stack_and_stops_cleanly(up: Up) -> None:
+    up.start()
+    up.wait_healthy()
+    assert up.proc is not None
+    children = descendants(up.proc.pid)
+    # nats-server, registry, scheduler, gateway and two workers
+    assert len(children) >= 6, children
+
+    def two_idle_workers() -> list[dict[str, object]] | None:
+        workers = httpx.get(f"{up.url}/workers", timeout=5).json()["workers"]
+        return workers if len(workers) == 2 else None
+
+    workers = wait_for_sync(two_idle_workers, timeout=30, message="the two default workers")
+    assert sorted(w["workerId"] for w in workers) == ["local-worker-1", "local-worker-2"]  # type: ignore[type-var]
+    assert {w["status"] for w in workers} == {"idle"}
+    # A REST-registered worker is state in the KV store: it must survive a restart of the whole stack.
+    reg = {"workerId": "remote-1", "hostname": "far", "capabilities": ["cpu"], "maxConcurrency": 1}
+    assert httpx.post(f"{up.url}/workers/register", json=reg, timeout=5).status_code == 201
+
+    started = time.monotonic()
+    assert up.stop() == 0
+    assert time.monotonic() - started < 20
+    left = [pid for pid in children if alive(pid)]
+    assert not left, f"processes left behind: {left}"
+    text = up.log.read_text()
+    assert "ready: REST" in text and "stopped" in text
+    # Our own workers deregistered on their way out, before the registry stopped.
+    assert text.count('"event": "deregistered"') == 2, text[-3000:]
+
+    up.start()
+    up.wait_healthy()
+    ids = [w["workerId"] for w in httpx.get(f"{up.url}/workers", timeout=5).json()["workers"]]
+    assert "remote-1" in ids
+    assert up.stop() == 0
+
+
+def test_up_port_in_use_is_one_clear_line(up: Up) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", up.ports["JETDAG_PORT"]))
+        busy.listen(1)
+        result = subprocess.run(
+            [sys.executable, "-m", "jetdag", "up"], check=False, cwd=ROOT, env=up.env, capture_output=True, timeout=60
+        )
+    assert result.returncode == 1
+    err = result.stderr.decode().strip()
+    assert err == (
+        f"jetdag: port 127.0.0.1:{up.ports['JETDAG_PORT']} (gateway) is already in use; "
+        "stop what holds it or set JETDAG_PORT"
+    )
+
+
+def test_up_with_external_nats_starts_no_server(up: Up, nats_server: object) -> None:
+    from jetdag.natsserver import NatsServer
+
+    assert isinstance(nats_server, NatsServer)
+    up.env["NATS_URL"] = nats_server.url
+    up.env["JETDAG_NAMESPACE"] = f"up{os.getpid()}"
+    up.env["JETDAG_WORKERS"] = "1"
+    up.start()
+    up.wait_healthy()
+    assert up.proc is not None
+    names = set()
+    for pid in descendants(up.proc.pid):
+        try:
+            names.add(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode())
+        except OSError:
+            continue
+    assert not any(n.endswith("nats-server") for n in names), names
+    assert up.stop() == 0
