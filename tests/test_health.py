@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 
-from tests.conftest import Stack
+from tests.conftest import Stack, start_nats
 from tests.helpers import wait_for
 
 
@@ -99,3 +100,34 @@ async def test_health_without_scheduler_ever_started(stack: Stack, http: httpx.A
     assert stack.names.jobs_stream in body["components"]["queue"]["error"]
     assert body["components"]["stateStore"]["healthy"] is False
     assert stack.names.executions_bucket in body["components"]["stateStore"]["error"]
+
+
+async def test_gateway_answers_503_while_nats_is_down(tmp_path: Path, namespace: str, http: httpx.AsyncClient) -> None:
+    server = start_nats(tmp_path, "solo")
+    stack = Stack(server.url, namespace, tmp_path / "logs")
+    try:
+        await stack.up()
+        assert (await http.get(f"{stack.url}/health")).status_code == 200
+        server.stop()
+        started = time.monotonic()
+
+        async def refused() -> bool:
+            r = await http.get(f"{stack.url}/workers")
+            return r.status_code == 503 and "NATS" in r.json()["error"]
+
+        await wait_for(refused, timeout=15, message="503 naming NATS")
+        r = await http.get(f"{stack.url}/health")
+        assert r.status_code == 503
+        assert all(not c["healthy"] for c in r.json()["components"].values())
+        assert time.monotonic() - started < 15
+        # Same port, same store: every service reconnects by itself.
+        server.start()
+        server.wait_ready()
+
+        async def healthy() -> bool:
+            return (await http.get(f"{stack.url}/health")).status_code == 200
+
+        await wait_for(healthy, timeout=30, message="health after nats restart")
+    finally:
+        stack.stop_all()
+        server.stop()
