@@ -1,0 +1,208 @@
+"""The real `nats` CLI against a running stack prints what docs/debugging.md shows.
+
+The test runs its own nats-server and a stack in the default namespace `jetdag`, so every name the CLI prints is
+the one the document uses. Without the CLI the test is skipped, unless JETDAG_REQUIRE_NATS_CLI=1 (CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Stack, start_nats
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.cli
+
+DOC = ROOT / "docs" / "debugging.md"
+
+WORKER = {
+    "workerId": "worker-1",
+    "hostname": "worker-node-1",
+    "capabilities": ["cpu", "high-memory"],
+    "maxConcurrency": 4,
+    "metadata": {"cpuCores": 8, "memoryGB": 32},
+}
+
+# Every command docs/debugging.md shows, exactly as it spells it (the test adds only the connection flags).
+MICRO_LS = ["micro", "ls"]
+MICRO_INFO = ["micro", "info", "jetdag-registry"]
+KV_LS = ["kv", "ls"]
+KV_GET = ["kv", "get", "jetdag_workers", "worker-1", "--raw"]
+STREAM_INFO = ["stream", "info", "JETDAG_JOBS"]
+REQ_LIST = ["req", "jetdag.registry.list", "{}"]
+COMMANDS = [MICRO_LS, MICRO_INFO, KV_LS, KV_GET, STREAM_INFO, REQ_LIST]
+
+
+def find_nats_cli() -> str | None:
+    """The `nats` CLI on PATH, else where `go install` puts it ($GOBIN, else $(go env GOPATH)/bin)."""
+    found = shutil.which("nats")
+    if found:
+        return found
+    candidates: list[Path] = []
+    go = shutil.which("go")
+    if go:
+        try:
+            out = subprocess.run(
+                [go, "env", "GOBIN", "GOPATH"], check=True, capture_output=True, text=True, timeout=30
+            ).stdout.splitlines()
+        except (OSError, subprocess.SubprocessError):
+            out = []
+        if out and out[0].strip():
+            candidates.append(Path(out[0].strip()) / "nats")
+        if len(out) > 1 and out[1].strip():
+            candidates += [Path(p) / "bin" / "nats" for p in out[1].strip().split(os.pathsep) if p]
+    candidates.append(Path.home() / "go" / "bin" / "nats")  # go's default GOPATH
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+@pytest.fixture
+def nats_cli() -> str:
+    path = find_nats_cli()
+    if path is None:
+        message = "the nats CLI is not installed: go install github.com/nats-io/natscli/nats@v0.5.0"
+        if os.environ.get("JETDAG_REQUIRE_NATS_CLI") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class Cli:
+    """Runs `nats --no-context --server <url> ...` with an empty HOME and no NATS_* or XDG_* variables, so
+    neither a saved context nor the caller's environment can point it at another server."""
+
+    def __init__(self, binary: str, server_url: str, home: Path) -> None:
+        self.binary = binary
+        self.server_url = server_url
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "XDG_"))}
+        self.env["HOME"] = str(home)
+
+    async def __call__(self, args: list[str]) -> str:
+        argv = [self.binary, "--no-context", "--server", self.server_url, *args]
+        result: subprocess.CompletedProcess[str] = await asyncio.to_thread(
+            subprocess.run,
+            argv,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
+        shown = shlex.join(["nats", *args])
+        assert result.returncode == 0, f"`{shown}` exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+
+def table(output: str) -> list[dict[str, str]]:
+    """The data rows of the first table (`│ a │ b │`) in the CLI's output, keyed by its column headers.
+
+    A title row (one cell spanning the table) is skipped; a table merges equal cells of a column, so a blank
+    cell may mean "same as above"."""
+    lines = [[cell.strip() for cell in line.strip().strip("│").split("│")] for line in output.splitlines()]
+    cells = [line for line in lines if len(line) > 1]
+    assert cells, f"no table in:\n{output}"
+    header, *data = cells
+    return [dict(zip(header, row, strict=True)) for row in data if len(row) == len(header)]
+
+
+def field(output: str, name: str) -> str:
+    """The value of a `Name: value` line of `nats stream info` / `nats micro info`."""
+    match = re.search(rf"^\s*{re.escape(name)}: (.*)$", output, re.MULTILINE)
+    assert match, f"no {name!r} line in:\n{output}"
+    return match.group(1).strip()
+
+
+def doc_commands() -> list[str]:
+    """The `$ nats ...` lines of docs/debugging.md, without the `$ `."""
+    return [line[2:].strip() for line in DOC.read_text().splitlines() if line.startswith("$ nats ")]
+
+
+def test_doc_shows_exactly_the_commands_tested() -> None:
+    assert doc_commands() == [shlex.join(["nats", *command]) for command in COMMANDS]
+
+
+async def test_nats_cli_output_matches_debugging_doc(nats_cli: str, tmp_path: Path) -> None:
+    server = start_nats(tmp_path)
+    stack = Stack(server.url, "jetdag", tmp_path / "logs")
+    try:
+        await stack.up()
+        async with httpx.AsyncClient(timeout=15.0) as http:
+            r = await http.post(f"{stack.url}/workers/register", json=WORKER)
+            assert r.status_code == 201, r.text
+        nats = Cli(nats_cli, server.url, tmp_path / "home")
+        await check_micro(nats)
+        await check_kv(nats)
+        await check_stream(nats)
+        await check_request(nats)
+    finally:
+        try:
+            stack.stop_all()
+        finally:
+            server.stop()
+
+
+async def check_micro(nats: Cli) -> None:
+    out = await nats(MICRO_LS)
+    services = table(out)
+    assert sorted(s["Name"] for s in services) == ["jetdag-registry", "jetdag-scheduler"], out
+    assert {s["Version"] for s in services} - {""} == {"0.1.0"}, out
+
+    out = await nats(MICRO_INFO)
+    assert re.fullmatch(r"jetdag-registry \(\w+\)", field(out, "Service")), out
+    assert field(out, "Description") == "jetdag worker registry: register, heartbeat, deregister, list", out
+    assert field(out, "Version") == "0.1.0", out
+    endpoints = re.findall(r"^\s*Name: (\S+)\n\s*Subject: (\S+)\n\s*Queue Group: q$", out, re.MULTILINE)
+    assert endpoints == [
+        (command, f"jetdag.registry.{command}")
+        for command in ("register", "heartbeat", "deregister", "get", "list", "summary")
+    ], out
+    # The REST registration above reached the registry over NATS: one request on `register`.
+    stats = re.search(r"register Endpoint Statistics:\n\n\s*Requests: (\d+) in group \"q\"", out)
+    assert stats and stats.group(1) == "1", out
+
+
+async def check_kv(nats: Cli) -> None:
+    out = await nats(KV_LS)
+    buckets = sorted(row["Bucket"] for row in table(out))  # the test's own server: only jetdag's buckets
+    assert buckets == ["jetdag_checkpoints", "jetdag_executions", "jetdag_workers"], out
+
+    out = await nats(KV_GET)
+    record: dict[str, Any] = json.loads(out)
+    assert record["workerId"] == "worker-1"
+    assert record["hostname"] == "worker-node-1"
+    assert record["capabilities"] == ["cpu", "high-memory"]
+    assert record["maxConcurrency"] == 4
+    assert record["metadata"] == {"cpuCores": 8, "memoryGB": 32}
+
+
+async def check_stream(nats: Cli) -> None:
+    out = await nats(STREAM_INFO)
+    assert field(out, "Description") == "jetdag job messages, one per job attempt; consumed by workers", out
+    assert field(out, "Subjects") == "jetdag.jobs.>", out
+    assert field(out, "Storage") == "File", out
+    assert field(out, "Retention") == "WorkQueue", out
+    assert field(out, "Discard Policy") == "New", out
+    assert field(out, "Maximum Message Size") == "1.0 MiB", out
+    assert field(out, "Messages") == "0", out  # nothing submitted: the work queue is empty
+
+
+async def check_request(nats: Cli) -> None:
+    out = await nats(REQ_LIST)
+    reply: dict[str, Any] = json.loads(out)  # "Sending request…" and "Received with rtt…" go to stderr
+    assert [w["workerId"] for w in reply["workers"]] == ["worker-1"], out
+    assert reply["workers"][0]["status"] == "idle", out
