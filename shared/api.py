@@ -8,7 +8,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from shared.messages import WorkerStatus, WorkerView
+from shared.messages import ExecutionView, JobView, QueueStats, WorkerStatus, WorkerView
 
 __all__ = [
     "ComponentHealth",
@@ -90,3 +90,40 @@ class HealthResponse(Response):
     checked_at: str
     error: str | None = None
     """Present when unhealthy: which components failed."""
+
+
+class ExecuteResponse(Response):
+    """POST /execute (201) — also the body of cancel and retry."""
+
+    execution_id: str
+    status: str
+    started_at: str
+    completed_at: str | None
+    job_count: int
+
+
+class ExecutionResponse(Response):
+    execution: ExecutionView
+
+
+class ExecutionListResponse(Response):
+    count: int
+    executions: list[ExecutionView]
+    next_cursor: str | None
+
+
+class JobListResponse(Response):
+    execution_id: str
+    count: int
+    jobs: list[JobView]
+
+
+class QueueStatsResponse(Response):
+    healthy: bool
+    stats: QueueStats
+    is_paused: bool
+
+
+class MessageResponse(Response):
+    message: str
+    is_paused: bool

@@ -125,7 +125,8 @@ async def add_endpoints(
     svc = await add_service(nc, name=service, version=version, description=description)
     group = svc.add_group(name=prefix)
     for name, endpoint in endpoints.items():
-        await group.add_endpoint(name=name, handler=_wrap(service, name, endpoint))
+        # `queue.stats` → endpoint name `queue-stats` (micro names allow no dots) on subject `<prefix>.queue.stats`.
+        await group.add_endpoint(name=name.replace(".", "-"), subject=name, handler=_wrap(service, name, endpoint))
     return svc
 
 

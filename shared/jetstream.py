@@ -61,7 +61,9 @@ def jobs_stream_config(names: Names, storage: StorageSettings) -> StreamConfig:
         num_replicas=storage.replicas,
         discard=DiscardPolicy.NEW,
         max_msg_size=MAX_MESSAGE_BYTES,
-        duplicate_window=120.0,
+        # Longer than the scheduler's re-publish window (9 min): recovery re-publishes a queued job by its
+        # message id without risking a second copy.
+        duplicate_window=600.0,
     )
 
 
@@ -76,7 +78,9 @@ def events_stream_config(names: Names, storage: StorageSettings) -> StreamConfig
         num_replicas=storage.replicas,
         max_age=storage.events_max_age_s,
         max_msg_size=MAX_MESSAGE_BYTES,
-        duplicate_window=120.0,
+        duplicate_window=600.0,
+        # The scheduler reads an execution's ready queue (its `ready` events) by subject.
+        allow_direct=True,
     )
 
 

@@ -128,9 +128,24 @@ class GatewaySettings:
 
 @dataclass(frozen=True, slots=True)
 class ExecutionSettings:
-    """Limits of DAG executions."""
+    """Executions: limits, job delivery and recovery (the scheduler)."""
 
     max_jobs: int = env("JETDAG_MAX_JOBS", 20_000, "Most jobs one execution may have.")
+    job_ack_wait_s: float = env(
+        "JETDAG_JOB_ACK_WAIT_S",
+        10.0,
+        "A job message not acknowledged (nor kept alive by its worker) this long is delivered again.",
+    )
+    job_max_deliver: int = env(
+        "JETDAG_JOB_MAX_DELIVER", 5, "Deliveries of one job attempt before it fails as a poison job."
+    )
+    stall_after_s: float = env(
+        "JETDAG_STALL_AFTER_S", 15.0, "An open execution unchanged this long is re-checked against its job records."
+    )
+    sweep_interval_s: float = env("JETDAG_SWEEP_INTERVAL_S", 1.0, "How often the scheduler looks for such executions.")
+    checkpoint_every: int = env(
+        "JETDAG_CHECKPOINT_EVERY", 50, "A checkpoint is written every this many completed jobs (and at the end)."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +155,9 @@ class WorkerSettings:
     worker_id: str = env("JETDAG_WORKER_ID", "", "Worker id (`[A-Za-z0-9_-]`, ≤ 128); empty: `<hostname>-<pid>`.")
     capabilities: str = env("JETDAG_WORKER_CAPABILITIES", "cpu", "Comma-separated capabilities this worker offers.")
     concurrency: int = env("JETDAG_WORKER_CONCURRENCY", 4, "Jobs one worker runs at once.")
+    shutdown_grace_s: float = env(
+        "JETDAG_WORKER_GRACE_S", 30.0, "After SIGTERM, running jobs get this long to finish before being handed back."
+    )
 
 
 @dataclass(frozen=True, slots=True)

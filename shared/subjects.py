@@ -49,6 +49,11 @@ class Names:
         """KV bucket of execution checkpoints, written only by the scheduler."""
         return f"{self.namespace.replace('-', '_')}_checkpoints"
 
+    @property
+    def submissions_bucket(self) -> str:
+        """Object store where the gateway stages DAGs too large for one NATS message."""
+        return f"{self.namespace.replace('-', '_')}_submissions"
+
     # --- service commands (request/reply, nats.micro) --------------------------------------------------
 
     @property
@@ -122,6 +127,16 @@ class Names:
     def job_events(self, execution_id: str) -> str:
         """Wildcard for every job event of one execution."""
         return f"{self.events_prefix}.job.{execution_id}.*.*"
+
+    @property
+    def scheduler_reports(self) -> list[str]:
+        """Worker reports the scheduler consumes: job started and job result."""
+        return [f"{self.events_prefix}.job.*.*.started", f"{self.events_prefix}.job.*.*.result"]
+
+    @property
+    def cancellations(self) -> str:
+        """Workers follow these to stop the handlers of a cancelled execution."""
+        return f"{self.events_prefix}.execution.*.cancelled"
 
     def worker_event(self, worker_id: str, what: str) -> str:
         return f"{self.events_prefix}.worker.{worker_id}.{what}"

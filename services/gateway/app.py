@@ -12,7 +12,9 @@ from shared.settings import GatewaySettings
 
 from .backend import Backend
 from .errors import exception_handlers
+from .routes.executions import ExecutionController, list_executions
 from .routes.health import health
+from .routes.queue import QueueController
 from .routes.workers import WorkerController
 
 __all__ = ["API_PREFIX", "create_app"]
@@ -24,7 +26,10 @@ def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
     async def provide_backend() -> Backend:
         return backend
 
-    api = Router(path=API_PREFIX, route_handlers=[WorkerController, health])
+    api = Router(
+        path=API_PREFIX,
+        route_handlers=[WorkerController, ExecutionController, list_executions, QueueController, health],
+    )
     config = AppConfig(
         route_handlers=[api],
         dependencies={"backend": Provide(provide_backend, use_cache=True)},

@@ -6,6 +6,7 @@ The gateway holds no state; this is a thin typed client over `shared.commands.re
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -18,8 +19,17 @@ from shared.api import ComponentHealth
 from shared.commands import CommandError, Unavailable, request
 from shared.messages import (
     DeregisterReply,
+    ExecuteCommand,
+    ExecuteRequest,
+    ExecutionList,
+    ExecutionRef,
+    ExecutionView,
     HeartbeatCommand,
+    JobList,
+    ListExecutions,
     ListWorkers,
+    QueueControl,
+    QueueStatsReply,
     RegisterReply,
     RegisterWorker,
     WorkerList,
@@ -29,7 +39,9 @@ from shared.messages import (
 )
 from shared.subjects import Names
 
-__all__ = ["Backend"]
+__all__ = ["INLINE_SUBMISSION_BYTES", "Backend"]
+
+INLINE_SUBMISSION_BYTES = 768 * 1024
 
 Out = TypeVar("Out", bound=msgspec.Struct)
 T = TypeVar("T")
@@ -80,6 +92,45 @@ class Backend:
 
     async def list_workers(self) -> WorkerList:
         return await self._registry("list", ListWorkers(), WorkerList)
+
+    # --- executions and queue ------------------------------------------------------------------------
+
+    async def execute(self, request: ExecuteRequest, raw_size: int) -> ExecutionView:
+        # One NATS message carries at most 1 MiB: a larger DAG is staged in the object store and the command
+        # names it (the scheduler reads and deletes it).
+        if raw_size <= INLINE_SUBMISSION_BYTES:
+            return await self._scheduler("execute", ExecuteCommand(request=request), ExecutionView)
+        try:
+            store = await self.js.object_store(self.names.submissions_bucket)
+            name = f"submission-{secrets.token_hex(12)}"
+            await asyncio.wait_for(store.put(name, msgspec.json.encode(request)), self.timeout * 4)
+        except Exception as exc:
+            raise Unavailable(f"could not stage the submission in NATS ({_describe(exc)})") from None
+        return await self._scheduler("execute", ExecuteCommand(staged=name), ExecutionView)
+
+    async def get_execution(self, execution_id: str) -> ExecutionView:
+        return await self._scheduler("get", ExecutionRef(execution_id=execution_id), ExecutionView)
+
+    async def execution_jobs(self, execution_id: str) -> JobList:
+        return await self._scheduler("jobs", ExecutionRef(execution_id=execution_id), JobList)
+
+    async def cancel(self, execution_id: str) -> ExecutionView:
+        return await self._scheduler("cancel", ExecutionRef(execution_id=execution_id), ExecutionView)
+
+    async def retry(self, execution_id: str) -> ExecutionView:
+        return await self._scheduler("retry", ExecutionRef(execution_id=execution_id), ExecutionView)
+
+    async def list_executions(self, query: ListExecutions) -> ExecutionList:
+        return await self._scheduler("list", query, ExecutionList)
+
+    async def queue_stats(self) -> QueueStatsReply:
+        return await self._scheduler("queue.stats", ExecutionRef(execution_id=""), QueueStatsReply)
+
+    async def pause(self) -> QueueControl:
+        return await self._scheduler("queue.pause", ExecutionRef(execution_id=""), QueueControl)
+
+    async def resume(self) -> QueueControl:
+        return await self._scheduler("queue.resume", ExecutionRef(execution_id=""), QueueControl)
 
     # --- health --------------------------------------------------------------------------------------
 

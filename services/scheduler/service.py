@@ -1,15 +1,26 @@
-"""The scheduler: owns the job stream, the executions and checkpoints buckets.
+"""The scheduler service: executions, the job stream and its consumers, queue control.
 
-Execution support lands with the execution issue; until then the scheduler creates what it owns and answers
-its nats.micro ping, so `/health` reports it truthfully.
+Several replicas may run at once: commands are queue-grouped, worker reports are shared through one durable
+consumer, and every state change is a compare-and-set (see `engine.py`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections import defaultdict
 from contextlib import AsyncExitStack
+from typing import Any
 
-from nats.micro import add_service
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectStoreConfig, StorageType
+from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
+from shared.commands import Endpoint, Invalid, add_endpoints
+from shared.ids import IdError, check_id, check_name
 from shared.jetstream import (
     ensure_bucket,
     ensure_stream,
@@ -17,31 +28,315 @@ from shared.jetstream import (
     jobs_stream_config,
     kv_config,
 )
+from shared.logging import get_logger
+from shared.messages import (
+    ConsumerRef,
+    EnsureConsumer,
+    ExecuteCommand,
+    ExecuteRequest,
+    ExecutionList,
+    ExecutionRef,
+    ExecutionView,
+    JobList,
+    JobResult,
+    JobStarted,
+    ListExecutions,
+    QueueControl,
+    QueueStats,
+    QueueStatsReply,
+)
 from shared.service import ServiceContext
+from shared.settings import ExecutionSettings, load
+from shared.timeutil import ms_from_iso, now_ms
+
+from .engine import Engine, EngineSettings, view
+from .index import ExecutionIndex
+from .queue import JobQueue
+from .store import Store
 
 __all__ = ["SchedulerService"]
 
+log = get_logger(__name__)
 VERSION = "0.1.0"
+REPORTS_CONSUMER = "scheduler"
+REPORT_BATCH = 256
 
 
 class SchedulerService:
     name = "scheduler"
 
+    def __init__(self, settings: ExecutionSettings | None = None) -> None:
+        self.settings = settings or load(ExecutionSettings)
+        self._ctx: ServiceContext | None = None
+        self._executions: KeyValue | None = None
+        self._checkpoints: KeyValue | None = None
+        self._submissions: ObjectStore | None = None
+        self.caught_up = asyncio.Event()
+        self._reconciled: dict[str, str] = {}
+
     async def ensure(self, ctx: ServiceContext) -> None:
         await ensure_stream(ctx.js, events_stream_config(ctx.names, ctx.storage))
         await ensure_stream(ctx.js, jobs_stream_config(ctx.names, ctx.storage))
-        await ensure_bucket(
+        self._executions = await ensure_bucket(
             ctx.js, kv_config(ctx.names.executions_bucket, "jetdag executions and job state", ctx.storage)
         )
-        await ensure_bucket(
-            ctx.js, kv_config(ctx.names.checkpoints_bucket, "jetdag execution checkpoints", ctx.storage)
+        cp = kv_config(ctx.names.checkpoints_bucket, "jetdag execution checkpoints", ctx.storage)
+        cp.history = 64  # the latest checkpoints of an execution stay readable with `nats kv history`
+        self._checkpoints = await ensure_bucket(ctx.js, cp)
+        self._submissions = await ctx.js.create_object_store(
+            ctx.names.submissions_bucket,
+            config=ObjectStoreConfig(
+                description="DAGs staged by the gateway when too large for one message",
+                storage=StorageType.MEMORY if ctx.storage.memory else StorageType.FILE,
+                replicas=ctx.storage.replicas,
+                ttl=3600,
+            )
+        )
+        await ctx.js.add_consumer(
+            ctx.names.events_stream,
+            ConsumerConfig(
+                durable_name=REPORTS_CONSUMER,
+                description="the scheduler's intake of worker reports (job started, job result)",
+                filter_subjects=ctx.names.scheduler_reports,
+                deliver_policy=DeliverPolicy.NEW,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30,
+                max_ack_pending=20_000,
+            ),
         )
 
     async def serve(self, ctx: ServiceContext, stack: AsyncExitStack) -> None:
-        svc = await add_service(
-            ctx.nc,
-            name=ctx.names.scheduler_service,
-            version=VERSION,
-            description="jetdag scheduler: executions, job stream, queue control",
+        self._ctx = ctx
+        assert self._executions is not None and self._checkpoints is not None
+        self.store = Store(ctx.js, self._executions)
+        self.queue = JobQueue(
+            ctx.js,
+            self._executions,
+            ctx.names,
+            ack_wait_s=self.settings.job_ack_wait_s,
+            max_deliver=self.settings.job_max_deliver,
         )
+        self.engine = Engine(
+            ctx.js,
+            store=self.store,
+            queue=self.queue,
+            names=ctx.names,
+            settings=EngineSettings(max_jobs=self.settings.max_jobs, checkpoint_every=self.settings.checkpoint_every),
+            checkpoints=self._checkpoints,
+        )
+        self.index = ExecutionIndex(self._executions)
+        ctx.spawn(self.index.run(), "index")
+        await asyncio.wait_for(self.index.ready.wait(), 30)
+        svc = await add_endpoints(
+            ctx.nc,
+            service=ctx.names.scheduler_service,
+            description="jetdag scheduler: executions, job stream, queue control",
+            version=VERSION,
+            prefix=ctx.names.scheduler_prefix,
+            endpoints={
+                "execute": Endpoint(ExecuteCommand, self.execute),
+                "get": Endpoint(ExecutionRef, self.get),
+                "jobs": Endpoint(ExecutionRef, self.jobs),
+                "list": Endpoint(ListExecutions, self.list_executions),
+                "cancel": Endpoint(ExecutionRef, self.cancel),
+                "retry": Endpoint(ExecutionRef, self.retry),
+                "queue.stats": Endpoint(ExecutionRef, self.stats),
+                "queue.pause": Endpoint(ExecutionRef, self.pause),
+                "queue.resume": Endpoint(ExecutionRef, self.resume),
+                "consumer": Endpoint(EnsureConsumer, self.consumer),
+            },
+        )
+        stack.push_async_callback(self.engine.close)
         stack.push_async_callback(svc.stop)
+        ctx.spawn(self._reports(), "reports")
+        ctx.spawn(self._sweeper(), "sweeper")
+        ctx.spawn(self._startup_recovery(), "startup-recovery")
+
+    @property
+    def ctx(self) -> ServiceContext:
+        assert self._ctx is not None
+        return self._ctx
+
+    # --- commands ------------------------------------------------------------------------------------
+
+    async def execute(self, cmd: ExecuteCommand) -> ExecutionView:
+        if cmd.request is not None:
+            return await self.engine.execute(cmd.request)
+        if cmd.staged is None:
+            raise Invalid("execute needs a request or a staged submission")
+        assert self._submissions is not None
+        try:
+            obj = await self._submissions.get(cmd.staged)
+        except (ObjectNotFoundError, NotFoundError):
+            raise Invalid(f"staged submission {cmd.staged} does not exist") from None
+        try:
+            request = msgspec.json.decode(obj.data or b"", type=ExecuteRequest)
+        except msgspec.ValidationError as exc:
+            raise Invalid(f"invalid request: {exc}") from None
+        try:
+            return await self.engine.execute(request)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._submissions.delete(cmd.staged)
+
+    @staticmethod
+    def _check(execution_id: str) -> str:
+        try:
+            return check_id("executionId", execution_id)
+        except IdError as exc:
+            raise Invalid(str(exc)) from None
+
+    async def get(self, ref: ExecutionRef) -> ExecutionView:
+        return await self.engine.get(self._check(ref.execution_id))
+
+    async def jobs(self, ref: ExecutionRef) -> JobList:
+        jobs = await self.engine.jobs(self._check(ref.execution_id))
+        return JobList(execution_id=ref.execution_id, jobs=jobs)
+
+    async def cancel(self, ref: ExecutionRef) -> ExecutionView:
+        return await self.engine.cancel(self._check(ref.execution_id))
+
+    async def retry(self, ref: ExecutionRef) -> ExecutionView:
+        return await self.engine.retry(self._check(ref.execution_id))
+
+    async def list_executions(self, query: ListExecutions) -> ExecutionList:
+        records = sorted(self.index.records.values(), key=lambda r: r.execution_id, reverse=True)
+        out = []
+        for rec in records:
+            if query.cursor is not None and rec.execution_id >= query.cursor:
+                continue
+            if query.status is not None and rec.status != query.status:
+                continue
+            if query.workflow_id is not None and rec.workflow_id != query.workflow_id:
+                continue
+            out.append(view(rec))
+            if len(out) > query.limit:
+                break
+        more = len(out) > query.limit
+        out = out[: query.limit]
+        return ExecutionList(executions=out, next_cursor=out[-1].execution_id if more and out else None)
+
+    async def stats(self, _: Any) -> QueueStatsReply:
+        counts = await self.queue.counts()
+        in_stream = max(0, counts.messages - counts.active)
+        stats = QueueStats(
+            waiting=0 if counts.paused else in_stream,
+            active=counts.active,
+            completed=self.index.completed,
+            failed=self.index.failed,
+            delayed=self.index.delayed,
+            paused=in_stream if counts.paused else 0,
+            total=0,
+        )
+        stats.total = stats.waiting + stats.active + stats.completed + stats.failed + stats.delayed + stats.paused
+        return QueueStatsReply(stats=stats, is_paused=counts.paused, healthy=True)
+
+    async def pause(self, _: Any) -> QueueControl:
+        changed, consumers = await self.queue.set_paused(True)
+        return QueueControl(is_paused=True, changed=changed, consumers=consumers)
+
+    async def resume(self, _: Any) -> QueueControl:
+        changed, consumers = await self.queue.set_paused(False)
+        return QueueControl(is_paused=False, changed=changed, consumers=consumers)
+
+    async def consumer(self, cmd: EnsureConsumer) -> ConsumerRef:
+        try:
+            check_name("capability", cmd.capability)
+            check_name("type", cmd.type)
+        except IdError as exc:
+            raise Invalid(str(exc)) from None
+        return await self.queue.ensure_consumer(cmd.capability, cmd.type)
+
+    # --- worker reports ------------------------------------------------------------------------------
+
+    async def _reports(self) -> None:
+        sub = await self.ctx.js.pull_subscribe_bind(REPORTS_CONSUMER, stream=self.ctx.names.events_stream)
+        started_dec = msgspec.json.Decoder(JobStarted)
+        result_dec = msgspec.json.Decoder(JobResult)
+        while True:
+            try:
+                msgs = await sub.fetch(REPORT_BATCH, timeout=1)
+            except TimeoutError:
+                self.caught_up.set()
+                continue
+            except Exception as exc:
+                log.warning("fetching reports failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            if len(msgs) < REPORT_BATCH:
+                self.caught_up.set()
+            by_execution: dict[str, list[tuple[Msg, Any]]] = defaultdict(list)
+            for msg in msgs:
+                try:
+                    if msg.subject.endswith(".started"):
+                        report: Any = started_dec.decode(msg.data)
+                    else:
+                        report = result_dec.decode(msg.data)
+                except msgspec.DecodeError:
+                    log.warning("unreadable report dropped", subject=msg.subject)
+                    await msg.term()
+                    continue
+                by_execution[report.execution_id].append((msg, report))
+            await asyncio.gather(*(self._process(items) for items in by_execution.values()))
+
+    async def _process(self, items: list[tuple[Msg, Any]]) -> None:
+        """Reports of one execution, in order (their effects on the execution record are serialized)."""
+        for msg, report in items:
+            try:
+                if isinstance(report, JobStarted):
+                    await self.engine.on_started(report)
+                else:
+                    await self.engine.on_result(report)
+            except Exception as exc:
+                log.warning(
+                    "report not processed; it will be redelivered",
+                    executionId=report.execution_id,
+                    jobId=report.job_id,
+                    error=repr(exc),
+                )
+                self.engine.suspect(report.execution_id)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1)
+                continue
+            with contextlib.suppress(Exception):
+                await msg.ack()
+
+    # --- recovery ------------------------------------------------------------------------------------
+
+    async def _startup_recovery(self) -> None:
+        """Pick up every open execution once the report backlog is processed (a crashed predecessor may
+        have left work half done)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.caught_up.wait(), 30)
+        for record in self.index.open_executions():
+            try:
+                await self.engine.reconcile(record.execution_id, startup=True)
+                self._reconciled[record.execution_id] = record.updated_at
+            except Exception as exc:
+                log.warning("startup recovery failed", executionId=record.execution_id, error=repr(exc))
+
+    async def _sweeper(self) -> None:
+        stall_ms = self.settings.stall_after_s * 1000
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.engine.suspect_event.wait(), self.settings.sweep_interval_s)
+            todo = self.engine.take_suspects()
+            now = now_ms()
+            open_ids = set()
+            for record in self.index.open_executions():
+                open_ids.add(record.execution_id)
+                stalled = now - ms_from_iso(record.updated_at) > stall_ms
+                if stalled and self._reconciled.get(record.execution_id) != record.updated_at:
+                    todo.add(record.execution_id)
+            for execution_id in list(self._reconciled):
+                if execution_id not in open_ids:
+                    del self._reconciled[execution_id]
+            for execution_id in todo:
+                try:
+                    await self.engine.reconcile(execution_id)
+                except Exception as exc:
+                    log.warning("reconcile failed", executionId=execution_id, error=repr(exc))
+                    continue
+                current = self.index.records.get(execution_id)
+                if current is not None:
+                    self._reconciled[execution_id] = current.updated_at

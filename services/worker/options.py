@@ -22,6 +22,7 @@ class WorkerOptions:
     concurrency: int
     handler_modules: tuple[str, ...]
     heartbeat_interval_s: float
+    grace_s: float
 
 
 def default_worker_id(hostname: str) -> str:
@@ -49,6 +50,12 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         default=settings.concurrency,
         help="jobs run at once (default: %(default)s)",
     )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=settings.shutdown_grace_s,
+        help="seconds running jobs get to finish after SIGTERM before they are handed back (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     hostname = socket.gethostname()
     worker_id = args.worker_id or default_worker_id(hostname)
@@ -66,4 +73,5 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         concurrency=args.concurrency,
         handler_modules=tuple(args.handler_modules),
         heartbeat_interval_s=registry.heartbeat_interval_s,
+        grace_s=args.grace,
     )

@@ -1,4 +1,4 @@
-"""The worker service: presence in the registry now; job consumption lands with the execution issue."""
+"""The worker service: presence in the registry plus the job runner."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from contextlib import AsyncExitStack
 
 from shared.service import ServiceContext
 
+from .handlers import HandlerRegistry, default_registry, load_modules
 from .options import WorkerOptions
 from .presence import Presence
+from .runner import Runner
 
 __all__ = ["WorkerService"]
 
@@ -15,15 +17,27 @@ __all__ = ["WorkerService"]
 class WorkerService:
     name = "worker"
 
-    def __init__(self, options: WorkerOptions) -> None:
+    def __init__(self, options: WorkerOptions, handlers: HandlerRegistry | None = None) -> None:
         self.options = options
-        self.running = 0
+        self.handlers = handlers or default_registry
 
     async def ensure(self, ctx: ServiceContext) -> None:
         """Workers own no stream or bucket: the scheduler owns the job stream and its consumers."""
 
     async def serve(self, ctx: ServiceContext, stack: AsyncExitStack) -> None:
-        presence = Presence(ctx.nc, ctx.names, self.options, lambda: self.running, timeout=ctx.nats.request_timeout_s)
+        load_modules(self.options.handler_modules)
+        runner = Runner(ctx, self.options, self.handlers, grace_s=self.options.grace_s)
+        presence = Presence(
+            ctx.nc,
+            ctx.names,
+            self.options,
+            lambda: runner.load,
+            timeout=ctx.nats.request_timeout_s,
+            metadata={"handlers": self.handlers.types()},
+        )
         await presence.register_until_done(ctx.stop)
+        # Unwound in reverse: stop taking jobs and finish/hand back running ones, then deregister.
         stack.push_async_callback(presence.deregister)
+        await runner.start()
+        stack.push_async_callback(runner.stop)
         ctx.spawn(presence.beat_forever(), "heartbeat")

@@ -1,0 +1,943 @@
+"""The execution state machine.
+
+Job records are the truth; the execution record's counts follow each recorded job transition (and are
+recomputed from the job records by `reconcile` whenever a crash may have left them behind). Every
+transition is a compare-and-set on the job record, so a duplicated, late or stale report changes nothing:
+a report counts only if it names the job's current round and attempt and the job is still open.
+
+Job life: pending → ready → queued → running → completed | failed, with `delayed` (waiting out a retry
+backoff) between attempts, `skipped` when a dependency failed and `cancelled` when the execution was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from shared.commands import Conflict, NotFound
+from shared.events import publish_event
+from shared.logging import get_logger
+from shared.messages import (
+    ANY_CAPABILITY,
+    FINAL_EXECUTION_STATES,
+    FINAL_JOB_STATES,
+    Checkpoint,
+    Counts,
+    ExecuteRequest,
+    ExecutionEvent,
+    ExecutionRecord,
+    ExecutionStatus,
+    ExecutionView,
+    JobEvent,
+    JobMessage,
+    JobRecord,
+    JobResult,
+    JobStarted,
+    JobStatus,
+    JobView,
+    Progress,
+)
+from shared.subjects import Names
+from shared.timeutil import iso_from_ms, ms_from_iso, now_iso, now_ms
+
+from .dag import validate
+from .queue import JobQueue
+from .store import Store
+
+__all__ = ["Engine", "EngineSettings", "new_execution_id", "view"]
+
+log = get_logger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+INLINE_DEPENDENCIES_BYTES = 512 * 1024
+PUBLISH_ATTEMPTS = 6
+# Queued jobs younger than this are re-published by recovery: the job stream drops the duplicate (its
+# duplicate window is longer), so no job runs twice because of it.
+REPUBLISH_WINDOW_MS = 9 * 60 * 1000
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_execution_id() -> str:
+    """`exec-` + a ULID-style id: 10 characters of time, 16 of randomness; sorts by creation time."""
+    ms = now_ms()
+    chars = []
+    for _ in range(10):
+        chars.append(_CROCKFORD[ms & 31])
+        ms >>= 5
+    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    tail = []
+    for _ in range(16):
+        tail.append(_CROCKFORD[rand & 31])
+        rand >>= 5
+    return "exec-" + "".join(reversed(chars)) + "".join(tail)
+
+
+def progress(counts: Counts, total: int) -> Progress:
+    return Progress(
+        total=total,
+        completed=counts.completed,
+        failed=counts.failed,
+        running=counts.running,
+        queued=counts.queued + counts.ready,
+        pending=counts.pending,
+        delayed=counts.delayed,
+        skipped=counts.skipped,
+        cancelled=counts.cancelled,
+    )
+
+
+def view(record: ExecutionRecord) -> ExecutionView:
+    return ExecutionView(
+        execution_id=record.execution_id,
+        workflow_id=record.workflow_id,
+        status=record.status,
+        started_at=record.started_at,
+        completed_at=record.completed_at,
+        progress=progress(record.counts, record.job_count),
+        checkpoint_id=record.checkpoint_id,
+        job_count=record.job_count,
+        parallelism=record.parallelism,
+        round=record.round,
+        error=record.error,
+    )
+
+
+def job_view(job: JobRecord) -> JobView:
+    return JobView(
+        id=job.id,
+        name=job.name,
+        type=job.type,
+        status=job.status,
+        attempts=job.attempt,
+        worker_id=job.worker_id,
+        queued_at=job.queued_at,
+        started_at=job.started_at,
+        completed_at=job.completed_at,
+        error=job.error,
+        result=job.result,
+        depends_on=job.depends_on,
+        capability=job.requested_capability,
+    )
+
+
+def _bump(counts: Counts, status: str, delta: int) -> None:
+    setattr(counts, status, getattr(counts, status) + delta)
+
+
+def count_jobs(jobs: Iterable[JobRecord]) -> Counts:
+    counts = Counts()
+    for job in jobs:
+        _bump(counts, job.status, 1)
+    return counts
+
+
+def final_status(counts: Counts, total: int) -> ExecutionStatus | None:
+    if counts.open:
+        return None
+    return "completed" if counts.completed == total else "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    max_jobs: int
+    checkpoint_every: int = 50
+
+
+@dataclass
+class _Pending:
+    """Checkpoint bookkeeping of one execution in this replica."""
+
+    completed: list[str] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        store: Store,
+        queue: JobQueue,
+        names: Names,
+        settings: EngineSettings,
+        checkpoints: Any,
+    ) -> None:
+        self.js = js
+        self.store = store
+        self.queue = queue
+        self.names = names
+        self.settings = settings
+        self.checkpoints = checkpoints
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._pending_cp: dict[str, _Pending] = {}
+        self._rng = random.Random(os.getpid() ^ time.time_ns())
+        self._fanout = asyncio.Semaphore(64)
+        self._suspects: set[str] = set()
+        self.suspect_event = asyncio.Event()
+
+    # --- helpers -------------------------------------------------------------------------------------
+
+    def spawn(self, coro: Any, what: str) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background step failed", step=what, error=repr(t.exception()), exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    def suspect(self, execution_id: str) -> None:
+        """Ask the sweeper to reconcile this execution soon (something may be half done)."""
+        self._suspects.add(execution_id)
+        self.suspect_event.set()
+
+    def take_suspects(self) -> set[str]:
+        taken, self._suspects = self._suspects, set()
+        self.suspect_event.clear()
+        return taken
+
+    async def close(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+
+    async def _job_event(self, execution_id: str, job: JobRecord, status: JobStatus, **extra: Any) -> None:
+        event = JobEvent(
+            execution_id=execution_id,
+            job_id=job.id,
+            status=status,
+            attempt=job.attempt,
+            at=now_iso(),
+            **extra,
+        )
+        await publish_event(
+            self.js,
+            self.names.job_event(execution_id, job.id, status),
+            event,
+            msg_id=f"{execution_id}.{job.id}.{status}.r{job.round}.a{job.attempt}",
+        )
+
+    async def _execution_event(self, record: ExecutionRecord, what: str) -> None:
+        event = ExecutionEvent(
+            execution_id=record.execution_id,
+            workflow_id=record.workflow_id,
+            status=record.status,
+            at=now_iso(),
+            progress=progress(record.counts, record.job_count),
+            checkpoint_id=record.checkpoint_id,
+            error=record.error,
+        )
+        await publish_event(
+            self.js,
+            self.names.execution_event(record.execution_id, what),
+            event,
+            msg_id=f"{record.execution_id}.{what}.r{record.round}",
+        )
+
+    # --- submit --------------------------------------------------------------------------------------
+
+    async def execute(self, request: ExecuteRequest) -> ExecutionView:
+        dag = validate(request, self.settings.max_jobs)
+        execution_id = new_execution_id()
+        now = now_iso()
+        records: list[tuple[str, msgspec.Struct]] = []
+        for index, (job_id, job) in enumerate(dag.jobs.items()):
+            dependents = dag.dependents[job_id]
+            depends_on, dep_chunks = await self.store.save_links(execution_id, job_id, "depends_on", job.depends_on)
+            dependents, dependent_chunks = await self.store.save_links(execution_id, job_id, "dependents", dependents)
+            records.append(
+                (
+                    Store.job_key(execution_id, job_id),
+                    JobRecord(
+                        id=job_id,
+                        name=job.name,
+                        type=job.type,
+                        capability=job.capability or ANY_CAPABILITY,
+                        requested_capability=job.capability,
+                        depends_on=depends_on,
+                        dependents=dependents,
+                        depends_on_chunks=dep_chunks,
+                        dependents_chunks=dependent_chunks,
+                        config=job.config,
+                        retries=job.retries,
+                        backoff_ms=job.backoff_ms,
+                        timeout_s=job.timeout_s,
+                        status="ready" if not job.depends_on else "pending",
+                        remaining=len(job.depends_on),
+                        index=index,
+                    ),
+                )
+            )
+        await self.store.create_many(records)
+        record = ExecutionRecord(
+            execution_id=execution_id,
+            workflow_id=request.workflow_id,
+            status="pending",
+            created_at=now,
+            started_at=now,
+            completed_at=None,
+            job_count=len(dag.jobs),
+            parallelism=request.parallelism,
+            counts=Counts(ready=len(dag.roots), pending=len(dag.jobs) - len(dag.roots)),
+            updated_at=now,
+        )
+        # The execution record is the commit point: once it exists, the execution survives anything.
+        await self.store.create(execution_id, record)
+        log.info(
+            "execution accepted",
+            executionId=execution_id,
+            workflowId=request.workflow_id,
+            jobs=len(dag.jobs),
+            parallelism=request.parallelism,
+        )
+        self.spawn(self._start(record, dag.roots), "start")
+        return view(record)
+
+    async def _start(self, record: ExecutionRecord, roots: list[str]) -> None:
+        await self._execution_event(record, "created")
+        await self.admit(record.execution_id, roots)
+
+    # --- dispatch ------------------------------------------------------------------------------------
+
+    async def admit(self, execution_id: str, ready: list[str]) -> None:
+        """Jobs just became ready: dispatch as many as the execution's parallelism allows, queue the rest."""
+        if not ready:
+            await self.pump(execution_id)
+            return
+        take: list[str] = []
+
+        def reserve(rec: ExecutionRecord) -> bool:
+            take.clear()
+            if rec.status in FINAL_EXECUTION_STATES:
+                return False
+            free = len(ready) if rec.parallelism is None else max(0, rec.parallelism - rec.counts.in_flight)
+            take.extend(ready[:free])
+            if not take:
+                return False
+            rec.counts.ready -= len(take)
+            rec.counts.queued += len(take)
+            rec.updated_at = now_iso()
+            return True
+
+        updated = await self.store.update_execution(execution_id, reserve)
+        if updated is None or updated.value.status in FINAL_EXECUTION_STATES:
+            return
+        await asyncio.gather(*(self._dispatch(updated.value, job_id) for job_id in take))
+        rest = ready[len(take) :]
+        if rest:
+            # Parallelism is full: put the rest on this execution's ready queue (its `ready` events).
+            for job_id in rest:
+                job = await self.store.get_job(execution_id, job_id)
+                if job is not None and job.value.status == "ready":
+                    await self._job_event(execution_id, job.value, "ready")
+            await self.pump(execution_id)
+
+    async def _dispatch(self, record: ExecutionRecord, job_id: str) -> None:
+        """Move one job whose slot is reserved from ready to queued and publish its message."""
+        execution_id = record.execution_id
+
+        def queue_it(job: JobRecord) -> bool:
+            if job.status != "ready":
+                return False
+            job.status = "queued"
+            job.attempt += 1
+            job.queued_at = now_iso()
+            job.worker_id = None
+            job.started_at = None
+            job.error = None
+            return True
+
+        updated = await self.store.update_job(execution_id, job_id, queue_it)
+        if updated is None or not updated.applied:
+            await self._release(execution_id)
+            return
+        await self._publish_job(execution_id, updated.value)
+        await self._job_event(execution_id, updated.value, "queued")
+
+    async def _release(self, execution_id: str) -> None:
+        """A reserved slot was not used: the job had moved on (another replica dispatched it). Give it back."""
+
+        def give_back(rec: ExecutionRecord) -> bool:
+            rec.counts.queued -= 1
+            rec.counts.ready += 1
+            return True
+
+        await self.store.update_execution(execution_id, give_back)
+        self.suspect(execution_id)
+
+    async def _publish_job(self, execution_id: str, job: JobRecord) -> None:
+        dependencies: dict[str, Any] = {}
+        fetch: list[str] = []
+        if job.depends_on:
+            parents = await self.store.load_links(execution_id, job, "depends_on")
+            size = 0
+            for parent_id in parents:
+                parent = await self.store.get_job(execution_id, parent_id)
+                if parent is None:
+                    continue
+                encoded = len(_encode(parent.value.result))
+                if size + encoded <= INLINE_DEPENDENCIES_BYTES:
+                    dependencies[parent_id] = parent.value.result
+                    size += encoded
+                else:
+                    fetch.append(parent_id)
+        message = JobMessage(
+            execution_id=execution_id,
+            job_id=job.id,
+            name=job.name,
+            type=job.type,
+            attempt=job.attempt,
+            round=job.round,
+            config=job.config,
+            dependencies=dependencies,
+            fetch_dependencies=fetch,
+            timeout_s=job.timeout_s,
+        )
+        await self.queue.ensure_consumer(job.capability, job.type)
+        # Idempotent by its message id: a re-publish (retry here, or recovery) within the stream's duplicate
+        # window is dropped by JetStream.
+        msg_id = f"{execution_id}.{job.id}.r{job.round}.a{job.attempt}"
+        data = _encode(message)
+        subject = self.names.jobs(job.capability, job.type)
+        for attempt in range(PUBLISH_ATTEMPTS):
+            try:
+                await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+                return
+            except Exception as exc:
+                if attempt == PUBLISH_ATTEMPTS - 1:
+                    raise
+                log.warning("job publish failed; retrying", executionId=execution_id, jobId=job.id, error=repr(exc))
+                await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+
+    async def pump(self, execution_id: str) -> None:
+        """Fill free parallelism slots from the execution's ready queue (its `ready` events, in order)."""
+        subject = self.names.job_event(execution_id, "*", "ready")
+        for _ in range(1000):
+            current = await self.store.get_execution(execution_id, fresh=True)
+            if current is None:
+                return
+            rec = current.value
+            if rec.status in FINAL_EXECUTION_STATES or rec.parallelism is None or rec.counts.ready <= 0:
+                return
+            free = rec.parallelism - rec.counts.in_flight
+            if free <= 0:
+                return
+            cursor = rec.ready_cursor
+            picked: list[str] = []
+            last_seq = cursor
+            while len(picked) < free:
+                try:
+                    msg = await self.js.get_msg(self.names.events_stream, seq=last_seq + 1, subject=subject, next=True)
+                except NotFoundError:
+                    break
+                assert msg.seq is not None
+                last_seq = msg.seq
+                event = msgspec.json.decode(msg.data or b"{}", type=JobEvent)
+                job = await self.store.get_job(execution_id, event.job_id, fresh=True)
+                if job is not None and job.value.status == "ready" and event.job_id not in picked:
+                    picked.append(event.job_id)
+            if last_seq == cursor:
+                return  # the queue is empty (an enqueuer will pump after publishing)
+
+            def take(
+                r: ExecutionRecord, cursor: int = cursor, last_seq: int = last_seq, picked: list[str] = picked
+            ) -> bool:
+                if r.ready_cursor != cursor:
+                    raise _Moved
+                r.ready_cursor = last_seq
+                r.counts.ready -= len(picked)
+                r.counts.queued += len(picked)
+                r.updated_at = now_iso()
+                return True
+
+            try:
+                updated = await self.store.update_execution(execution_id, take)
+            except _Moved:
+                continue  # another replica took from the queue first; look again
+            if updated is None:
+                return
+            await asyncio.gather(*(self._dispatch(updated.value, job_id) for job_id in picked))
+
+    # --- worker reports ------------------------------------------------------------------------------
+
+    async def on_started(self, report: JobStarted) -> None:
+        execution_id = report.execution_id
+
+        def start(job: JobRecord) -> bool:
+            if job.status != "queued" or job.attempt != report.attempt or job.round != report.round:
+                return False
+            job.status = "running"
+            job.worker_id = report.worker_id
+            job.started_at = report.at
+            return True
+
+        updated = await self.store.update_job(execution_id, report.job_id, start)
+        if updated is None or not updated.applied:
+            return
+
+        def count(rec: ExecutionRecord) -> bool:
+            rec.counts.queued -= 1
+            rec.counts.running += 1
+            if rec.status == "pending":
+                rec.status = "running"
+            rec.updated_at = now_iso()
+            return True
+
+        await self.store.update_execution(execution_id, count)
+
+    async def on_result(self, report: JobResult) -> None:
+        execution_id = report.execution_id
+        before: list[str] = []
+
+        def decide(job: JobRecord) -> bool:
+            before.clear()
+            if job.status not in ("queued", "running") or job.attempt != report.attempt or job.round != report.round:
+                return False
+            before.append(job.status)
+            now = now_iso()
+            job.worker_id = report.worker_id
+            if job.started_at is None:
+                job.started_at = report.at
+            if report.ok:
+                job.status = "completed"
+                job.result = report.result
+                job.error = None
+                job.completed_at = now
+            elif report.cancelled:
+                return False
+            elif job.attempt <= job.retries:
+                delay_ms = job.backoff_ms * 2 ** (job.attempt - 1)
+                delay_ms = int(delay_ms * (0.8 + 0.4 * self._rng.random()))
+                job.status = "delayed"
+                job.error = report.error
+                job.retry_at = iso_from_ms(now_ms() + delay_ms)
+            else:
+                job.status = "failed"
+                job.error = report.error
+                job.completed_at = now
+            return True
+
+        updated = await self.store.update_job(execution_id, report.job_id, decide)
+        if updated is None:
+            return
+        if not updated.applied:
+            current = updated.value
+            if current.round == report.round and current.attempt == report.attempt and current.status != "cancelled":
+                # The same report again: normal after a redelivery, but also what is left when processing
+                # was interrupted halfway (NATS blip, crash). Recovery re-derives whatever was not done.
+                self.suspect(execution_id)
+            return
+        job = updated.value
+        was = before[0]
+        if job.status == "completed":
+            await self._completed(execution_id, job, was)
+        elif job.status == "delayed":
+            await self._delayed(execution_id, job, was)
+        elif job.status == "failed":
+            await self._failed(execution_id, job, was)
+
+    async def _completed(self, execution_id: str, job: JobRecord, was: str) -> None:
+        newly_ready: list[str] = []
+
+        def arrive(child: JobRecord) -> bool:
+            if child.status != "pending":
+                return False
+            child.remaining -= 1
+            if child.remaining == 0:
+                child.status = "ready"
+            return True
+
+        async def one(child_id: str) -> None:
+            async with self._fanout:
+                child = await self.store.update_job(execution_id, child_id, arrive)
+            if child is not None and child.applied and child.value.status == "ready":
+                newly_ready.append(child_id)
+
+        await asyncio.gather(*(one(c) for c in await self.store.load_links(execution_id, job, "dependents")))
+        self._pending_cp.setdefault(execution_id, _Pending()).completed.append(job.id)
+
+        def count(rec: ExecutionRecord) -> bool:
+            _bump(rec.counts, was, -1)
+            rec.counts.completed += 1
+            rec.counts.pending -= len(newly_ready)
+            rec.counts.ready += len(newly_ready)
+            self._finish_if_done(rec)
+            return True
+
+        updated = await self.store.update_execution(execution_id, count)
+        await self._job_event(execution_id, job, "completed", worker_id=job.worker_id)
+        if updated is None:
+            return
+        await self._after_change(updated.value)
+        await self.admit(execution_id, newly_ready)
+
+    async def _delayed(self, execution_id: str, job: JobRecord, was: str) -> None:
+        def count(rec: ExecutionRecord) -> bool:
+            _bump(rec.counts, was, -1)
+            rec.counts.delayed += 1
+            rec.updated_at = now_iso()
+            return True
+
+        await self.store.update_execution(execution_id, count)
+        await self._job_event(execution_id, job, "delayed", error=job.error, retry_at=job.retry_at)
+        assert job.retry_at is not None
+        self._arm_retry(execution_id, job.id, job.retry_at)
+
+    def _arm_retry(self, execution_id: str, job_id: str, retry_at: str) -> None:
+        key = (execution_id, job_id)
+        if key in self._timers:
+            self._timers[key].cancel()
+        delay = max(0.0, (ms_from_iso(retry_at) - now_ms()) / 1000)
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            self.spawn(self.retry_now(execution_id, job_id), "retry")
+
+        self._timers[key] = loop.call_later(delay, fire)
+
+    async def retry_now(self, execution_id: str, job_id: str) -> None:
+        """A backoff is over: queue the next attempt (the slot was kept while delayed)."""
+
+        def requeue(job: JobRecord) -> bool:
+            if job.status != "delayed":
+                return False
+            job.status = "queued"
+            job.attempt += 1
+            job.queued_at = now_iso()
+            job.retry_at = None
+            job.worker_id = None
+            job.started_at = None
+            return True
+
+        updated = await self.store.update_job(execution_id, job_id, requeue)
+        if updated is None or not updated.applied:
+            return
+        job = updated.value
+
+        def count(rec: ExecutionRecord) -> bool:
+            rec.counts.delayed -= 1
+            rec.counts.queued += 1
+            rec.updated_at = now_iso()
+            return True
+
+        exec_rec = await self.store.update_execution(execution_id, count)
+        if exec_rec is None or exec_rec.value.status in FINAL_EXECUTION_STATES:
+            return
+        await self._publish_job(execution_id, job)
+        await self._job_event(execution_id, job, "queued")
+
+    async def _failed(self, execution_id: str, job: JobRecord, was: str) -> None:
+        await self._job_event(execution_id, job, "failed", error=job.error, worker_id=job.worker_id)
+        skipped = await self._skip_dependents(execution_id, job)
+
+        def count(rec: ExecutionRecord) -> bool:
+            _bump(rec.counts, was, -1)
+            rec.counts.failed += 1
+            rec.counts.pending -= len(skipped)
+            rec.counts.skipped += len(skipped)
+            if rec.error is None:
+                rec.error = f"job {job.id} failed: {job.error}"
+            self._finish_if_done(rec)
+            return True
+
+        updated = await self.store.update_execution(execution_id, count)
+        if updated is not None:
+            await self._after_change(updated.value)
+            await self.pump(execution_id)
+
+    async def _skip_dependents(self, execution_id: str, failed: JobRecord) -> list[str]:
+        """Every job that depends on `failed`, transitively, can never run: mark it skipped."""
+        skipped: list[str] = []
+        frontier = [(failed, failed.id)]
+        while frontier:
+            parent, root = frontier.pop()
+            for child_id in await self.store.load_links(execution_id, parent, "dependents"):
+
+                def skip(child: JobRecord, root: str = root) -> bool:
+                    if child.status != "pending":
+                        return False
+                    child.status = "skipped"
+                    child.error = f"skipped: dependency {root} failed"
+                    child.completed_at = now_iso()
+                    return True
+
+                child = await self.store.update_job(execution_id, child_id, skip)
+                if child is not None and child.applied:
+                    skipped.append(child_id)
+                    frontier.append((child.value, root))
+                    await self._job_event(execution_id, child.value, "skipped", error=child.value.error)
+        return skipped
+
+    def _finish_if_done(self, rec: ExecutionRecord) -> None:
+        rec.updated_at = now_iso()
+        if rec.status in FINAL_EXECUTION_STATES:
+            return
+        if rec.counts.running and rec.status == "pending":
+            rec.status = "running"
+        status = final_status(rec.counts, rec.job_count)
+        if status is not None:
+            rec.status = status
+            rec.completed_at = now_iso()
+
+    async def _after_change(self, rec: ExecutionRecord) -> None:
+        """Checkpoint when enough jobs completed or the execution ended; announce the end."""
+        pending = self._pending_cp.get(rec.execution_id)
+        final = rec.status in FINAL_EXECUTION_STATES
+        if final or (pending is not None and len(pending.completed) >= self.settings.checkpoint_every):
+            await self.checkpoint(rec.execution_id)
+        if final:
+            current = await self.store.get_execution(rec.execution_id)
+            if current is not None:
+                await self._execution_event(current.value, current.value.status)
+            log.info("execution finished", executionId=rec.execution_id, status=rec.status)
+            self._pending_cp.pop(rec.execution_id, None)
+            self.store.forget(rec.execution_id)
+
+    async def checkpoint(self, execution_id: str) -> None:
+        """Persist a checkpoint of the execution's progress and name it in the execution record."""
+        pending = self._pending_cp.pop(execution_id, _Pending())
+        current = await self.store.get_execution(execution_id, fresh=True)
+        if current is None:
+            return
+        seq = current.value.checkpoint_seq + 1
+        checkpoint_id = f"{execution_id}-cp{seq}"
+
+        def name_it(rec: ExecutionRecord) -> bool:
+            if rec.checkpoint_seq >= seq:
+                return False
+            rec.checkpoint_seq = seq
+            rec.checkpoint_id = checkpoint_id
+            return True
+
+        cp = Checkpoint(
+            checkpoint_id=checkpoint_id,
+            execution_id=execution_id,
+            seq=seq,
+            round=current.value.round,
+            at=now_iso(),
+            status=current.value.status,
+            counts=current.value.counts,
+            completed_jobs=pending.completed,
+        )
+        await self.checkpoints.put(execution_id, _encode(cp))
+        await self.store.update_execution(execution_id, name_it)
+
+    # --- cancel and retry ----------------------------------------------------------------------------
+
+    async def cancel(self, execution_id: str) -> ExecutionView:
+        def stop(rec: ExecutionRecord) -> bool:
+            if rec.status in FINAL_EXECUTION_STATES:
+                raise Conflict(f"execution {execution_id} already ended ({rec.status}); nothing to cancel")
+            rec.status = "cancelled"
+            rec.completed_at = now_iso()
+            rec.updated_at = rec.completed_at
+            return True
+
+        updated = await self.store.update_execution(execution_id, stop)
+        if updated is None:
+            raise NotFound(f"execution {execution_id} does not exist")
+        # Workers listen for this event: running handlers of this execution are cancelled, queued messages
+        # of it are dropped unrun.
+        await self._execution_event(updated.value, "cancelled")
+        for job in await self.store.all_jobs(execution_id):
+            if job.status in FINAL_JOB_STATES:
+                continue
+
+            def cancel_job(j: JobRecord) -> bool:
+                if j.status in FINAL_JOB_STATES:
+                    return False
+                j.status = "cancelled"
+                j.completed_at = now_iso()
+                j.retry_at = None
+                return True
+
+            changed = await self.store.update_job(execution_id, job.id, cancel_job)
+            timer = self._timers.pop((execution_id, job.id), None)
+            if timer is not None:
+                timer.cancel()
+            if changed is not None and changed.applied:
+                await self._job_event(execution_id, changed.value, "cancelled")
+        counts = count_jobs(await self.store.all_jobs(execution_id))
+
+        def recount(rec: ExecutionRecord) -> bool:
+            rec.counts = counts
+            return True
+
+        final = await self.store.update_execution(execution_id, recount)
+        await self.checkpoint(execution_id)
+        self.store.forget(execution_id)
+        assert final is not None
+        log.info("execution cancelled", executionId=execution_id)
+        return view(final.value)
+
+    async def retry(self, execution_id: str) -> ExecutionView:
+        """Run again, from the latest checkpoint, every job of a finished execution that did not complete."""
+        current = await self.store.get_execution(execution_id, fresh=True)
+        if current is None:
+            raise NotFound(f"execution {execution_id} does not exist")
+        rec = current.value
+        if rec.status not in FINAL_EXECUTION_STATES:
+            raise Conflict(f"execution {execution_id} is still {rec.status}; only a finished execution can be retried")
+        if rec.status == "completed":
+            raise Conflict(f"execution {execution_id} completed; every job already has its result")
+        new_round = rec.round + 1
+        jobs = {job.id: job for job in await self.store.all_jobs(execution_id)}
+        done = {job_id for job_id, job in jobs.items() if job.status == "completed"}
+        ready: list[str] = []
+        for job in jobs.values():
+            if job.status == "completed":
+                continue
+            parents = await self.store.load_links(execution_id, job, "depends_on")
+            remaining = sum(1 for p in parents if p not in done)
+
+            def reset(j: JobRecord, remaining: int = remaining) -> bool:
+                if j.status == "completed":
+                    return False
+                j.status = "ready" if remaining == 0 else "pending"
+                j.remaining = remaining
+                j.round = new_round
+                j.attempt = 0
+                j.worker_id = None
+                j.queued_at = j.started_at = j.completed_at = j.retry_at = None
+                j.error = None
+                j.result = None
+                return True
+
+            changed = await self.store.update_job(execution_id, job.id, reset)
+            if changed is not None and changed.applied and changed.value.status == "ready":
+                ready.append(job.id)
+            if changed is not None:
+                jobs[job.id] = changed.value
+        counts = count_jobs(jobs.values())
+
+        def reopen(r: ExecutionRecord) -> bool:
+            if r.status not in FINAL_EXECUTION_STATES or r.round != rec.round:
+                raise Conflict(f"execution {execution_id} changed while retrying; try again")
+            r.status = "pending"
+            r.round = new_round
+            r.completed_at = None
+            r.error = None
+            r.counts = counts
+            r.updated_at = now_iso()
+            return True
+
+        updated = await self.store.update_execution(execution_id, reopen)
+        assert updated is not None
+        log.info("execution retried", executionId=execution_id, round=new_round, jobs=len(jobs) - len(done))
+        await self._execution_event(updated.value, "retried")
+        self.spawn(self.admit(execution_id, ready), "retry-admit")
+        return view(updated.value)
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    async def get(self, execution_id: str) -> ExecutionView:
+        current = await self.store.get_execution(execution_id, fresh=True)
+        if current is None:
+            raise NotFound(f"execution {execution_id} does not exist")
+        return view(current.value)
+
+    async def jobs(self, execution_id: str) -> list[JobView]:
+        if await self.store.get_execution(execution_id, fresh=True) is None:
+            raise NotFound(f"execution {execution_id} does not exist")
+        jobs = await self.store.all_jobs(execution_id)
+        jobs.sort(key=lambda j: j.index)
+        return [job_view(job) for job in jobs]
+
+    # --- recovery ------------------------------------------------------------------------------------
+
+    async def reconcile(self, execution_id: str, *, startup: bool = False) -> None:
+        """Re-derive an open execution from its job records and finish whatever was left half done.
+
+        Runs at startup for every open execution, when a report suggests interrupted processing, and when
+        an execution has not changed for a while. Every step is a compare-and-set or an idempotent publish,
+        so running it while another replica works on the same execution is safe.
+        """
+        current = await self.store.get_execution(execution_id, fresh=True)
+        if current is None or current.value.status in FINAL_EXECUTION_STATES:
+            return
+        jobs = {job.id: job for job in await self.store.all_jobs(execution_id)}
+        # Dependencies decide a pending job's fate: all completed → ready; one failed or skipped → skipped.
+        for job in list(jobs.values()):
+            if job.status != "pending":
+                continue
+            parents = await self.store.load_links(execution_id, job, "depends_on")
+            statuses = [jobs[p].status for p in parents if p in jobs]
+            dead = next(
+                (p for p in parents if p in jobs and jobs[p].status in ("failed", "skipped", "cancelled")), None
+            )
+            remaining = sum(1 for st in statuses if st != "completed")
+
+            def fix(j: JobRecord, dead: str | None = dead, remaining: int = remaining) -> bool:
+                if j.status != "pending":
+                    return False
+                if dead is not None:
+                    j.status = "skipped"
+                    j.error = f"skipped: dependency {dead} failed"
+                    j.completed_at = now_iso()
+                elif remaining == 0:
+                    j.status = "ready"
+                    j.remaining = 0
+                elif j.remaining != remaining:
+                    j.remaining = remaining
+                else:
+                    return False
+                return True
+
+            changed = await self.store.update_job(execution_id, job.id, fix)
+            if changed is not None:
+                jobs[job.id] = changed.value
+        counts = count_jobs(jobs.values())
+
+        def recount(rec: ExecutionRecord) -> bool:
+            if rec.status in FINAL_EXECUTION_STATES:
+                return False
+            same = msgspec.structs.asdict(rec.counts) == msgspec.structs.asdict(counts)
+            if same and final_status(counts, rec.job_count) is None:
+                return False
+            rec.counts = counts
+            self._finish_if_done(rec)
+            return True
+
+        updated = await self.store.update_execution(execution_id, recount)
+        if updated is None:
+            return
+        if updated.applied:
+            log.info("execution reconciled", executionId=execution_id, status=updated.value.status)
+        if updated.value.status in FINAL_EXECUTION_STATES:
+            await self._after_change(updated.value)
+            return
+        now = now_ms()
+        for job in jobs.values():
+            if job.status == "delayed" and job.retry_at is not None:
+                self._arm_retry(execution_id, job.id, job.retry_at)
+            elif job.status == "queued" and job.queued_at is not None:
+                young = now - ms_from_iso(job.queued_at) < REPUBLISH_WINDOW_MS
+                if young or (startup and await self.queue.pending_for(job.capability, job.type) == 0):
+                    await self._publish_job(execution_id, job)
+        ready = sorted((job for job in jobs.values() if job.status == "ready"), key=lambda j: j.index)
+        if ready:
+            if updated.value.parallelism is None:
+                await self.admit(execution_id, [job.id for job in ready])
+            else:
+                for job in ready:
+                    await self._job_event(execution_id, job, "ready")
+                await self.pump(execution_id)
+
+
+class _Moved(Exception):
+    """The ready-queue cursor moved under us."""

@@ -1,0 +1,153 @@
+"""The job stream's consumers: one durable pull consumer per (capability, type), created on demand; pause and
+resume by JetStream consumer pause; the live part of the queue statistics.
+
+Pause is a persisted switch (`control.queue` in the executions bucket) plus server-side consumer pause on
+every consumer. Both orders of a race between "create a consumer" and "pause" end paused: the creator checks
+the switch again after creating, and the pauser pauses every consumer it lists after setting the switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from shared.logging import get_logger
+from shared.messages import ConsumerRef, QueueState
+from shared.subjects import Names
+from shared.timeutil import now_iso
+
+__all__ = ["PAUSE_FOREVER", "JobQueue", "QueueCounts"]
+
+log = get_logger(__name__)
+
+# JetStream pauses until a time; "until resumed" is a time far enough away.
+PAUSE_FOREVER = "2999-12-31T23:59:59Z"
+QUEUE_KEY = "control.queue"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """What the job stream itself knows: messages not yet acked, and how many of them a worker holds."""
+
+    messages: int
+    active: int
+    paused: bool
+    consumers: int
+
+
+class JobQueue:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        kv: KeyValue,
+        names: Names,
+        *,
+        ack_wait_s: float,
+        max_deliver: int,
+    ) -> None:
+        self.js = js
+        self.kv = kv
+        self.names = names
+        self.ack_wait_s = ack_wait_s
+        self.max_deliver = max_deliver
+        self._known: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    async def is_paused(self) -> bool:
+        try:
+            entry = await self.kv.get(QUEUE_KEY)
+        except KeyNotFoundError:
+            return False
+        assert entry.value is not None
+        return msgspec.json.decode(entry.value, type=QueueState).paused
+
+    def consumer_config(self, capability: str, job_type: str, *, paused: bool) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.names.jobs_consumer(capability, job_type),
+            description=f"workers able to run {job_type!r} jobs needing capability {capability!r}",
+            filter_subject=self.names.jobs(capability, job_type),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            # Short: a dead worker's jobs come back quickly; live workers extend it with in-progress acks.
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+            max_ack_pending=100_000,
+            max_waiting=4096,
+            pause_until=PAUSE_FOREVER if paused else None,
+        )
+
+    async def ensure_consumer(self, capability: str, job_type: str) -> ConsumerRef:
+        """Create the (capability, type) consumer if missing, paused when the queue is paused."""
+        name = self.names.jobs_consumer(capability, job_type)
+        ref = ConsumerRef(
+            stream=self.names.jobs_stream,
+            consumer=name,
+            subject=self.names.jobs(capability, job_type),
+            ack_wait_s=self.ack_wait_s,
+        )
+        if name in self._known:
+            return ref
+        async with self._lock:
+            if name in self._known:
+                return ref
+            try:
+                await self.js.consumer_info(self.names.jobs_stream, name)
+            except NotFoundError:
+                paused = await self.is_paused()
+                await self.js.add_consumer(
+                    self.names.jobs_stream, self.consumer_config(capability, job_type, paused=paused)
+                )
+                log.info("consumer created", consumer=name, paused=paused)
+                if not paused and await self.is_paused():
+                    await self.js.pause_consumer(self.names.jobs_stream, name, PAUSE_FOREVER)
+            self._known.add(name)
+        return ref
+
+    async def _consumers(self) -> list[ConsumerInfo]:
+        infos: list[ConsumerInfo] = []
+        offset = 0
+        while True:
+            page = await self.js.consumers_info(self.names.jobs_stream, offset=offset)
+            infos.extend(page)
+            if len(page) < 256:
+                return infos
+            offset += len(page)
+
+    async def set_paused(self, paused: bool) -> tuple[bool, int]:
+        """Persist the switch, then apply it to every consumer. Returns (changed, consumers touched)."""
+        was = await self.is_paused()
+        await self.kv.put(QUEUE_KEY, msgspec.json.encode(QueueState(paused=paused, changed_at=now_iso())))
+        consumers = await self._consumers()
+        for info in consumers:
+            assert info.name is not None
+            if paused:
+                await self.js.pause_consumer(self.names.jobs_stream, info.name, PAUSE_FOREVER)
+            else:
+                await self.js.resume_consumer(self.names.jobs_stream, info.name)
+        log.info("queue paused" if paused else "queue resumed", consumers=len(consumers), changed=was != paused)
+        return was != paused, len(consumers)
+
+    async def counts(self) -> QueueCounts:
+        info = await self.js.stream_info(self.names.jobs_stream)
+        consumers = await self._consumers()
+        active = sum(c.num_ack_pending or 0 for c in consumers)
+        return QueueCounts(
+            messages=info.state.messages,
+            active=active,
+            paused=await self.is_paused(),
+            consumers=len(consumers),
+        )
+
+    async def pending_for(self, capability: str, job_type: str) -> int | None:
+        """Messages of one consumer not yet acked (None: no such consumer)."""
+        try:
+            info = await self.js.consumer_info(self.names.jobs_stream, self.names.jobs_consumer(capability, job_type))
+        except NotFoundError:
+            return None
+        return (info.num_pending or 0) + (info.num_ack_pending or 0)
