@@ -90,7 +90,7 @@ class SchedulerService:
                 storage=StorageType.MEMORY if ctx.storage.memory else StorageType.FILE,
                 replicas=ctx.storage.replicas,
                 ttl=3600,
-            )
+            ),
         )
         await ctx.js.add_consumer(
             ctx.names.events_stream,

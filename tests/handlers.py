@@ -1,0 +1,33 @@
+"""Handlers the execution tests load into real worker processes (`python -m services.worker tests.handlers`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jetdag.worker import JobContext, JobFailed, handler
+
+
+@handler("add")
+async def add(ctx: JobContext) -> Any:
+    """config.value plus the results of every dependency: proves results flow to dependents."""
+    total = ctx.config.get("value", 0)
+    for result in ctx.dependencies.values():
+        total += result["total"]
+    return {"total": total, "inputs": sorted(ctx.dependencies)}
+
+
+@handler("gate")
+def gate(ctx: JobContext) -> Any:
+    """Succeeds once the file named by config.path exists (the test opens the gate before a retry).
+
+    A plain `def`: the worker runs it in a thread (file system access must not block the event loop)."""
+    if not Path(ctx.config["path"]).exists():
+        raise JobFailed("gate closed")
+    return {"total": 0, "passed": True}
+
+
+@handler("big")
+async def big(ctx: JobContext) -> Any:
+    """A result of config.bytes characters (to test the result size limit)."""
+    return "x" * int(ctx.config["bytes"])
