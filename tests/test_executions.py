@@ -97,7 +97,7 @@ async def test_retry_then_succeed(stack: Stack, http: httpx.AsyncClient, nc: Cli
     assert final["status"] == "completed"
     flaky = (await jobs(http, stack.url, eid))["flaky"]
     assert flaky["attempts"] == 3 and flaky["result"] == {"succeededOnAttempt": 3} and flaky["error"] is None
-    seen = []
+    seen: list[str] = []
     while len(seen) < 20:
         try:
             msg = await sub.next_msg(timeout=2)
@@ -153,7 +153,7 @@ async def test_cancel_while_running(stack: Stack, http: httpx.AsyncClient) -> No
     eid = await submit(http, stack.url, dag)
 
     async def running() -> bool:
-        return (await status(http, stack.url, eid))["progress"]["running"] == 4
+        return bool((await status(http, stack.url, eid))["progress"]["running"] == 4)
 
     await wait_for(running, timeout=20, message="four jobs running")
     r = await http.post(f"{stack.url}/execute/{eid}/cancel")
@@ -169,7 +169,7 @@ async def test_cancel_while_running(stack: Stack, http: httpx.AsyncClient) -> No
 
     async def drained() -> bool:
         s = (await stats(http, stack.url))["stats"]
-        return s["active"] == 0 and s["waiting"] == 0
+        return bool(s["active"] == 0 and s["waiting"] == 0)
 
     await wait_for(drained, timeout=30, message="queue drained after cancel")
     assert not worker.has_logged("job completed")

@@ -18,7 +18,7 @@ async def test_capability_routing_waits_for_a_capable_worker(stack: Stack, http:
 
     async def train_waiting() -> bool:
         listing = await jobs(http, stack.url, eid)
-        return listing["prep"]["status"] == "completed" and listing["train"]["status"] == "queued"
+        return bool(listing["prep"]["status"] == "completed" and listing["train"]["status"] == "queued")
 
     await wait_for(train_waiting, timeout=20, message="train to wait for a gpu worker")
     s = (await stats(http, stack.url))["stats"]
@@ -75,7 +75,7 @@ async def test_pause_survives_a_scheduler_restart(stack: Stack, http: httpx.Asyn
     eid = await submit(http, stack.url, [job("x")])
 
     async def held() -> bool:
-        return (await stats(http, stack.url))["stats"]["paused"] == 1
+        return bool((await stats(http, stack.url))["stats"]["paused"] == 1)
 
     await wait_for(held, timeout=20, message="job held while paused")
     assert (await http.post(f"{stack.url}/queue/resume")).status_code == 200
@@ -111,7 +111,7 @@ async def test_delayed_counts_jobs_waiting_out_a_backoff(stack: Stack, http: htt
     eid = await submit(http, stack.url, [job("later", "fail", config={"times": 1}, retries=1, backoffMs=3000)])
 
     async def delayed() -> bool:
-        return (await stats(http, stack.url))["stats"]["delayed"] == 1
+        return bool((await stats(http, stack.url))["stats"]["delayed"] == 1)
 
     await wait_for(delayed, timeout=20, message="a delayed job")
     assert (await status(http, stack.url, eid))["progress"]["delayed"] == 1
