@@ -37,6 +37,8 @@ def _find_cycle(jobs: dict[str, JobConfig], stuck: set[str]) -> list[str]:
         node = next(d for d in sorted(jobs[node].depends_on) if d in stuck)
     cycle = path[seen[node] :]
     cycle.reverse()  # dependencies point backwards; show the order in which they would run
+    first = cycle.index(min(cycle))  # start at the smallest id so the message is stable
+    cycle = cycle[first:] + cycle[:first]
     return [*cycle, cycle[0]]
 
 
