@@ -253,6 +253,14 @@ class SchedulerService:
         sub = await self.ctx.js.pull_subscribe_bind(REPORTS_CONSUMER, stream=self.ctx.names.events_stream)
         started_dec = msgspec.json.Decoder(JobStarted)
         result_dec = msgspec.json.Decoder(JobResult)
+        try:
+            await self._report_loop(sub, started_dec, result_dec)
+        finally:
+            # Unsubscribe before the connection drains: a drained pull subscription waits on its queue.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _report_loop(self, sub: Any, started_dec: Any, result_dec: Any) -> None:
         while True:
             try:
                 msgs = await sub.fetch(REPORT_BATCH, timeout=1)
