@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api import job, wait_final
 from tests.conftest import Stack, start_nats
 from tests.helpers import ROOT
 
@@ -41,7 +42,19 @@ KV_LS = ["kv", "ls"]
 KV_GET = ["kv", "get", "jetdag_workers", "worker-1", "--raw"]
 STREAM_INFO = ["stream", "info", "JETDAG_JOBS"]
 REQ_LIST = ["req", "jetdag.registry.list", "{}"]
-COMMANDS = [MICRO_LS, MICRO_INFO, KV_LS, KV_GET, STREAM_INFO, REQ_LIST]
+# An execution's commands name it; the document writes `<exec>` where the test puts the real id.
+EXEC = "<exec>"
+KV_GET_EXECUTION = ["kv", "get", "jetdag_executions", EXEC, "--raw"]
+SUB_EVENTS = [
+    "sub",
+    "--stream",
+    "JETDAG_EVENTS",
+    "--all",
+    "--terminate-at-end",
+    "--subjects-only",
+    f"jetdag.events.*.{EXEC}.>",
+]
+COMMANDS = [MICRO_LS, MICRO_INFO, KV_LS, KV_GET, STREAM_INFO, REQ_LIST, KV_GET_EXECUTION, SUB_EVENTS]
 
 
 def find_nats_cli() -> str | None:
@@ -91,7 +104,8 @@ class Cli:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "XDG_"))}
         self.env["HOME"] = str(home)
 
-    async def __call__(self, args: list[str]) -> str:
+    async def __call__(self, args: list[str], execution_id: str = "") -> str:
+        args = [a.replace(EXEC, execution_id) for a in args]
         argv = [self.binary, "--no-context", "--server", self.server_url, *args]
         result: subprocess.CompletedProcess[str] = await asyncio.to_thread(
             subprocess.run,
@@ -149,6 +163,14 @@ async def test_nats_cli_output_matches_debugging_doc(nats_cli: str, tmp_path: Pa
         await check_kv(nats)
         await check_stream(nats)
         await check_request(nats)
+        await stack.worker("worker-a")
+        async with httpx.AsyncClient(timeout=15.0) as http:
+            dag = {"workflowId": "cli-demo", "jobs": [job("extract"), job("load", "noop", ["extract"])]}
+            r = await http.post(f"{stack.url}/execute", json=dag)
+            assert r.status_code == 201, r.text
+            eid = r.json()["executionId"]
+            assert (await wait_final(http, stack.url, eid))["status"] == "completed"
+        await check_execution(nats, eid)
     finally:
         try:
             stack.stop_all()
@@ -206,3 +228,22 @@ async def check_request(nats: Cli) -> None:
     reply: dict[str, Any] = json.loads(out)  # "Sending request…" and "Received with rtt…" go to stderr
     assert [w["workerId"] for w in reply["workers"]] == ["worker-1"], out
     assert reply["workers"][0]["status"] == "idle", out
+
+
+async def check_execution(nats: Cli, eid: str) -> None:
+    out = await nats(KV_GET_EXECUTION, eid)
+    record: dict[str, Any] = json.loads(out)
+    assert record["executionId"] == eid and record["workflowId"] == "cli-demo" and record["status"] == "completed"
+    assert record["counts"]["completed"] == 2 and record["jobCount"] == 2
+
+    out = await nats(SUB_EVENTS, eid)
+    subjects = re.findall(r"subject: (jetdag\.events\.\S+)", out)
+    what = [s.removeprefix("jetdag.events.").replace(eid, "<exec>") for s in subjects]
+    # The execution's events in the order they happened: each job queued → started → result → completed,
+    # the second only after the first completed; the execution ends completed.
+    assert what[0] == "execution.<exec>.created", what
+    assert what[-1] == "execution.<exec>.completed", what
+    for job_id in ("extract", "load"):
+        steps = [w.rsplit(".", 1)[1] for w in what if w.startswith(f"job.<exec>.{job_id}.")]
+        assert steps == ["queued", "started", "result", "completed"], (job_id, what)
+    assert what.index("job.<exec>.extract.completed") < what.index("job.<exec>.load.queued"), what

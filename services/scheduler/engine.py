@@ -365,8 +365,9 @@ class Engine:
         if updated is None or not updated.applied:
             await self._release(execution_id)
             return
-        await self._publish_job(execution_id, updated.value)
+        # The event first: a worker may report `started` the moment the job message is out.
         await self._job_event(execution_id, updated.value, "queued")
+        await self._publish_job(execution_id, updated.value)
 
     async def _release(self, execution_id: str) -> None:
         """A reserved slot was not used: the job had moved on (another replica dispatched it). Give it back."""
@@ -489,15 +490,21 @@ class Engine:
         if updated is None or not updated.applied:
             return
 
+        became_running: list[bool] = []
+
         def count(rec: ExecutionRecord) -> bool:
+            became_running.clear()
             rec.counts.queued -= 1
             rec.counts.running += 1
             if rec.status == "pending":
                 rec.status = "running"
+                became_running.append(True)
             rec.updated_at = now_iso()
             return True
 
-        await self.store.update_execution(execution_id, count)
+        changed = await self.store.update_execution(execution_id, count)
+        if changed is not None and became_running:
+            await self._execution_event(changed.value, "running")
 
     async def on_result(self, report: JobResult) -> None:
         execution_id = report.execution_id
@@ -638,8 +645,8 @@ class Engine:
         exec_rec = await self.store.update_execution(execution_id, count)
         if exec_rec is None or exec_rec.value.status in FINAL_EXECUTION_STATES:
             return
-        await self._publish_job(execution_id, job)
         await self._job_event(execution_id, job, "queued")
+        await self._publish_job(execution_id, job)
 
     async def _failed(self, execution_id: str, job: JobRecord, was: str) -> None:
         await self._job_event(execution_id, job, "failed", error=job.error, worker_id=job.worker_id)
@@ -735,7 +742,14 @@ class Engine:
             completed_jobs=pending.completed,
         )
         await self.checkpoints.put(execution_id, _encode(cp))
-        await self.store.update_execution(execution_id, name_it)
+        named = await self.store.update_execution(execution_id, name_it)
+        if named is not None and named.applied:
+            await publish_event(
+                self.js,
+                self.names.execution_event(execution_id, "checkpoint"),
+                cp,
+                msg_id=f"{checkpoint_id}.r{cp.round}",
+            )
 
     # --- cancel and retry ----------------------------------------------------------------------------
 

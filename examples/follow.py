@@ -1,0 +1,73 @@
+"""Follow one execution's progress live from the event stream, until it ends.
+
+    python examples/follow.py <executionId> [--server nats://127.0.0.1:4222] [--namespace jetdag]
+
+Replays the execution's events from the stream (nothing is missed even if it started before us), then follows
+new ones; exits 0 when the execution completed, 1 when it failed or was cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+import nats
+from nats.js.api import DeliverPolicy
+
+FINAL = {"completed": 0, "failed": 1, "cancelled": 1}
+
+
+async def follow(server: str, namespace: str, execution_id: str) -> int:
+    nc = await nats.connect(server)
+    js = nc.jetstream()
+    prefix = f"{namespace}.events"
+    stream = f"{namespace.upper().replace('-', '_')}_EVENTS"
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def on_event(msg: nats.aio.msg.Msg) -> None:
+        event = json.loads(msg.data)
+        parts = msg.subject.split(".")
+        if parts[2] not in ("execution", "job"):
+            return
+        if parts[2] == "execution":
+            what = parts[-1]
+            progress = event.get("progress") or event.get("counts") or {}
+            done_jobs = progress.get("completed", 0)
+            total = progress.get("total", "?")
+            print(f"{event['at']}  execution {what:<10} {done_jobs}/{total} completed", flush=True)
+            if what in FINAL and not done.done():
+                done.set_result(FINAL[what])
+        else:
+            job_id, what = parts[-2], parts[-1]
+            extra = event.get("error") or event.get("workerId") or ""
+            print(f"{event['at']}  job {job_id:<20} {what:<10} {extra}", flush=True)
+
+    # `<ns>.events.*.<exec>.>` covers both `execution.<exec>.<what>` and `job.<exec>.<job>.<what>`.
+    sub = await js.subscribe(
+        f"{prefix}.*.{execution_id}.>",
+        stream=stream,
+        cb=on_event,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    try:
+        return await done
+    finally:
+        await sub.unsubscribe()
+        await nc.drain()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("execution_id")
+    parser.add_argument("--server", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    parser.add_argument("--namespace", default=os.environ.get("JETDAG_NAMESPACE", "jetdag"))
+    args = parser.parse_args()
+    sys.exit(asyncio.run(follow(args.server, args.namespace, args.execution_id)))
+
+
+if __name__ == "__main__":
+    main()
