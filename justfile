@@ -18,3 +18,7 @@ lint:
 fmt:
     ruff format .
     ruff check --fix .
+
+# run the example pipeline (preprocess → train → evaluate) on the running stack
+demo:
+    python -m examples.demo
