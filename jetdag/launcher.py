@@ -205,6 +205,7 @@ class Launcher:
                 port=self.stack.nats_port,
                 monitor_port=self.stack.nats_monitor_port,
                 server_name="jetdag",
+                sync_interval=self.stack.nats_sync_interval or None,
             ),
             config_path=data / "nats-server.conf",
         )

@@ -330,6 +330,8 @@ class ConsumerRef(Message):
     consumer: str
     subject: str
     ack_wait_s: float
+    max_deliveries: int = 5
+    """A message delivered more often than this without a result fails its job as a poison job."""
 
 
 # --- the job stream and worker reports ---------------------------------------------------------------------

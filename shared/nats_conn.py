@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.errors import NoServersError
 
@@ -44,7 +43,14 @@ def connect_options(settings: NatsSettings, name: str) -> dict[str, Any]:
     return opts
 
 
-async def connect(settings: NatsSettings, name: str, *, stop: asyncio.Event | None = None, **overrides: Any) -> Client:
+async def connect(
+    settings: NatsSettings,
+    name: str,
+    *,
+    stop: asyncio.Event | None = None,
+    client: Client | None = None,
+    **overrides: Any,
+) -> Client:
     """Connect, retrying the first connect until NATS answers (or `stop` is set).
 
     A service may start before its NATS server is reachable (containers start in any order); it waits and
@@ -69,7 +75,8 @@ async def connect(settings: NatsSettings, name: str, *, stop: asyncio.Event | No
     delay = 0.2
     while True:
         try:
-            nc: Client = await nats.connect(**opts)
+            nc = client or Client()
+            await nc.connect(**opts)
             bound.info("nats connected", server=nc.connected_url.netloc if nc.connected_url else None)
             return nc
         except (TimeoutError, NoServersError, OSError) as exc:

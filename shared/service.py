@@ -88,13 +88,20 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     bound = log.bind(namespace=names.namespace)
-    try:
-        nc = await connect(nats_settings, f"{names.namespace}-{service.name}", stop=stop)
-    except Exception:
-        if stop.is_set():
-            bound.info("stopped before nats answered")
-            return 0
-        raise
+    name = f"{names.namespace}-{service.name}"
+    nc = Client()
+    connecting: asyncio.Task[Client] | None = None
+    if getattr(service, "serves_before_nats", False):
+        # The gateway answers (503, naming NATS) from the start instead of refusing connections.
+        connecting = asyncio.create_task(connect(nats_settings, name, stop=stop, client=nc))
+    else:
+        try:
+            await connect(nats_settings, name, stop=stop, client=nc)
+        except Exception:
+            if stop.is_set():
+                bound.info("stopped before nats answered")
+                return 0
+            raise
     ctx = ServiceContext(
         name=service.name,
         nc=nc,
@@ -107,7 +114,10 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
     async with AsyncExitStack() as stack:
         stack.push_async_callback(_close, nc)
         stack.push_async_callback(ctx.cancel_tasks)
-        await service.ensure(ctx)
+        if connecting is not None:
+            stack.push_async_callback(_cancel, connecting)
+        if not await _ensure(service, ctx):
+            return 0
         await service.serve(ctx, stack)
         bound.info("service ready")
         if ready is not None:
@@ -118,8 +128,35 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
     return 1 if ctx.failed else 0
 
 
+async def _ensure(service: Service, ctx: ServiceContext) -> bool:
+    """Create what the service owns, retrying while JetStream cannot yet (a cluster electing its meta
+    leader, a server restarting). False if told to stop meanwhile."""
+    delay = 0.25
+    while True:
+        try:
+            await service.ensure(ctx)
+            return True
+        except Exception as exc:
+            if ctx.stop.is_set():
+                return False
+            log.warning("jetstream not ready; retrying", error=repr(exc), retry_in_s=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stop.wait(), delay)
+        if ctx.stop.is_set():
+            return False
+        delay = min(delay * 2, 5.0)
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
 async def _close(nc: Client) -> None:
-    if nc.is_closed:
+    if nc.is_closed or not (nc.is_connected or nc.is_reconnecting):
+        with contextlib.suppress(Exception):
+            await nc.close()
         return
     try:
         await asyncio.wait_for(nc.drain(), 5)

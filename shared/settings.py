@@ -133,11 +133,20 @@ class ExecutionSettings:
     max_jobs: int = env("JETDAG_MAX_JOBS", 20_000, "Most jobs one execution may have.")
     job_ack_wait_s: float = env(
         "JETDAG_JOB_ACK_WAIT_S",
-        10.0,
-        "A job message not acknowledged (nor kept alive by its worker) this long is delivered again.",
+        5.0,
+        "Lease of a running job: its worker renews it every quarter of this; a job whose worker died (no "
+        "renewal) is delivered again after at most this long.",
     )
     job_max_deliver: int = env(
-        "JETDAG_JOB_MAX_DELIVER", 5, "Deliveries of one job attempt before it fails as a poison job."
+        "JETDAG_JOB_MAX_DELIVER",
+        5,
+        "Deliveries of one attempt without a result (its worker died each time) before it fails as a poison job.",
+    )
+    max_open_jobs: int = env(
+        "JETDAG_MAX_OPEN_JOBS",
+        200_000,
+        "Backpressure: POST /execute answers 503 while the open (not finished) jobs of all executions would "
+        "exceed this.",
     )
     stall_after_s: float = env(
         "JETDAG_STALL_AFTER_S", 15.0, "An open execution unchanged this long is re-checked against its job records."
@@ -171,6 +180,12 @@ class StackSettings:
         "JETDAG_NATS_MONITOR_PORT", 8222, "Monitoring (HTTP) port of the embedded nats-server."
     )
     workers: int = env("JETDAG_WORKERS", 2, "Worker processes `jetdag up` starts.")
+    nats_sync_interval: str = env(
+        "JETDAG_NATS_SYNC_INTERVAL",
+        "",
+        "fsync interval of the embedded nats-server's JetStream store (`always` for production; empty: the "
+        "server's 2-minute default). See docs/reliability.md.",
+    )
     shutdown_grace_s: float = env(
         "JETDAG_SHUTDOWN_GRACE_S", 10.0, "How long `jetdag up` waits for each process after SIGTERM."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +32,10 @@ def gate(ctx: JobContext) -> Any:
 async def big(ctx: JobContext) -> Any:
     """A result of config.bytes characters (to test the result size limit)."""
     return "x" * int(ctx.config["bytes"])
+
+
+@handler("crash")
+async def crash(ctx: JobContext) -> Any:
+    """Kills its own worker process, every time: a poison job."""
+    ctx.log.warning("crashing the worker on purpose")
+    os._exit(3)

@@ -51,6 +51,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 class GatewayService:
     name = "gateway"
+    # HTTP comes up at once and answers 503 naming NATS until the connection is there.
+    serves_before_nats = True
 
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or load(GatewaySettings)

@@ -478,8 +478,17 @@ class Engine:
     async def on_started(self, report: JobStarted) -> None:
         execution_id = report.execution_id
 
+        moved: list[bool] = []
+
         def start(job: JobRecord) -> bool:
-            if job.status != "queued" or job.attempt != report.attempt or job.round != report.round:
+            moved.clear()
+            if job.attempt != report.attempt or job.round != report.round:
+                return False
+            if job.status == "running" and job.worker_id != report.worker_id:
+                # The attempt was delivered again (its first worker died or froze past its lease): the job
+                # record follows the worker that runs it now.
+                moved.append(True)
+            elif job.status != "queued":
                 return False
             job.status = "running"
             job.worker_id = report.worker_id
@@ -487,7 +496,7 @@ class Engine:
             return True
 
         updated = await self.store.update_job(execution_id, report.job_id, start)
-        if updated is None or not updated.applied:
+        if updated is None or not updated.applied or moved:
             return
 
         became_running: list[bool] = []

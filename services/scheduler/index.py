@@ -42,6 +42,7 @@ class ExecutionIndex:
         t.completed += sign * counts.completed
         t.failed += sign * counts.failed
         t.delayed += sign * counts.delayed
+        t.pending += sign * counts.open  # "pending" of the totals holds every open job
 
     @property
     def completed(self) -> int:
@@ -54,6 +55,11 @@ class ExecutionIndex:
     @property
     def delayed(self) -> int:
         return self._totals.delayed
+
+    @property
+    def open_jobs(self) -> int:
+        """Jobs of all executions that have not finished (pending, ready, queued, running, delayed)."""
+        return self._totals.pending
 
     def open_executions(self) -> list[ExecutionRecord]:
         return [r for r in self.records.values() if r.status not in FINAL_EXECUTION_STATES]

@@ -76,7 +76,9 @@ class JobQueue:
             ack_policy=AckPolicy.EXPLICIT,
             # Short: a dead worker's jobs come back quickly; live workers extend it with in-progress acks.
             ack_wait=self.ack_wait_s,
-            max_deliver=self.max_deliver,
+            # Unlimited here: the worker fails a job delivered more than `max_deliver` times (a poison job)
+            # with a result that says why, instead of JetStream silently parking the message.
+            max_deliver=-1,
             max_ack_pending=100_000,
             max_waiting=4096,
             pause_until=PAUSE_FOREVER if paused else None,
@@ -90,6 +92,7 @@ class JobQueue:
             consumer=name,
             subject=self.names.jobs(capability, job_type),
             ack_wait_s=self.ack_wait_s,
+            max_deliveries=self.max_deliver,
         )
         if name in self._known:
             return ref

@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from shared.commands import Endpoint, Invalid, add_endpoints
+from shared.commands import Endpoint, Invalid, Unavailable, add_endpoints
 from shared.ids import IdError, check_id, check_name
 from shared.jetstream import (
     ensure_bucket,
@@ -146,6 +146,7 @@ class SchedulerService:
                 "consumer": Endpoint(EnsureConsumer, self.consumer),
             },
         )
+        stack.push_async_callback(self._report_cas)
         stack.push_async_callback(self.engine.close)
         stack.push_async_callback(svc.stop)
         ctx.spawn(self._reports(), "reports")
@@ -159,8 +160,19 @@ class SchedulerService:
 
     # --- commands ------------------------------------------------------------------------------------
 
+    def _admit(self, jobs: int) -> None:
+        """Backpressure: refuse a submission that would push the open jobs over the configured bound,
+        before anything of it is written."""
+        open_jobs = self.index.open_jobs
+        if open_jobs + jobs > self.settings.max_open_jobs:
+            raise Unavailable(
+                f"the scheduler is at capacity: {open_jobs} jobs are open and this execution adds {jobs} "
+                f"(limit {self.settings.max_open_jobs}); retry later"
+            )
+
     async def execute(self, cmd: ExecuteCommand) -> ExecutionView:
         if cmd.request is not None:
+            self._admit(len(cmd.request.jobs))
             return await self.engine.execute(cmd.request)
         if cmd.staged is None:
             raise Invalid("execute needs a request or a staged submission")
@@ -174,6 +186,7 @@ class SchedulerService:
         except msgspec.ValidationError as exc:
             raise Invalid(f"invalid request: {exc}") from None
         try:
+            self._admit(len(request.jobs))
             return await self.engine.execute(request)
         finally:
             with contextlib.suppress(Exception):
@@ -246,6 +259,12 @@ class SchedulerService:
         except IdError as exc:
             raise Invalid(str(exc)) from None
         return await self.queue.ensure_consumer(cmd.capability, cmd.type)
+
+    async def _report_cas(self) -> None:
+        """How often compare-and-set lost a race (other replicas, or this one's own concurrent steps)."""
+        writes, conflicts = self.store.writes, self.store.conflicts
+        rate = conflicts / (writes + conflicts) if writes + conflicts else 0.0
+        log.info("compare-and-set totals", writes=writes, conflicts=conflicts, conflict_rate=round(rate, 4))
 
     # --- worker reports ------------------------------------------------------------------------------
 

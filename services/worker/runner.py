@@ -242,6 +242,28 @@ class Runner:
                 ctx.log.info("dropping job of a cancelled execution")
                 await msg.ack()
                 return
+            deliveries = msg.metadata.num_delivered or 1
+            if deliveries > ref.max_deliveries:
+                # Every earlier delivery ended without a result: the process running it died (or froze past
+                # its lease) each time. Running it again would kill another worker.
+                ctx.log.error("poison job: failing it instead of running it again", deliveries=deliveries)
+                poison = JobResult(
+                    execution_id=job.execution_id,
+                    job_id=job.job_id,
+                    attempt=job.attempt,
+                    round=job.round,
+                    worker_id=self.options.worker_id,
+                    ok=False,
+                    at=now_iso(),
+                    duration_ms=0.0,
+                    error=(
+                        f"delivered {deliveries - 1} times without a result: the worker running it died or "
+                        "stopped responding each time (poison job)"
+                    ),
+                )
+                await self._publish(self.ctx.names.job_event(job.execution_id, job.job_id, "result"), poison, job, "r")
+                await msg.ack()
+                return
             keepalive = asyncio.create_task(self._keepalive(msg, ref.ack_wait_s))
             started = JobStarted(
                 execution_id=job.execution_id,
@@ -345,7 +367,7 @@ class Runner:
                 await asyncio.sleep(min(0.25 * 2**attempt, 3.0))
 
     async def _keepalive(self, msg: Msg, ack_wait_s: float) -> None:
-        interval = max(0.2, ack_wait_s / 3)
+        interval = max(0.2, ack_wait_s / 4)
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):
