@@ -56,6 +56,7 @@ async def connect(
     A service may start before its NATS server is reachable (containers start in any order); it waits and
     says so instead of crashing.
     """
+    listeners = overrides.pop("on_reconnect", [])
     opts = connect_options(settings, name)
     opts.update(overrides)
     bound = log.bind(nats_url=settings.url, connection=name)
@@ -65,6 +66,8 @@ async def connect(
 
     async def on_reconnect() -> None:
         bound.info("nats reconnected")
+        for listener in listeners:
+            listener()
 
     async def on_error(exc: Exception) -> None:
         bound.warning("nats error", error=str(exc) or type(exc).__name__)

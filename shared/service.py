@@ -40,6 +40,8 @@ class ServiceContext:
     nats: NatsSettings
     storage: StorageSettings
     stop: asyncio.Event
+    reconnect_listeners: list[Callable[[], None]] = field(default_factory=list)
+    """Called after the connection to NATS is re-established (server-side ephemeral state may be gone)."""
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     failed: bool = False
 
@@ -90,13 +92,14 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
     bound = log.bind(namespace=names.namespace)
     name = f"{names.namespace}-{service.name}"
     nc = Client()
+    listeners: list[Callable[[], None]] = []
     connecting: asyncio.Task[Client] | None = None
     if getattr(service, "serves_before_nats", False):
         # The gateway answers (503, naming NATS) from the start instead of refusing connections.
-        connecting = asyncio.create_task(connect(nats_settings, name, stop=stop, client=nc))
+        connecting = asyncio.create_task(connect(nats_settings, name, stop=stop, client=nc, on_reconnect=listeners))
     else:
         try:
-            await connect(nats_settings, name, stop=stop, client=nc)
+            await connect(nats_settings, name, stop=stop, client=nc, on_reconnect=listeners)
         except Exception:
             if stop.is_set():
                 bound.info("stopped before nats answered")
@@ -110,6 +113,7 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
         nats=nats_settings,
         storage=storage,
         stop=stop,
+        reconnect_listeners=listeners,
     )
     async with AsyncExitStack() as stack:
         stack.push_async_callback(_close, nc)

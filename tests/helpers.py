@@ -111,7 +111,8 @@ class ServiceProcess:
     async def wait_ready(self, timeout: float = 30.0) -> ServiceProcess:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode} during startup:\n{self.tail()}")
+                # Not an AssertionError: wait_for would keep polling a process that is gone.
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during startup:\n{self.tail()}")
             return self.has_logged("service ready")
 
         await wait_for(ready, timeout=timeout, message=f"{self.name} to be ready")

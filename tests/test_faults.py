@@ -181,7 +181,8 @@ async def test_poison_job_fails_after_configured_deliveries(stack: Stack, http: 
         nonlocal started
         while True:
             started += 1
-            proc = await stack.worker(f"w{started}", "tests.handlers")
+            # Not waiting for "ready": the poison job may kill it before it gets that far.
+            proc = stack.process(f"w{started}", "services.worker", "--id", f"w{started}", "tests.handlers").start()
             assert proc.proc is not None
             await asyncio.to_thread(proc.proc.wait)
 

@@ -151,6 +151,8 @@ def final_status(counts: Counts, total: int) -> ExecutionStatus | None:
 class EngineSettings:
     max_jobs: int
     checkpoint_every: int = 50
+    quiet_s: float = 15.0
+    """Counts are rebuilt from the job records only after the execution has not changed for this long."""
 
 
 @dataclass
@@ -184,6 +186,24 @@ class Engine:
         self._fanout = asyncio.Semaphore(64)
         self._suspects: set[str] = set()
         self.suspect_event = asyncio.Event()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._finished: set[str] = set()
+
+    def _lock(self, execution_id: str) -> asyncio.Lock:
+        """Serializes this replica's work on one execution (reports, timers, recovery, cancel, retry);
+        replicas among themselves rely on compare-and-set."""
+        lock = self._locks.get(execution_id)
+        if lock is None:
+            lock = self._locks[execution_id] = asyncio.Lock()
+        return lock
+
+    def _unlock_finished(self, execution_id: str) -> None:
+        """Forget the lock of an execution that ended (after its holder released it)."""
+        if execution_id in self._finished:
+            lock = self._locks.get(execution_id)
+            if lock is None or not lock.locked():
+                self._locks.pop(execution_id, None)
+                self._finished.discard(execution_id)
 
     # --- helpers -------------------------------------------------------------------------------------
 
@@ -309,7 +329,8 @@ class Engine:
 
     async def _start(self, record: ExecutionRecord, roots: list[str]) -> None:
         await self._execution_event(record, "created")
-        await self.admit(record.execution_id, roots)
+        async with self._lock(record.execution_id):
+            await self.admit(record.execution_id, roots)
 
     # --- dispatch ------------------------------------------------------------------------------------
 
@@ -476,6 +497,11 @@ class Engine:
     # --- worker reports ------------------------------------------------------------------------------
 
     async def on_started(self, report: JobStarted) -> None:
+        async with self._lock(report.execution_id):
+            await self._on_started(report)
+        self._unlock_finished(report.execution_id)
+
+    async def _on_started(self, report: JobStarted) -> None:
         execution_id = report.execution_id
 
         moved: list[bool] = []
@@ -503,6 +529,8 @@ class Engine:
 
         def count(rec: ExecutionRecord) -> bool:
             became_running.clear()
+            if rec.status in FINAL_EXECUTION_STATES:
+                return False
             rec.counts.queued -= 1
             rec.counts.running += 1
             if rec.status == "pending":
@@ -516,6 +544,11 @@ class Engine:
             await self._execution_event(changed.value, "running")
 
     async def on_result(self, report: JobResult) -> None:
+        async with self._lock(report.execution_id):
+            await self._on_result(report)
+        self._unlock_finished(report.execution_id)
+
+    async def _on_result(self, report: JobResult) -> None:
         execution_id = report.execution_id
         before: list[str] = []
 
@@ -587,6 +620,8 @@ class Engine:
         self._pending_cp.setdefault(execution_id, _Pending()).completed.append(job.id)
 
         def count(rec: ExecutionRecord) -> bool:
+            if rec.status in FINAL_EXECUTION_STATES:
+                return False  # cancelled meanwhile: its final counts were taken from the job records
             _bump(rec.counts, was, -1)
             rec.counts.completed += 1
             rec.counts.pending -= len(newly_ready)
@@ -598,11 +633,14 @@ class Engine:
         await self._job_event(execution_id, job, "completed", worker_id=job.worker_id)
         if updated is None:
             return
-        await self._after_change(updated.value)
+        if updated.applied:
+            await self._after_change(updated.value)
         await self.admit(execution_id, newly_ready)
 
     async def _delayed(self, execution_id: str, job: JobRecord, was: str) -> None:
         def count(rec: ExecutionRecord) -> bool:
+            if rec.status in FINAL_EXECUTION_STATES:
+                return False
             _bump(rec.counts, was, -1)
             rec.counts.delayed += 1
             rec.updated_at = now_iso()
@@ -628,6 +666,11 @@ class Engine:
 
     async def retry_now(self, execution_id: str, job_id: str) -> None:
         """A backoff is over: queue the next attempt (the slot was kept while delayed)."""
+        async with self._lock(execution_id):
+            await self._retry_now(execution_id, job_id)
+        self._unlock_finished(execution_id)
+
+    async def _retry_now(self, execution_id: str, job_id: str) -> None:
 
         def requeue(job: JobRecord) -> bool:
             if job.status != "delayed":
@@ -646,6 +689,8 @@ class Engine:
         job = updated.value
 
         def count(rec: ExecutionRecord) -> bool:
+            if rec.status in FINAL_EXECUTION_STATES:
+                return False
             rec.counts.delayed -= 1
             rec.counts.queued += 1
             rec.updated_at = now_iso()
@@ -662,6 +707,8 @@ class Engine:
         skipped = await self._skip_dependents(execution_id, job)
 
         def count(rec: ExecutionRecord) -> bool:
+            if rec.status in FINAL_EXECUTION_STATES:
+                return False
             _bump(rec.counts, was, -1)
             rec.counts.failed += 1
             rec.counts.pending -= len(skipped)
@@ -673,7 +720,8 @@ class Engine:
 
         updated = await self.store.update_execution(execution_id, count)
         if updated is not None:
-            await self._after_change(updated.value)
+            if updated.applied:
+                await self._after_change(updated.value)
             await self.pump(execution_id)
 
     async def _skip_dependents(self, execution_id: str, failed: JobRecord) -> list[str]:
@@ -723,6 +771,7 @@ class Engine:
             log.info("execution finished", executionId=rec.execution_id, status=rec.status)
             self._pending_cp.pop(rec.execution_id, None)
             self.store.forget(rec.execution_id)
+            self._finished.add(rec.execution_id)
 
     async def checkpoint(self, execution_id: str) -> None:
         """Persist a checkpoint of the execution's progress and name it in the execution record."""
@@ -763,6 +812,12 @@ class Engine:
     # --- cancel and retry ----------------------------------------------------------------------------
 
     async def cancel(self, execution_id: str) -> ExecutionView:
+        async with self._lock(execution_id):
+            result = await self._cancel(execution_id)
+        self._unlock_finished(execution_id)
+        return result
+
+    async def _cancel(self, execution_id: str) -> ExecutionView:
         def stop(rec: ExecutionRecord) -> bool:
             if rec.status in FINAL_EXECUTION_STATES:
                 raise Conflict(f"execution {execution_id} already ended ({rec.status}); nothing to cancel")
@@ -804,12 +859,19 @@ class Engine:
         final = await self.store.update_execution(execution_id, recount)
         await self.checkpoint(execution_id)
         self.store.forget(execution_id)
+        self._finished.add(execution_id)
         assert final is not None
         log.info("execution cancelled", executionId=execution_id)
         return view(final.value)
 
     async def retry(self, execution_id: str) -> ExecutionView:
         """Run again, from the latest checkpoint, every job of a finished execution that did not complete."""
+        async with self._lock(execution_id):
+            result = await self._retry(execution_id)
+        self._unlock_finished(execution_id)
+        return result
+
+    async def _retry(self, execution_id: str) -> ExecutionView:
         current = await self.store.get_execution(execution_id, fresh=True)
         if current is None:
             raise NotFound(f"execution {execution_id} does not exist")
@@ -863,7 +925,7 @@ class Engine:
         assert updated is not None
         log.info("execution retried", executionId=execution_id, round=new_round, jobs=len(jobs) - len(done))
         await self._execution_event(updated.value, "retried")
-        self.spawn(self.admit(execution_id, ready), "retry-admit")
+        await self.admit(execution_id, ready)
         return view(updated.value)
 
     # --- reads ---------------------------------------------------------------------------------------
@@ -883,7 +945,14 @@ class Engine:
 
     # --- recovery ------------------------------------------------------------------------------------
 
-    async def reconcile(self, execution_id: str, *, startup: bool = False) -> None:
+    async def reconcile(self, execution_id: str, *, startup: bool = False) -> bool:
+        """Returns False when the counts could not be checked yet (the execution is busy): try again later."""
+        async with self._lock(execution_id):
+            done = await self._reconcile(execution_id, startup=startup)
+        self._unlock_finished(execution_id)
+        return done
+
+    async def _reconcile(self, execution_id: str, *, startup: bool = False) -> bool:
         """Re-derive an open execution from its job records and finish whatever was left half done.
 
         Runs at startup for every open execution, when a report suggests interrupted processing, and when
@@ -891,9 +960,17 @@ class Engine:
         so running it while another replica works on the same execution is safe.
         """
         current = await self.store.get_execution(execution_id, fresh=True)
-        if current is None or current.value.status in FINAL_EXECUTION_STATES:
-            return
+        if current is None:
+            return True
+        if current.value.status in FINAL_EXECUTION_STATES:
+            if execution_id not in self._finished and current.value.status != "cancelled":
+                # It ended, but whoever ended it was interrupted before checkpointing and announcing it.
+                await self._after_change(current.value)
+            return True
         jobs = {job.id: job for job in await self.store.all_jobs(execution_id)}
+        complete = len(jobs) == current.value.job_count
+        if not complete:
+            log.warning("incomplete job listing; recovery retried later", executionId=execution_id, seen=len(jobs))
         # Dependencies decide a pending job's fate: all completed → ready; one failed or skipped → skipped.
         for job in list(jobs.values()):
             if job.status != "pending":
@@ -915,9 +992,10 @@ class Engine:
                 elif remaining == 0:
                     j.status = "ready"
                     j.remaining = 0
-                elif j.remaining != remaining:
-                    j.remaining = remaining
                 else:
+                    # Never rewrite the counter from this snapshot: parents completing right now decrement
+                    # it, and a stale value written back would lose their arrival. Only the two stable facts
+                    # (all parents completed; one parent failed) are acted on.
                     return False
                 return True
 
@@ -925,9 +1003,17 @@ class Engine:
             if changed is not None:
                 jobs[job.id] = changed.value
         counts = count_jobs(jobs.values())
+        # Counts are rebuilt from this snapshot only when the execution record has not changed for a while
+        # and did not change while we read the jobs: otherwise a step in progress (here or in another
+        # replica) could apply its delta on top of a snapshot that already contains it. A lost delta only
+        # ever leaves too many jobs open, so waiting for a quiet moment is safe.
+        quiet = complete and now_ms() - ms_from_iso(current.value.updated_at) >= self.settings.quiet_s * 1000
+        snapshot_revision = current.revision
 
         def recount(rec: ExecutionRecord) -> bool:
-            if rec.status in FINAL_EXECUTION_STATES:
+            if rec.status in FINAL_EXECUTION_STATES or not quiet:
+                return False
+            if self.store.last_read_revision != snapshot_revision:
                 return False
             same = msgspec.structs.asdict(rec.counts) == msgspec.structs.asdict(counts)
             if same and final_status(counts, rec.job_count) is None:
@@ -936,14 +1022,14 @@ class Engine:
             self._finish_if_done(rec)
             return True
 
-        updated = await self.store.update_execution(execution_id, recount)
+        updated = await self.store.update_execution(execution_id, recount, fresh=True)
         if updated is None:
-            return
+            return True
         if updated.applied:
             log.info("execution reconciled", executionId=execution_id, status=updated.value.status)
         if updated.value.status in FINAL_EXECUTION_STATES:
             await self._after_change(updated.value)
-            return
+            return True
         now = now_ms()
         for job in jobs.values():
             if job.status == "delayed" and job.retry_at is not None:
@@ -960,6 +1046,7 @@ class Engine:
                 for job in ready:
                     await self._job_event(execution_id, job, "ready")
                 await self.pump(execution_id)
+        return quiet
 
 
 class _Moved(Exception):

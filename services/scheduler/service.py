@@ -100,7 +100,8 @@ class SchedulerService:
                 filter_subjects=ctx.names.scheduler_reports,
                 deliver_policy=DeliverPolicy.NEW,
                 ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=30,
+                # A report lost with a dying node comes back after this; processing one takes milliseconds.
+                ack_wait=10,
                 max_ack_pending=20_000,
             ),
         )
@@ -121,11 +122,16 @@ class SchedulerService:
             store=self.store,
             queue=self.queue,
             names=ctx.names,
-            settings=EngineSettings(max_jobs=self.settings.max_jobs, checkpoint_every=self.settings.checkpoint_every),
+            settings=EngineSettings(
+                max_jobs=self.settings.max_jobs,
+                checkpoint_every=self.settings.checkpoint_every,
+                quiet_s=self.settings.stall_after_s,
+            ),
             checkpoints=self._checkpoints,
         )
-        self.index = ExecutionIndex(self._executions)
+        self.index = ExecutionIndex(ctx.js, ctx.names.executions_bucket)
         ctx.spawn(self.index.run(), "index")
+        ctx.reconnect_listeners.append(self.index.resubscribe)
         await asyncio.wait_for(self.index.ready.wait(), 30)
         svc = await add_endpoints(
             ctx.nc,
@@ -230,6 +236,10 @@ class SchedulerService:
         return ExecutionList(executions=out, next_cursor=out[-1].execution_id if more and out else None)
 
     async def stats(self, _: Any) -> QueueStatsReply:
+        # Right after a reconnect the cumulative counters are being replayed from the bucket: wait for them
+        # rather than answer numbers that are behind.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.index.current.wait(), 5)
         counts = await self.queue.counts()
         in_stream = max(0, counts.messages - counts.active)
         stats = QueueStats(
@@ -337,8 +347,8 @@ class SchedulerService:
             await asyncio.wait_for(self.caught_up.wait(), 30)
         for record in self.index.open_executions():
             try:
-                await self.engine.reconcile(record.execution_id, startup=True)
-                self._reconciled[record.execution_id] = record.updated_at
+                if await self.engine.reconcile(record.execution_id, startup=True):
+                    self._reconciled[record.execution_id] = record.updated_at
             except Exception as exc:
                 log.warning("startup recovery failed", executionId=record.execution_id, error=repr(exc))
 
@@ -360,10 +370,12 @@ class SchedulerService:
                     del self._reconciled[execution_id]
             for execution_id in todo:
                 try:
-                    await self.engine.reconcile(execution_id)
+                    complete = await self.engine.reconcile(execution_id)
                 except Exception as exc:
                     log.warning("reconcile failed", executionId=execution_id, error=repr(exc))
                     continue
+                if not complete:
+                    continue  # busy right now: the stall check will bring it back
                 current = self.index.records.get(execution_id)
                 if current is not None:
                     self._reconciled[execution_id] = current.updated_at

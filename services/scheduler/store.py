@@ -54,6 +54,7 @@ class Store:
         self._cache: dict[str, tuple[bytes, int]] = {}
         self.conflicts = 0
         self.writes = 0
+        self.last_read_revision = 0
         self._exec_decoder = msgspec.json.Decoder(ExecutionRecord)
         self._job_decoder = msgspec.json.Decoder(JobRecord)
 
@@ -129,18 +130,27 @@ class Store:
         key: str,
         decoder: msgspec.json.Decoder[T],
         change: Callable[[T], bool],
+        *,
+        fresh: bool = False,
     ) -> Versioned[T] | None:
         """Apply `change` to the current value with compare-and-set; `change` returns False to leave it.
 
         Returns the value written (or the current value when `change` declined); None if the key is missing.
+        `last_read_revision` holds the revision `change` is looking at.
         """
-        fresh = False
         for _ in range(CAS_ATTEMPTS):
+            from_cache = not fresh and key in self._cache
             raw = await self._read(key, fresh=fresh)
             if raw is None:
                 return None
+            self.last_read_revision = raw[1]
             value = decoder.decode(raw[0])
             if not change(value):
+                if from_cache:
+                    # Declined on our cached copy, which another replica may have moved on: decide again on
+                    # the current value before calling it final.
+                    fresh = True
+                    continue
                 return Versioned(value, raw[1], applied=False)
             data = _encode(value)
             try:
@@ -157,9 +167,9 @@ class Store:
         raise CasFailed(f"could not update {key} after {CAS_ATTEMPTS} attempts")
 
     async def update_execution(
-        self, execution_id: str, change: Callable[[ExecutionRecord], bool]
+        self, execution_id: str, change: Callable[[ExecutionRecord], bool], *, fresh: bool = False
     ) -> Versioned[ExecutionRecord] | None:
-        return await self.update(execution_id, self._exec_decoder, change)
+        return await self.update(execution_id, self._exec_decoder, change, fresh=fresh)
 
     async def update_job(
         self, execution_id: str, job_id: str, change: Callable[[JobRecord], bool]
