@@ -122,8 +122,9 @@ class ExecutionIndex:
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
         )
         info = await sub.consumer_info()
-        if not info.num_pending and not (info.delivered and info.delivered.stream_seq):
-            self._caught_up()  # an empty bucket sends nothing
+        if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
+            # Nothing matched and nothing was delivered: there is no last message whose arrival would say so.
+            self._caught_up()
         return sub
 
     async def run(self) -> None:
