@@ -26,6 +26,7 @@ from nats.js.errors import NotFoundError
 
 from shared.commands import Conflict, NotFound
 from shared.events import publish_event
+from shared.jetstream import publish_all
 from shared.logging import get_logger
 from shared.messages import (
     ANY_CAPABILITY,
@@ -357,7 +358,7 @@ class Engine:
         updated = await self.store.update_execution(execution_id, reserve)
         if updated is None or updated.value.status in FINAL_EXECUTION_STATES:
             return
-        await asyncio.gather(*(self._dispatch(updated.value, job_id) for job_id in take))
+        await asyncio.gather(*(self._dispatch(execution_id, job_id) for job_id in take))
         rest = ready[len(take) :]
         if rest:
             # Parallelism is full: put the rest on this execution's ready queue (its `ready` events).
@@ -367,9 +368,8 @@ class Engine:
                     await self._job_event(execution_id, job.value, "ready")
             await self.pump(execution_id)
 
-    async def _dispatch(self, record: ExecutionRecord, job_id: str) -> None:
+    async def _dispatch(self, execution_id: str, job_id: str) -> None:
         """Move one job whose slot is reserved from ready to queued and publish its message."""
-        execution_id = record.execution_id
 
         def queue_it(job: JobRecord) -> bool:
             if job.status != "ready":
@@ -386,9 +386,8 @@ class Engine:
         if updated is None or not updated.applied:
             await self._release(execution_id)
             return
-        # The event first: a worker may report `started` the moment the job message is out.
-        await self._job_event(execution_id, updated.value, "queued")
-        await self._publish_job(execution_id, updated.value)
+        # The event first, in one pipelined write: a worker may report `started` the moment the job is out.
+        await self._publish_job(execution_id, updated.value, with_event=True)
 
     async def _release(self, execution_id: str) -> None:
         """A reserved slot was not used: the job had moved on (another replica dispatched it). Give it back."""
@@ -401,7 +400,19 @@ class Engine:
         await self.store.update_execution(execution_id, give_back)
         self.suspect(execution_id)
 
-    async def _publish_job(self, execution_id: str, job: JobRecord) -> None:
+    def _job_event_message(
+        self, execution_id: str, job: JobRecord, status: JobStatus, **extra: Any
+    ) -> tuple[str, bytes, str]:
+        event = JobEvent(
+            execution_id=execution_id, job_id=job.id, status=status, attempt=job.attempt, at=now_iso(), **extra
+        )
+        return (
+            self.names.job_event(execution_id, job.id, status),
+            _encode(event),
+            f"{execution_id}.{job.id}.{status}.r{job.round}.a{job.attempt}",
+        )
+
+    async def _publish_job(self, execution_id: str, job: JobRecord, *, with_event: bool = False) -> None:
         dependencies: dict[str, Any] = {}
         fetch: list[str] = []
         if job.depends_on:
@@ -430,20 +441,17 @@ class Engine:
             timeout_s=job.timeout_s,
         )
         await self.queue.ensure_consumer(job.capability, job.type)
-        # Idempotent by its message id: a re-publish (retry here, or recovery) within the stream's duplicate
-        # window is dropped by JetStream.
-        msg_id = f"{execution_id}.{job.id}.r{job.round}.a{job.attempt}"
-        data = _encode(message)
-        subject = self.names.jobs(job.capability, job.type)
-        for attempt in range(PUBLISH_ATTEMPTS):
-            try:
-                await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-                return
-            except Exception as exc:
-                if attempt == PUBLISH_ATTEMPTS - 1:
-                    raise
-                log.warning("job publish failed; retrying", executionId=execution_id, jobId=job.id, error=repr(exc))
-                await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+        # Idempotent by its message id: a re-publish (retry, or recovery) within the stream's duplicate window
+        # is dropped by JetStream.
+        messages = [self._job_event_message(execution_id, job, "queued")] if with_event else []
+        messages.append(
+            (
+                self.names.jobs(job.capability, job.type),
+                _encode(message),
+                f"{execution_id}.{job.id}.r{job.round}.a{job.attempt}",
+            )
+        )
+        await publish_all(self.js, messages)
 
     async def pump(self, execution_id: str) -> None:
         """Fill free parallelism slots from the execution's ready queue (its `ready` events, in order)."""
@@ -492,18 +500,117 @@ class Engine:
                 continue  # another replica took from the queue first; look again
             if updated is None:
                 return
-            await asyncio.gather(*(self._dispatch(updated.value, job_id) for job_id in picked))
+            await asyncio.gather(*(self._dispatch(execution_id, job_id) for job_id in picked))
 
     # --- worker reports ------------------------------------------------------------------------------
 
-    async def on_started(self, report: JobStarted) -> None:
-        async with self._lock(report.execution_id):
-            await self._on_started(report)
-        self._unlock_finished(report.execution_id)
+    async def process_reports(self, execution_id: str, reports: list[JobStarted | JobResult]) -> None:
+        """Apply a batch of worker reports of one execution: job records first (concurrently), then the
+        execution record once, then every dispatch and event in pipelined writes. Per finished job the work
+        is a constant number of writes plus one per dependent, whatever the size of the DAG."""
+        async with self._lock(execution_id):
+            await self._process_reports(execution_id, reports)
+        self._unlock_finished(execution_id)
 
-    async def _on_started(self, report: JobStarted) -> None:
-        execution_id = report.execution_id
+    async def _process_reports(self, execution_id: str, reports: list[JobStarted | JobResult]) -> None:
+        by_job: dict[str, list[JobStarted | JobResult]] = {}
+        for report in reports:
+            by_job.setdefault(report.job_id, []).append(report)
+        outcomes = await asyncio.gather(*(self._job_reports(execution_id, rs) for rs in by_job.values()))
+        delta: dict[str, int] = {}
+        completed: list[JobRecord] = []
+        failed: list[JobRecord] = []
+        delayed: list[JobRecord] = []
+        events: list[tuple[str, bytes, str]] = []
+        for outcome in outcomes:
+            for status, d in outcome.delta.items():
+                delta[status] = delta.get(status, 0) + d
+            if outcome.suspicious:
+                self.suspect(execution_id)
+            job = outcome.job
+            if job is None:
+                continue
+            if job.status == "completed":
+                completed.append(job)
+                events.append(self._job_event_message(execution_id, job, "completed", worker_id=job.worker_id))
+            elif job.status == "failed":
+                failed.append(job)
+                events.append(
+                    self._job_event_message(execution_id, job, "failed", error=job.error, worker_id=job.worker_id)
+                )
+            elif job.status == "delayed":
+                delayed.append(job)
+                events.append(
+                    self._job_event_message(execution_id, job, "delayed", error=job.error, retry_at=job.retry_at)
+                )
+        if not delta:
+            return
+        newly_ready = await self._arrivals(execution_id, completed)
+        skipped: list[str] = []
+        for job in failed:
+            skipped.extend(await self._skip_dependents(execution_id, job))
+        take: list[str] = []
+        became_running: list[bool] = []
 
+        def apply(rec: ExecutionRecord) -> bool:
+            take.clear()
+            became_running.clear()
+            if rec.status in FINAL_EXECUTION_STATES:
+                return False  # cancelled meanwhile: its final counts were taken from the job records
+            for status, d in delta.items():
+                _bump(rec.counts, status, d)
+            rec.counts.pending -= len(newly_ready) + len(skipped)
+            rec.counts.ready += len(newly_ready)
+            rec.counts.skipped += len(skipped)
+            if failed and rec.error is None:
+                rec.error = f"job {failed[0].id} failed: {failed[0].error}"
+            free = len(newly_ready) if rec.parallelism is None else max(0, rec.parallelism - rec.counts.in_flight)
+            take.extend(newly_ready[:free])
+            rec.counts.ready -= len(take)
+            rec.counts.queued += len(take)
+            if rec.status == "pending" and (rec.counts.running or rec.counts.completed or rec.counts.failed):
+                became_running.append(True)
+            self._finish_if_done(rec)
+            return True
+
+        updated = await self.store.update_execution(execution_id, apply)
+        for job in completed:
+            self._pending_cp.setdefault(execution_id, _Pending()).completed.append(job.id)
+        await asyncio.gather(
+            publish_all(self.js, events),
+            *(self._dispatch(execution_id, job_id) for job_id in take),
+        )
+        for job in delayed:
+            assert job.retry_at is not None
+            self._arm_retry(execution_id, job.id, job.retry_at)
+        if updated is None or not updated.applied:
+            return
+        if became_running:
+            await self._execution_event(updated.value, "running")
+        await self._after_change(updated.value)
+        rest = [job_id for job_id in newly_ready if job_id not in take]
+        if rest:
+            # Parallelism is full: put the rest on this execution's ready queue (its `ready` events).
+            ready_events = []
+            for job_id in rest:
+                waiting = await self.store.get_job(execution_id, job_id)
+                if waiting is not None and waiting.value.status == "ready":
+                    ready_events.append(self._job_event_message(execution_id, waiting.value, "ready"))
+            await publish_all(self.js, ready_events)
+        if rest or completed or failed:
+            await self.pump(execution_id)
+
+    async def _job_reports(self, execution_id: str, reports: list[JobStarted | JobResult]) -> _Outcome:
+        """Apply one job's reports of a batch, in order, each with compare-and-set."""
+        outcome = _Outcome()
+        for report in reports:
+            if isinstance(report, JobStarted):
+                await self._apply_started(execution_id, report, outcome)
+            else:
+                await self._apply_result(execution_id, report, outcome)
+        return outcome
+
+    async def _apply_started(self, execution_id: str, report: JobStarted, outcome: _Outcome) -> None:
         moved: list[bool] = []
 
         def start(job: JobRecord) -> bool:
@@ -511,8 +618,8 @@ class Engine:
             if job.attempt != report.attempt or job.round != report.round:
                 return False
             if job.status == "running" and job.worker_id != report.worker_id:
-                # The attempt was delivered again (its first worker died or froze past its lease): the job
-                # record follows the worker that runs it now.
+                # Delivered again (its first worker died or froze past its lease): the record follows the
+                # worker that runs it now.
                 moved.append(True)
             elif job.status != "queued":
                 return False
@@ -522,39 +629,17 @@ class Engine:
             return True
 
         updated = await self.store.update_job(execution_id, report.job_id, start)
-        if updated is None or not updated.applied or moved:
-            return
+        if updated is not None and updated.applied and not moved:
+            outcome.move("queued", "running")
 
-        became_running: list[bool] = []
-
-        def count(rec: ExecutionRecord) -> bool:
-            became_running.clear()
-            if rec.status in FINAL_EXECUTION_STATES:
-                return False
-            rec.counts.queued -= 1
-            rec.counts.running += 1
-            if rec.status == "pending":
-                rec.status = "running"
-                became_running.append(True)
-            rec.updated_at = now_iso()
-            return True
-
-        changed = await self.store.update_execution(execution_id, count)
-        if changed is not None and became_running:
-            await self._execution_event(changed.value, "running")
-
-    async def on_result(self, report: JobResult) -> None:
-        async with self._lock(report.execution_id):
-            await self._on_result(report)
-        self._unlock_finished(report.execution_id)
-
-    async def _on_result(self, report: JobResult) -> None:
-        execution_id = report.execution_id
+    async def _apply_result(self, execution_id: str, report: JobResult, outcome: _Outcome) -> None:
         before: list[str] = []
 
         def decide(job: JobRecord) -> bool:
             before.clear()
             if job.status not in ("queued", "running") or job.attempt != report.attempt or job.round != report.round:
+                return False
+            if not report.ok and report.cancelled:
                 return False
             before.append(job.status)
             now = now_iso()
@@ -566,8 +651,6 @@ class Engine:
                 job.result = report.result
                 job.error = None
                 job.completed_at = now
-            elif report.cancelled:
-                return False
             elif job.attempt <= job.retries:
                 delay_ms = job.backoff_ms * 2 ** (job.attempt - 1)
                 delay_ms = int(delay_ms * (0.8 + 0.4 * self._rng.random()))
@@ -585,71 +668,47 @@ class Engine:
             return
         if not updated.applied:
             current = updated.value
-            if current.round == report.round and current.attempt == report.attempt and current.status != "cancelled":
-                # The same report again: normal after a redelivery, but also what is left when processing
-                # was interrupted halfway (NATS blip, crash). Recovery re-derives whatever was not done.
-                self.suspect(execution_id)
+            same = current.round == report.round and current.attempt == report.attempt
+            if same and current.status not in ("cancelled", "queued", "running"):
+                # The same report again: normal after a redelivery, but also what is left when processing was
+                # interrupted halfway (NATS blip, crash). Recovery re-derives whatever was not done.
+                outcome.suspicious = True
             return
-        job = updated.value
-        was = before[0]
-        if job.status == "completed":
-            await self._completed(execution_id, job, was)
-        elif job.status == "delayed":
-            await self._delayed(execution_id, job, was)
-        elif job.status == "failed":
-            await self._failed(execution_id, job, was)
+        outcome.move(before[0], updated.value.status)
+        outcome.job = updated.value
 
-    async def _completed(self, execution_id: str, job: JobRecord, was: str) -> None:
+    async def _arrivals(self, execution_id: str, completed: list[JobRecord]) -> list[str]:
+        """Count the completed parents in at each dependent (one write per dependent); return those that
+        became ready."""
+        arriving: dict[str, int] = {}
+        for job in completed:
+            for child_id in await self.store.load_links(execution_id, job, "dependents"):
+                arriving[child_id] = arriving.get(child_id, 0) + 1
         newly_ready: list[str] = []
 
-        def arrive(child: JobRecord) -> bool:
-            if child.status != "pending":
-                return False
-            child.remaining -= 1
-            if child.remaining == 0:
-                child.status = "ready"
-            return True
+        async def one(child_id: str, k: int) -> None:
+            def arrive(child: JobRecord) -> bool:
+                if child.status != "pending":
+                    return False
+                child.remaining -= k
+                if child.remaining <= 0:
+                    child.remaining = 0
+                    child.status = "ready"
+                return True
 
-        async def one(child_id: str) -> None:
             async with self._fanout:
                 child = await self.store.update_job(execution_id, child_id, arrive)
             if child is not None and child.applied and child.value.status == "ready":
                 newly_ready.append(child_id)
 
-        await asyncio.gather(*(one(c) for c in await self.store.load_links(execution_id, job, "dependents")))
-        self._pending_cp.setdefault(execution_id, _Pending()).completed.append(job.id)
+        await asyncio.gather(*(one(c, k) for c, k in arriving.items()))
+        return newly_ready
 
-        def count(rec: ExecutionRecord) -> bool:
-            if rec.status in FINAL_EXECUTION_STATES:
-                return False  # cancelled meanwhile: its final counts were taken from the job records
-            _bump(rec.counts, was, -1)
-            rec.counts.completed += 1
-            rec.counts.pending -= len(newly_ready)
-            rec.counts.ready += len(newly_ready)
-            self._finish_if_done(rec)
-            return True
+    async def on_started(self, report: JobStarted) -> None:
+        await self.process_reports(report.execution_id, [report])
 
-        updated = await self.store.update_execution(execution_id, count)
-        await self._job_event(execution_id, job, "completed", worker_id=job.worker_id)
-        if updated is None:
-            return
-        if updated.applied:
-            await self._after_change(updated.value)
-        await self.admit(execution_id, newly_ready)
-
-    async def _delayed(self, execution_id: str, job: JobRecord, was: str) -> None:
-        def count(rec: ExecutionRecord) -> bool:
-            if rec.status in FINAL_EXECUTION_STATES:
-                return False
-            _bump(rec.counts, was, -1)
-            rec.counts.delayed += 1
-            rec.updated_at = now_iso()
-            return True
-
-        await self.store.update_execution(execution_id, count)
-        await self._job_event(execution_id, job, "delayed", error=job.error, retry_at=job.retry_at)
-        assert job.retry_at is not None
-        self._arm_retry(execution_id, job.id, job.retry_at)
+    async def on_result(self, report: JobResult) -> None:
+        await self.process_reports(report.execution_id, [report])
 
     def _arm_retry(self, execution_id: str, job_id: str, retry_at: str) -> None:
         key = (execution_id, job_id)
@@ -699,30 +758,7 @@ class Engine:
         exec_rec = await self.store.update_execution(execution_id, count)
         if exec_rec is None or exec_rec.value.status in FINAL_EXECUTION_STATES:
             return
-        await self._job_event(execution_id, job, "queued")
-        await self._publish_job(execution_id, job)
-
-    async def _failed(self, execution_id: str, job: JobRecord, was: str) -> None:
-        await self._job_event(execution_id, job, "failed", error=job.error, worker_id=job.worker_id)
-        skipped = await self._skip_dependents(execution_id, job)
-
-        def count(rec: ExecutionRecord) -> bool:
-            if rec.status in FINAL_EXECUTION_STATES:
-                return False
-            _bump(rec.counts, was, -1)
-            rec.counts.failed += 1
-            rec.counts.pending -= len(skipped)
-            rec.counts.skipped += len(skipped)
-            if rec.error is None:
-                rec.error = f"job {job.id} failed: {job.error}"
-            self._finish_if_done(rec)
-            return True
-
-        updated = await self.store.update_execution(execution_id, count)
-        if updated is not None:
-            if updated.applied:
-                await self._after_change(updated.value)
-            await self.pump(execution_id)
+        await self._publish_job(execution_id, job, with_event=True)
 
     async def _skip_dependents(self, execution_id: str, failed: JobRecord) -> list[str]:
         """Every job that depends on `failed`, transitively, can never run: mark it skipped."""
@@ -1047,6 +1083,19 @@ class Engine:
                     await self._job_event(execution_id, job, "ready")
                 await self.pump(execution_id)
         return quiet
+
+
+@dataclass
+class _Outcome:
+    """What one job's reports of a batch changed."""
+
+    delta: dict[str, int] = field(default_factory=dict)
+    job: JobRecord | None = None
+    suspicious: bool = False
+
+    def move(self, frm: str, to: str) -> None:
+        self.delta[frm] = self.delta.get(frm, 0) - 1
+        self.delta[to] = self.delta.get(to, 0) + 1
 
 
 class _Moved(Exception):

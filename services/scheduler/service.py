@@ -317,24 +317,18 @@ class SchedulerService:
             await asyncio.gather(*(self._process(items) for items in by_execution.values()))
 
     async def _process(self, items: list[tuple[Msg, Any]]) -> None:
-        """Reports of one execution, in order (their effects on the execution record are serialized)."""
-        for msg, report in items:
-            try:
-                if isinstance(report, JobStarted):
-                    await self.engine.on_started(report)
-                else:
-                    await self.engine.on_result(report)
-            except Exception as exc:
-                log.warning(
-                    "report not processed; it will be redelivered",
-                    executionId=report.execution_id,
-                    jobId=report.job_id,
-                    error=repr(exc),
-                )
-                self.engine.suspect(report.execution_id)
+        """Reports of one execution, applied as one batch; acked once applied, redelivered otherwise."""
+        execution_id = items[0][1].execution_id
+        try:
+            await self.engine.process_reports(execution_id, [report for _, report in items])
+        except Exception as exc:
+            log.warning("reports not processed; they will be redelivered", executionId=execution_id, error=repr(exc))
+            self.engine.suspect(execution_id)
+            for msg, _ in items:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=1)
-                continue
+            return
+        for msg, _ in items:
             with contextlib.suppress(Exception):
                 await msg.ack()
 

@@ -273,8 +273,14 @@ class Runner:
                 worker_id=self.options.worker_id,
                 at=now_iso(),
             )
-            await self._publish(self.ctx.names.job_event(job.execution_id, job.job_id, "started"), started, job, "s")
-            result = await self._execute(job, ctx)
+            # The start report travels while the handler runs; it must be stored before the result is sent.
+            reporting = asyncio.create_task(
+                self._publish(self.ctx.names.job_event(job.execution_id, job.job_id, "started"), started, job, "s")
+            )
+            try:
+                result = await self._execute(job, ctx)
+            finally:
+                await reporting
             if result is None:  # handed back at shutdown
                 return
             await self._publish(self.ctx.names.job_event(job.execution_id, job.job_id, "result"), result, job, "r")
