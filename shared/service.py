@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 
 from shared.logging import configure_logging, get_logger
 from shared.nats_conn import connect
-from shared.settings import NatsSettings, StorageSettings, load
+from shared.settings import LoggingSettings, NatsSettings, StorageSettings, load
 from shared.subjects import Names
 
 __all__ = ["Service", "ServiceContext", "run_service"]
@@ -172,8 +172,15 @@ async def _close(nc: Client) -> None:
 def run_service(service: Service, ready: Callable[[ServiceContext], Awaitable[None]] | None = None) -> None:
     """Entry point of `python -m services.<name>`: configure logging, run until SIGTERM/SIGINT, exit."""
     configure_logging(service.name)
+    loop_factory = None
+    if load(LoggingSettings).uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
     try:
-        code = asyncio.run(_main(service, ready))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            code = runner.run(_main(service, ready))
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

@@ -75,6 +75,7 @@ class LoggingSettings:
 
     level: str = env("JETDAG_LOG_LEVEL", "info", "debug, info, warning or error.")
     format: str = env("JETDAG_LOG_FORMAT", "", "`json` or `console`; empty: console on a terminal, JSON otherwise.")
+    uvloop: bool = env("JETDAG_UVLOOP", True, "Run every service on uvloop (faster event loop) when it is installed.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,14 +31,17 @@ class _View:
 
     def __init__(self) -> None:
         self.records: dict[str, ExecutionRecord] = {}
+        self.revisions: dict[str, int] = {}
         self.totals = Counts()
 
-    def apply(self, key: str, record: ExecutionRecord | None) -> None:
+    def apply(self, key: str, record: ExecutionRecord | None, revision: int) -> None:
         old = self.records.pop(key, None)
+        self.revisions.pop(key, None)
         if old is not None:
             self._add(old.counts, -1)
         if record is not None:
             self.records[key] = record
+            self.revisions[key] = revision
             self._add(record.counts, 1)
 
     def _add(self, counts: Counts, sign: int) -> None:
@@ -85,6 +88,12 @@ class ExecutionIndex:
         """Jobs of all executions that have not finished (pending, ready, queued, running, delayed)."""
         return self._view.totals.pending
 
+    def get(self, execution_id: str) -> tuple[ExecutionRecord, int] | None:
+        record = self._view.records.get(execution_id)
+        if record is None or not self.current.is_set():
+            return None
+        return record, self._view.revisions[execution_id]
+
     def open_executions(self) -> list[ExecutionRecord]:
         return [r for r in self._view.records.values() if r.status not in FINAL_EXECUTION_STATES]
 
@@ -100,12 +109,13 @@ class ExecutionIndex:
 
     async def _on_entry(self, msg: Msg) -> None:
         key = msg.subject.rsplit(".", 1)[1]
+        revision = msg.metadata.sequence.stream
         operation = (msg.headers or {}).get("KV-Operation")
         if operation in ("DEL", "PURGE") or not msg.data:
-            self._target.apply(key, None)
+            self._target.apply(key, None, revision)
         else:
             try:
-                self._target.apply(key, self._decoder.decode(msg.data))
+                self._target.apply(key, self._decoder.decode(msg.data), revision)
             except msgspec.DecodeError:
                 log.warning("unreadable execution record", key=key)
         if msg.metadata.num_pending == 0 and self._view is not self._target:

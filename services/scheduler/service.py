@@ -30,6 +30,7 @@ from shared.jetstream import (
 )
 from shared.logging import get_logger
 from shared.messages import (
+    FINAL_EXECUTION_STATES,
     ConsumerRef,
     EnsureConsumer,
     ExecuteCommand,
@@ -206,7 +207,19 @@ class SchedulerService:
             raise Invalid(str(exc)) from None
 
     async def get(self, ref: ExecutionRef) -> ExecutionView:
-        return await self.engine.get(self._check(ref.execution_id))
+        # The index follows the bucket within milliseconds; an execution it has not seen yet (just created)
+        # is read from the bucket.
+        indexed = self.index.get(self._check(ref.execution_id))
+        if indexed is None:
+            return await self.engine.get(ref.execution_id)
+        record, revision = indexed
+        # Read-your-writes: a change this replica just made (a cancel, a retry) may not have reached the index.
+        mine = self.store.cached_execution(ref.execution_id)
+        if mine is not None and mine.revision > revision:
+            return view(mine.value)
+        if mine is not None and record.status in FINAL_EXECUTION_STATES:
+            self.store.drop(ref.execution_id)  # the index has caught up with the end: no need to keep it twice
+        return view(record)
 
     async def jobs(self, ref: ExecutionRef) -> JobList:
         jobs = await self.engine.jobs(self._check(ref.execution_id))

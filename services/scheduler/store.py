@@ -107,8 +107,9 @@ class Store:
         await asyncio.gather(*(one(k, v) for k, v in items))
 
     def forget(self, prefix: str) -> None:
-        """Drop cached entries of a finished execution."""
-        for key in [k for k in self._cache if k == prefix or k.startswith(prefix + ".")]:
+        """Drop the cached job records of a finished execution. Its own record stays: it is what makes this
+        replica's last change (cancel, the end) visible to a status read before the index has it."""
+        for key in [k for k in self._cache if k.startswith(prefix + ".")]:
             del self._cache[key]
 
     # --- typed access --------------------------------------------------------------------------------
@@ -118,6 +119,14 @@ class Store:
         if raw is None:
             return None
         return Versioned(self._exec_decoder.decode(raw[0]), raw[1])
+
+    def drop(self, key: str) -> None:
+        self._cache.pop(key, None)
+
+    def cached_execution(self, execution_id: str) -> Versioned[ExecutionRecord] | None:
+        """What this replica last read or wrote of an execution record, without asking the server."""
+        raw = self._cache.get(execution_id)
+        return None if raw is None else Versioned(self._exec_decoder.decode(raw[0]), raw[1])
 
     async def get_job(self, execution_id: str, job_id: str, *, fresh: bool = False) -> Versioned[JobRecord] | None:
         raw = await self._read(self.job_key(execution_id, job_id), fresh=fresh)
