@@ -7,10 +7,13 @@ which service *writes* what is fixed by DESIGN.md, not by who created it first.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -32,6 +35,7 @@ from shared.settings import StorageSettings
 from shared.subjects import Names
 
 __all__ = [
+    "KvItem",
     "ensure_bucket",
     "ensure_stream",
     "events_stream_config",
@@ -124,20 +128,50 @@ async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValu
         return await js.key_value(config.bucket)
 
 
-async def kv_entries(kv: KeyValue, keys: str = ">") -> list[KeyValue.Entry]:
-    """Current value of every live key matching `keys` (deleted keys left out), read in one pass."""
-    watcher = await kv.watch(keys, ignore_deletes=True)
-    entries: list[KeyValue.Entry] = []
+@dataclass(frozen=True, slots=True)
+class KvItem:
+    key: str
+    value: bytes
+    revision: int
+
+
+async def kv_entries(js: JetStreamContext, bucket: str, keys: str = ">", timeout: float = 30.0) -> list[KvItem]:
+    """Current value of every live key matching `keys` (deleted keys left out), read in one pass.
+
+    Not nats-py's `watch()`: its "initial values done" marker is decided from consumer info and can come
+    before messages the server already sent are processed, which under load cut listings short. Here every
+    message says how many are still pending; the one with none pending is the last.
+    """
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    found: dict[str, KvItem] = {}
+    prefix = f"$KV.{bucket}."
+
+    async def on_msg(msg: Msg) -> None:
+        key = msg.subject[len(prefix) :]
+        operation = (msg.headers or {}).get("KV-Operation")
+        meta = msg.metadata
+        if operation in ("DEL", "PURGE"):
+            found.pop(key, None)
+        else:
+            found[key] = KvItem(key=key, value=msg.data, revision=meta.sequence.stream)
+        if meta.num_pending == 0 and not done.done():
+            done.set_result(None)
+
+    sub = await js.subscribe(
+        f"{prefix}{keys}",
+        stream=f"KV_{bucket}",
+        cb=on_msg,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+    )
     try:
-        async for entry in watcher:
-            if entry is None:  # end of the initial values
-                break
-            entries.append(entry)
-            if entry.delta == 0:
-                break
+        info = await sub.consumer_info()
+        if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
+            return []  # nothing matches: no message will come to say so
+        await asyncio.wait_for(done, timeout)
+        return list(found.values())
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    return entries
+        await sub.unsubscribe()
 
 
 def is_wrong_last_sequence(exc: BaseException) -> bool:

@@ -16,6 +16,7 @@ from nats.js.kv import KeyValue
 from shared.commands import Conflict, Endpoint, Invalid, NotFound, add_endpoints
 from shared.events import publish_event
 from shared.jetstream import (
+    KvItem,
     ensure_bucket,
     ensure_stream,
     events_stream_config,
@@ -200,9 +201,9 @@ class RegistryService:
         assert entry.value is not None
         return entry, _decode_record(entry.value)
 
-    async def _all(self) -> list[tuple[KeyValue.Entry, WorkerRecord]]:
+    async def _all(self) -> list[tuple[KvItem, WorkerRecord]]:
         out = []
-        for entry in await kv_entries(self.kv):
+        for entry in await kv_entries(self.ctx.js, self.ctx.names.workers_bucket):
             if entry.value:
                 out.append((entry, _decode_record(entry.value)))
         return out

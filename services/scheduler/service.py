@@ -110,7 +110,7 @@ class SchedulerService:
     async def serve(self, ctx: ServiceContext, stack: AsyncExitStack) -> None:
         self._ctx = ctx
         assert self._executions is not None and self._checkpoints is not None
-        self.store = Store(ctx.js, self._executions)
+        self.store = Store(ctx.js, self._executions, ctx.names.executions_bucket)
         self.queue = JobQueue(
             ctx.js,
             self._executions,

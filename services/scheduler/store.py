@@ -48,9 +48,10 @@ class Versioned(Generic[T]):
 
 
 class Store:
-    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
         self.js = js
         self.kv = kv
+        self.bucket = bucket
         self._cache: dict[str, tuple[bytes, int]] = {}
         self.conflicts = 0
         self.writes = 0
@@ -187,7 +188,7 @@ class Store:
 
     async def all_jobs(self, execution_id: str) -> list[JobRecord]:
         """Every job record of an execution (one pass over the bucket; for recovery, cancel and retry)."""
-        entries = await kv_entries(self.kv, f"{execution_id}.job.*")
+        entries = await kv_entries(self.js, self.bucket, f"{execution_id}.job.*")
         jobs = []
         for entry in entries:
             if entry.value:
