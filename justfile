@@ -22,3 +22,7 @@ fmt:
 # run the example pipeline (preprocess → train → evaluate) on the running stack
 demo:
     python -m examples.demo
+
+# benchmark W1-W4 on a private embedded stack against the raw JetStream floor (`--quick`: CI smoke version)
+bench *args:
+    python -m jetdag.bench {{args}}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import signal
 import sys
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-__all__ = ["FloorRun", "measure_floor"]
+__all__ = ["FloorRun", "die_with_parent", "measure_floor"]
 
 FETCH_BATCH = 100
 CONSUMERS = 2
@@ -34,6 +35,14 @@ PUBLISH_WINDOW = 256
 # A stalled floor (no result for this long) is an error, not a slow measurement.
 STALL_S = 30.0
 READY_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Linux: a child gets SIGTERM when the bench dies, however it dies, so no process outlives it."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,9 @@ async def consume(url: str, stream: str, durable: str, result_subject: str) -> N
         await asyncio.gather(*futures)
         for m in msgs:
             await m.ack()
-    await nc.drain()
+    # flush + close, not drain: nats-py's drain waits out the lingering pull request of the last fetch.
+    await nc.flush()
+    await nc.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,6 +121,7 @@ async def _start_consumers(
             result_subject,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
+            preexec_fn=die_with_parent,
         )
         procs.append(proc)
     for proc in procs:
@@ -157,6 +169,7 @@ async def measure_floor(url: str, n: int, tag: str) -> FloorRun:
     nc = await nats.connect(url)
     js = nc.jetstream(publish_async_max_pending=PUBLISH_WINDOW)
     procs: list[asyncio.subprocess.Process] = []
+    collecting: asyncio.Task[float] | None = None
     try:
         # File storage, one replica: what jetdag's own streams use by default.
         await js.add_stream(
@@ -189,6 +202,10 @@ async def measure_floor(url: str, n: int, tag: str) -> FloorRun:
         finished = await collecting
         return FloorRun(messages=n, elapsed_s=finished - started)
     finally:
+        if collecting is not None and not collecting.done():
+            collecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collecting
         await _stop_consumers(procs)
         for stream in (jobs_stream, results_stream):
             with contextlib.suppress(Exception):

@@ -26,6 +26,8 @@ from shared.subjects import Names
 
 __all__ = ["Service", "ServiceContext", "run_service"]
 
+DEFAULT_SHUTDOWN_LIMIT_S = 15.0
+
 log = get_logger(__name__)
 
 
@@ -115,7 +117,8 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
         stop=stop,
         reconnect_listeners=listeners,
     )
-    async with AsyncExitStack() as stack:
+    stack = AsyncExitStack()
+    try:
         stack.push_async_callback(_close, nc)
         stack.push_async_callback(ctx.cancel_tasks)
         if connecting is not None:
@@ -128,6 +131,16 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
             await ready(ctx)
         await stop.wait()
         bound.info("service stopping")
+    finally:
+        # Bounded: with NATS gone, steps that wait on the server (a flush, a drain) would wait forever, and a
+        # SIGTERM must still end the process.
+        limit = getattr(service, "shutdown_limit_s", DEFAULT_SHUTDOWN_LIMIT_S)
+        try:
+            await asyncio.wait_for(stack.aclose(), limit)
+        except TimeoutError:
+            bound.warning("shutdown did not finish in time; closing the connection", limit_s=limit)
+            with contextlib.suppress(Exception):
+                await nc.close()
     bound.info("service stopped")
     return 1 if ctx.failed else 0
 

@@ -465,3 +465,21 @@ async def test_backpressure_refuses_whole_executions(stack: Stack, http: httpx.A
     assert (await wait_final(http, stack.url, first))["status"] == "completed"
     second = await submit(http, stack.url, [job(f"b{i}") for i in range(5)])
     assert (await wait_final(http, stack.url, second))["status"] == "completed"
+
+
+async def test_sigterm_ends_every_service_even_with_nats_gone(tmp_path: Path, namespace: str) -> None:
+    server = start_nats(tmp_path, "gone")
+    stack = Stack(server.url, namespace, tmp_path / "logs")
+    try:
+        await up(stack, 1)
+        server.kill()
+        timings = {}
+        for proc in list(stack.procs):
+            started = time.monotonic()
+            await proc.aterminate(timeout=30)
+            timings[proc.name] = round(time.monotonic() - started, 2)
+        print(f"\nSIGTERM with nats-server gone, seconds to exit: {timings}")
+        assert all(t < 25 for t in timings.values()), timings
+    finally:
+        stack.stop_all()
+        server.stop()

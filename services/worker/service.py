@@ -20,6 +20,8 @@ class WorkerService:
     def __init__(self, options: WorkerOptions, handlers: HandlerRegistry | None = None) -> None:
         self.options = options
         self.handlers = handlers or default_registry
+        # Running jobs get their grace period; handing back and deregistering get the rest.
+        self.shutdown_limit_s = options.grace_s + 10
 
     async def ensure(self, ctx: ServiceContext) -> None:
         """Workers own no stream or bucket: the scheduler owns the job stream and its consumers."""

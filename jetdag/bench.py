@@ -1,0 +1,686 @@
+"""`just bench`: jetdag's throughput and latency on its own embedded stack, next to the raw JetStream floor.
+
+`python -m jetdag.bench [--repeats 3] [--workloads W1,W2,W3,W4] [--quick]` starts a private stack (nats-server
+on free ports with a fresh store in a temp dir, registry, scheduler, gateway, 2 workers x 32 concurrency),
+submits every workload through the REST API with `noop` jobs, and prints Markdown tables on stdout (progress goes
+to stderr) ready to paste into docs/performance.md:
+
+- W1: a chain of 200 jobs; also the per-hop latency (a child's `startedAt` - its parent's `completedAt`).
+- W2: fan-out 1 → 1,000 → 1.
+- W3: 10 layers x 500; every job of layer k ≥ 1 depends on 2 jobs of layer k - 1 drawn by one
+  `random.Random(42)` with `sample(range(500), 2)`, in order over layers then jobs.
+- W4: 200 concurrent executions of a 25-job diamond 1-5-13-5-1 (see `diamond`), submitted 16 POSTs at a time.
+
+Wall time runs from the first POST /execute to the poll that sees the last execution final (W1-W3 poll
+GET /execute/{id} every 20 ms, W4 polls GET /executions?workflowId= every 50 ms); jobs/s = jobs / wall. Each
+workload runs once as a discarded warm-up and then `--repeats` times; the table shows medians (of the hop
+percentiles too: the median over runs of each run's p50 / p99). For each workload the same run measures the raw
+JetStream floor for the same message count (jetdag.bench_floor) and the ratio jobs/s ÷ floor msgs/s. Then 50
+concurrent clients, each with its own keep-alive connection, load `GET /execute/{id}` (a completed execution)
+and `GET /queue/stats`, and last the peak RSS (VmHWM) of every process of the stack is read.
+
+`--quick` is the CI smoke version: W1 as a chain of 20, W2 as 1 → 50 → 1, one run, no warm-up, 1 s of gateway
+load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from jetdag.bench_floor import FloorRun, die_with_parent, measure_floor
+from jetdag.natsserver import NatsServer, NatsServerConfig, free_port
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMESPACE = "bench"
+FINAL = ("completed", "failed", "cancelled")
+# How often a single execution is polled: often enough that polling adds little to a wall time of seconds,
+# rarely enough that the polling itself is not a load on the gateway.
+POLL_S = 0.02
+# W4 polls the listing of its 200 executions (one request) instead of each execution.
+POLL_MANY_S = 0.05
+SUBMITTERS = 16  # concurrent POST /execute of W4
+# GET /execute/{id}/jobs sometimes lists no job at all for a completed execution (seen ~1 request in 15 with
+# 200 jobs; the scheduler reads the jobs through a KV watch, and nats-py's watch can signal "initial values
+# done" before the first one: nats-io/nats.py#842). The bench asks again rather than report a bogus latency.
+JOB_LIST_ATTEMPTS = 5
+EXECUTION_TIMEOUT_S = 900.0
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 40.0  # workers get their grace (30 s by default) to hand back work
+
+JobSpec = dict[str, Any]
+
+_t0 = time.monotonic()
+
+
+class BenchError(RuntimeError):
+    """The bench cannot produce honest numbers (a service died, an execution did not complete, …)."""
+
+
+def say(message: str) -> None:
+    """Progress on stderr, so stdout carries only the tables."""
+    print(f"[bench {time.monotonic() - _t0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+# --- workloads ---------------------------------------------------------------------------------------------
+
+
+def _job(job_id: str, deps: Sequence[str] = ()) -> JobSpec:
+    return {"id": job_id, "name": job_id, "type": "noop", "dependsOn": list(deps), "config": {}}
+
+
+def chain(n: int) -> list[JobSpec]:
+    """c0 → c1 → … → c(n-1)."""
+    return [_job(f"c{i}", [f"c{i - 1}"] if i else []) for i in range(n)]
+
+
+def fan(width: int) -> list[JobSpec]:
+    """src → f0 … f(width-1) → sink."""
+    middle = [_job(f"f{i}", ["src"]) for i in range(width)]
+    return [_job("src"), *middle, _job("sink", [j["id"] for j in middle])]
+
+
+def layered(layers: int = 10, width: int = 500, parents: int = 2, seed: int = 42) -> list[JobSpec]:
+    """`layers` x `width`; job i of layer k ≥ 1 depends on `parents` jobs of layer k - 1 drawn by ONE
+    Random(seed), in order layer 1 job 0, layer 1 job 1, …, so every run and every machine gets the same DAG."""
+    rng = random.Random(seed)
+    jobs = [_job(f"l0-{i}") for i in range(width)]
+    for k in range(1, layers):
+        for i in range(width):
+            picks = rng.sample(range(width), parents)
+            jobs.append(_job(f"l{k}-{i}", [f"l{k - 1}-{p}" for p in picks]))
+    return jobs
+
+
+def diamond(widths: Sequence[int] = (1, 5, 13, 5, 1)) -> list[JobSpec]:
+    """A layered diamond (default 1-5-13-5-1 = 25 jobs). Job i of a widening layer depends on job
+    i mod w of the layer above (w its width); job i of a narrowing layer on every job p above with
+    p mod (its own width) = i. So every job but the sink has a child and every job but the source a parent."""
+    jobs = [_job(f"d0-{i}") for i in range(widths[0])]
+    for k in range(1, len(widths)):
+        above, width = widths[k - 1], widths[k]
+        for i in range(width):
+            if width >= above:
+                deps = [f"d{k - 1}-{i % above}"]
+            else:
+                deps = [f"d{k - 1}-{p}" for p in range(above) if p % width == i]
+            jobs.append(_job(f"d{k}-{i}", deps))
+    return jobs
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    dag: list[JobSpec]
+    copies: int = 1  # concurrent executions of `dag`
+    hops: bool = False  # report per-hop latency (meaningful for the chain)
+
+    @property
+    def jobs(self) -> int:
+        return len(self.dag) * self.copies
+
+
+def workloads(quick: bool) -> list[Workload]:
+    if quick:
+        return [
+            Workload("W1", "W1 chain 20", chain(20), hops=True),
+            Workload("W2", "W2 fan-out 1→50→1", fan(50)),
+        ]
+    return [
+        Workload("W1", "W1 chain 200", chain(200), hops=True),
+        Workload("W2", "W2 fan-out 1→1,000→1", fan(1000)),
+        Workload("W3", "W3 layered 10x500", layered()),
+        Workload("W4", "W4 200 x diamond 1-5-13-5-1", diamond(), copies=200),
+    ]
+
+
+# --- the stack -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class BenchStack:
+    """nats-server + registry, scheduler, gateway and workers as child processes, like tests/conftest.py's
+    Stack, but private to the bench: own ports, own store, own namespace."""
+
+    def __init__(self, root: Path, *, workers: int, concurrency: int, max_jobs: int) -> None:
+        self.root = root
+        self.workers = workers
+        self.concurrency = concurrency
+        self.max_jobs = max_jobs
+        self.port = free_port()
+        self.nats = NatsServer(
+            NatsServerConfig(
+                store_dir=root / "nats" / "store",
+                port=free_port(),
+                monitor_port=free_port(),
+                server_name="bench",
+            ),
+            config_path=root / "nats" / "nats.conf",
+        )
+        self.procs: list[Proc] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/distributed"
+
+    def env(self) -> dict[str, str]:
+        # Nothing of the caller's jetdag or NATS configuration leaks in: the bench always measures the defaults.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JETDAG_", "NATS_"))}
+        env.update(
+            NATS_URL=self.nats.url,
+            JETDAG_NAMESPACE=NAMESPACE,
+            JETDAG_PORT=str(self.port),
+            JETDAG_LOG_LEVEL="warning",
+            JETDAG_LOG_FORMAT="json",
+            JETDAG_MAX_JOBS=str(max(self.max_jobs, 20_000)),
+            JETDAG_MAX_BODY_BYTES=str(64 * 1024 * 1024),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+        log_path = self.root / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            # Own session (a Ctrl-C of the bench reaches only the bench, which then stops them in order) and
+            # SIGTERM on the bench's death, so nothing outlives it. No threads exist yet: preexec_fn is safe.
+            popen = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509
+            )
+        self.procs.append(Proc(name, popen, log_path))
+        return popen
+
+    def start(self) -> None:
+        self.nats.write_config()
+        self.nats.proc = self._spawn("nats-server", self.nats.argv(), None)
+        self.nats.wait_ready()
+        say(f"nats-server ready on {self.nats.url} (store {self.nats.config.store_dir})")
+        env = self.env()
+        py = sys.executable
+        for service in ("registry", "scheduler", "gateway"):
+            self._spawn(service, [py, "-m", f"services.{service}"], env)
+        for i in range(1, self.workers + 1):
+            argv = [py, "-m", "services.worker", "--id", f"bench-worker-{i}", "--concurrency", str(self.concurrency)]
+            self._spawn(f"worker-{i}", argv, env)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """The gateway answers /health with 200 and lists every worker as live."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        with httpx.Client(timeout=5) as client:
+            while True:
+                self.assert_alive()
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.url}/health").status_code == 200:
+                        body = client.get(f"{self.url}/workers").json()
+                        live = [w for w in body.get("workers", []) if w.get("status") in ("idle", "busy")]
+                        if len(live) == self.workers:
+                            say(f"stack ready: {self.url}, {self.workers} workers x {self.concurrency}")
+                            return
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the stack was not ready within {READY_TIMEOUT_S:g} s")
+                time.sleep(0.1)
+
+    def assert_alive(self) -> None:
+        for proc in self.procs:
+            code = proc.popen.poll()
+            if code is not None:
+                raise BenchError(f"{proc.name} exited with code {code}")
+
+    def peak_rss(self) -> dict[str, int | None]:
+        """VmHWM (peak resident set, KiB) of every process, read while they still run."""
+        return {proc.name: peak_rss_kib(proc.popen.pid) for proc in self.procs}
+
+    def tails(self, lines: int = 15) -> str:
+        out = []
+        for proc in self.procs:
+            if proc.log_path.exists():
+                text = proc.log_path.read_text(errors="replace").splitlines()[-lines:]
+                if text:
+                    out.append(f"--- {proc.name} ({proc.log_path})\n" + "\n".join(text))
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        """SIGTERM in `jetdag up`'s order: workers (they hand back work and deregister), gateway, scheduler,
+        registry, nats-server last. SIGKILL only for a process that ignores SIGTERM."""
+        order = ["worker-", "gateway", "scheduler", "registry", "nats-server"]
+        for prefix in order:
+            group = [p for p in self.procs if p.name.startswith(prefix)]
+            for proc in group:
+                if proc.popen.poll() is None:
+                    proc.popen.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.popen.wait(STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    say(f"{proc.name} did not stop within {STOP_TIMEOUT_S:g} s of SIGTERM; killing it")
+                    proc.popen.kill()
+                    proc.popen.wait()
+
+
+def peak_rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+# --- one workload run ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunResult:
+    wall_s: float
+    jobs: int
+    execution_id: str
+    hops_ms: tuple[float, ...] = ()
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.jobs / self.wall_s
+
+
+def parse_ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0-100) of a non-empty sample."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+async def submit(client: httpx.AsyncClient, url: str, workflow_id: str, dag: list[JobSpec]) -> str:
+    r = await client.post(f"{url}/execute", json={"workflowId": workflow_id, "jobs": dag})
+    if r.status_code != 201:
+        raise BenchError(f"POST /execute ({workflow_id}) answered {r.status_code}: {r.text[:300]}")
+    return str(r.json()["executionId"])
+
+
+def check_completed(execution: dict[str, Any], jobs: int) -> None:
+    progress = execution.get("progress", {})
+    if execution["status"] != "completed" or progress.get("completed") != jobs:
+        raise BenchError(
+            f"execution {execution['executionId']} ended {execution['status']} with progress {progress}"
+            f" (error: {execution.get('error')})"
+        )
+
+
+async def wait_final(client: httpx.AsyncClient, url: str, execution_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + EXECUTION_TIMEOUT_S
+    while True:
+        r = await client.get(f"{url}/execute/{execution_id}")
+        if r.status_code != 200:
+            raise BenchError(f"GET /execute/{execution_id} answered {r.status_code}: {r.text[:300]}")
+        execution: dict[str, Any] = r.json()["execution"]
+        if execution["status"] in FINAL:
+            return execution
+        if time.monotonic() > deadline:
+            raise BenchError(f"execution {execution_id} not final after {EXECUTION_TIMEOUT_S:g} s: {execution}")
+        await asyncio.sleep(POLL_S)
+
+
+async def wait_all_final(
+    client: httpx.AsyncClient, url: str, workflow_id: str, ids: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Every execution of `workflow_id` final. One listing request per poll instead of one per execution:
+    200 pollers would load the 2-core box more than the workload does."""
+    deadline = time.monotonic() + EXECUTION_TIMEOUT_S
+    wanted = set(ids)
+    while True:
+        r = await client.get(f"{url}/executions", params={"workflowId": workflow_id, "limit": 500})
+        if r.status_code != 200:
+            raise BenchError(f"GET /executions answered {r.status_code}: {r.text[:300]}")
+        final = [e for e in r.json()["executions"] if e["executionId"] in wanted and e["status"] in FINAL]
+        if len(final) == len(wanted):
+            return final
+        if time.monotonic() > deadline:
+            raise BenchError(f"{len(wanted) - len(final)} executions of {workflow_id} not final after timeout")
+        await asyncio.sleep(POLL_MANY_S)
+
+
+async def job_list(client: httpx.AsyncClient, url: str, execution_id: str, expected: int) -> list[dict[str, Any]]:
+    """GET /execute/{id}/jobs, asked again (and said so) when it lists fewer jobs than the execution has: the
+    listing has been seen to come back empty now and then for a completed execution (see JOB_LIST_ATTEMPTS)."""
+    for attempt in range(1, JOB_LIST_ATTEMPTS + 1):
+        r = await client.get(f"{url}/execute/{execution_id}/jobs")
+        if r.status_code != 200:
+            raise BenchError(f"GET /execute/{execution_id}/jobs answered {r.status_code}: {r.text[:300]}")
+        jobs: list[dict[str, Any]] = r.json()["jobs"]
+        if len(jobs) == expected:
+            return jobs
+        say(f"GET /execute/{execution_id}/jobs listed {len(jobs)} of {expected} jobs (attempt {attempt}); asking again")
+        await asyncio.sleep(0.1)
+    raise BenchError(f"GET /execute/{execution_id}/jobs never listed all {expected} jobs")
+
+
+async def hop_latencies(client: httpx.AsyncClient, url: str, execution_id: str, expected: int) -> tuple[float, ...]:
+    """For every dependency edge: child startedAt - parent completedAt, in ms (the timestamps have ms resolution)."""
+    jobs = {j["id"]: j for j in await job_list(client, url, execution_id, expected)}
+    hops = []
+    for job in jobs.values():
+        for parent in job["dependsOn"]:
+            gap = parse_ts(job["startedAt"]) - parse_ts(jobs[parent]["completedAt"])
+            hops.append(gap.total_seconds() * 1000)
+    return tuple(hops)
+
+
+async def run_once(client: httpx.AsyncClient, url: str, workload: Workload, workflow_id: str) -> RunResult:
+    """Submit, wait until final, check it completed; wall time from the first submit to the last final seen."""
+    started = time.perf_counter()
+    if workload.copies == 1:
+        execution_id = await submit(client, url, workflow_id, workload.dag)
+        finals = [await wait_final(client, url, execution_id)]
+    else:
+        # At most SUBMITTERS POSTs in flight: every execution still runs concurrently with the others, and
+        # the client stays cheap (200 requests in one httpx pool at once cost ~1 s of client CPU here).
+        gate = asyncio.Semaphore(SUBMITTERS)
+
+        async def one() -> str:
+            async with gate:
+                return await submit(client, url, workflow_id, workload.dag)
+
+        ids = await asyncio.gather(*(one() for _ in range(workload.copies)))
+        finals = await wait_all_final(client, url, workflow_id, ids)
+    wall = time.perf_counter() - started
+    for execution in finals:
+        check_completed(execution, len(workload.dag))
+    execution_id = finals[-1]["executionId"]
+    hops = await hop_latencies(client, url, execution_id, len(workload.dag)) if workload.hops else ()
+    return RunResult(wall_s=wall, jobs=workload.jobs, execution_id=execution_id, hops_ms=hops)
+
+
+# --- gateway load --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    endpoint: str
+    clients: int
+    elapsed_s: float
+    latencies_ms: tuple[float, ...]
+    errors: int
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def req_per_s(self) -> float:
+        return self.requests / self.elapsed_s
+
+
+async def gateway_load(url: str, path: str, label: str, *, clients: int, seconds: float) -> LoadResult:
+    """`clients` concurrent loops of GET `path` for `seconds`; every answer but a 200 counts as an error."""
+    latencies: list[float] = []
+    errors = 0
+    # One AsyncClient (one keep-alive connection) per simulated client, not one shared pool: with 50 requests
+    # in flight httpx's shared pool costs ~4 ms of client CPU per request and the bench would measure itself.
+    pool = [httpx.AsyncClient(base_url=url, timeout=30) for _ in range(clients)]
+    try:
+        # Open every connection before the clock starts: connection setup is not what this measures.
+        await asyncio.gather(*(client.get(path) for client in pool))
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        async def loop(client: httpx.AsyncClient) -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                sent = time.perf_counter()
+                try:
+                    r = await client.get(path)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append((time.perf_counter() - sent) * 1000)
+                errors += not ok
+
+        await asyncio.gather(*(loop(client) for client in pool))
+        elapsed = time.perf_counter() - started
+    finally:
+        await asyncio.gather(*(client.aclose() for client in pool))
+    return LoadResult(label, clients, elapsed, tuple(latencies), errors)
+
+
+# --- the whole bench -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkloadSummary:
+    workload: Workload
+    runs: list[RunResult]
+    floors: list[FloorRun]
+
+    @property
+    def wall_s(self) -> float:
+        return statistics.median(r.wall_s for r in self.runs)
+
+    @property
+    def jobs_per_s(self) -> float:
+        return statistics.median(r.jobs_per_s for r in self.runs)
+
+    @property
+    def floor_msgs_per_s(self) -> float:
+        return statistics.median(f.msgs_per_s for f in self.floors)
+
+    @property
+    def ratio(self) -> float:
+        return self.jobs_per_s / self.floor_msgs_per_s
+
+    def hop_ms(self, q: float) -> float | None:
+        """Median over the runs of each run's q-th percentile hop latency."""
+        per_run = [percentile(r.hops_ms, q) for r in self.runs if r.hops_ms]
+        return statistics.median(per_run) if self.workload.hops and per_run else None
+
+
+@dataclass
+class Options:
+    workloads: list[Workload]
+    repeats: int
+    warmup: int
+    gateway_seconds: float
+    gateway_clients: int
+    workers: int
+    concurrency: int
+    keep: bool
+
+
+@dataclass
+class Report:
+    options: Options
+    summaries: list[WorkloadSummary] = field(default_factory=list)
+    loads: list[LoadResult] = field(default_factory=list)
+    rss_kib: dict[str, int | None] = field(default_factory=dict)
+
+
+async def bench_workload(
+    stack: BenchStack, client: httpx.AsyncClient, workload: Workload, opts: Options
+) -> WorkloadSummary:
+    runs: list[RunResult] = []
+    total = opts.warmup + opts.repeats
+    for i in range(total):
+        kind = "warm-up" if i < opts.warmup else f"run {i - opts.warmup + 1}/{opts.repeats}"
+        result = await run_once(client, stack.url, workload, f"bench-{workload.key}-{i}")
+        stack.assert_alive()
+        say(f"{workload.title} {kind}: {result.wall_s:.2f} s, {result.jobs_per_s:,.0f} jobs/s")
+        if i >= opts.warmup:
+            runs.append(result)
+    floors: list[FloorRun] = []
+    for i in range(total):
+        kind = "warm-up" if i < opts.warmup else f"run {i - opts.warmup + 1}/{opts.repeats}"
+        floor = await measure_floor(stack.nats.url, workload.jobs, f"{workload.key}_{i}")
+        say(f"{workload.title} floor {kind}: {floor.messages} msgs in {floor.elapsed_s:.3f} s")
+        if i >= opts.warmup:
+            floors.append(floor)
+    return WorkloadSummary(workload, runs, floors)
+
+
+async def run_bench(stack: BenchStack, opts: Options) -> Report:
+    report = Report(opts)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        for workload in opts.workloads:
+            report.summaries.append(await bench_workload(stack, client, workload, opts))
+    execution_id = report.summaries[-1].runs[-1].execution_id
+    for path, label in ((f"/execute/{execution_id}", "GET /execute/{id}"), ("/queue/stats", "GET /queue/stats")):
+        load = await gateway_load(stack.url, path, label, clients=opts.gateway_clients, seconds=opts.gateway_seconds)
+        stack.assert_alive()
+        say(f"{label}: {load.req_per_s:,.0f} req/s, {load.errors} errors")
+        report.loads.append(load)
+    report.rss_kib = stack.peak_rss()
+    return report
+
+
+# --- output --------------------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def render(report: Report) -> str:
+    opts = report.options
+    runs = f"median of {opts.repeats}" + (f" after {opts.warmup} warm-up" if opts.warmup else "")
+    lines = [
+        "## jetdag bench",
+        "",
+        f"{opts.workers} workers x {opts.concurrency} concurrency, `noop` jobs submitted over REST, {runs}; "
+        f"{os.cpu_count()} CPUs. Floor: raw JetStream from Python, same message count, same nats-server.",
+        "",
+        "| workload | jobs | wall s | jobs/s | floor msgs/s | ratio | hop p50 ms | hop p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in report.summaries:
+        lines.append(
+            f"| {s.workload.title} | {s.workload.jobs:,} | {s.wall_s:.2f} | {s.jobs_per_s:,.0f} "
+            f"| {s.floor_msgs_per_s:,.0f} | {s.ratio:.3f} | {_ms(s.hop_ms(50))} | {_ms(s.hop_ms(99))} |"
+        )
+    lines += [
+        "",
+        "| gateway endpoint | clients | requests | req/s | p50 ms | p99 ms | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for load in report.loads:
+        p50 = percentile(load.latencies_ms, 50) if load.latencies_ms else None
+        p99 = percentile(load.latencies_ms, 99) if load.latencies_ms else None
+        lines.append(
+            f"| {load.endpoint} | {load.clients} | {load.requests:,} | {load.req_per_s:,.0f} "
+            f"| {_ms(p50)} | {_ms(p99)} | {load.errors} |"
+        )
+    lines += ["", "| process | peak RSS MiB |", "| --- | ---: |"]
+    for name, kib in report.rss_kib.items():
+        lines.append(f"| {name} | {'?' if kib is None else f'{kib / 1024:.0f}'} |")
+    return "\n".join(lines)
+
+
+# --- command line --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m jetdag.bench", description=__doc__.split("\n")[0] if __doc__ else ""
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs per workload (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="discarded runs before them (default: %(default)s)")
+    parser.add_argument("--workloads", default="", help="comma-separated subset, e.g. W1,W3 (default: all)")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: small W1 and W2, 1 run, no warm-up")
+    parser.add_argument("--gateway-seconds", type=float, default=5.0, help="load per endpoint (default: %(default)s)")
+    parser.add_argument("--gateway-clients", type=int, default=50, help="concurrent clients (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=32, help="jobs per worker at once (default: %(default)s)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (store and service logs)")
+    args = parser.parse_args(argv)
+    available = workloads(args.quick)
+    wanted = [w.strip().upper() for w in args.workloads.split(",") if w.strip()] or [w.key for w in available]
+    unknown = set(wanted) - {w.key for w in available}
+    if unknown:
+        parser.error(f"unknown workloads {sorted(unknown)}; available: {[w.key for w in available]}")
+    if args.repeats < 1 or args.warmup < 0 or args.gateway_clients < 1 or args.workers < 1 or args.concurrency < 1:
+        parser.error("--repeats, --gateway-clients, --workers and --concurrency must be ≥ 1, --warmup ≥ 0")
+    quick = args.quick
+    return Options(
+        workloads=[w for w in available if w.key in wanted],
+        repeats=1 if quick else args.repeats,
+        warmup=0 if quick else args.warmup,
+        gateway_seconds=1.0 if quick else args.gateway_seconds,
+        gateway_clients=args.gateway_clients,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        keep=args.keep,
+    )
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally below stops the stack.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="jetdag-bench-"))
+    max_jobs = max(len(w.dag) for w in opts.workloads)
+    stack = BenchStack(root, workers=opts.workers, concurrency=opts.concurrency, max_jobs=max_jobs)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        stack.start()
+        report = asyncio.run(run_bench(stack, opts))
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:  # BenchError is a RuntimeError
+        say(f"failed: {exc!r}" if not isinstance(exc, BenchError) else f"failed: {exc}")
+        print(stack.tails(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        say("stopping the stack")
+        stack.stop()
+        if opts.keep:
+            say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
