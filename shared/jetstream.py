@@ -96,6 +96,7 @@ def kv_config(bucket: str, description: str, storage: StorageSettings) -> KeyVal
         bucket=bucket,
         description=description,
         history=1,
+        direct=True,  # reads of one key go straight to a server holding it (the scheduler's hot path)
         storage=_storage(storage),
         replicas=storage.replicas,
         max_value_size=MAX_MESSAGE_BYTES,
@@ -114,9 +115,15 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamInf
 
 
 async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """Open the KV bucket, creating it on first use."""
+    """Open the KV bucket, creating it on first use (and allowing direct gets on one made before they were
+    used)."""
     try:
-        return await js.key_value(config.bucket)
+        kv = await js.key_value(config.bucket)
+        info = await js.stream_info(f"KV_{config.bucket}")
+        if config.direct and not info.config.allow_direct:
+            info.config.allow_direct = True
+            await js.update_stream(info.config)
+        return kv
     except (BucketNotFoundError, NotFoundError):
         pass
     try:

@@ -26,7 +26,6 @@ from nats.js.errors import NotFoundError
 
 from shared.commands import Conflict, NotFound
 from shared.events import publish_event
-from shared.jetstream import publish_all
 from shared.logging import get_logger
 from shared.messages import (
     ANY_CAPABILITY,
@@ -451,7 +450,7 @@ class Engine:
                 f"{execution_id}.{job.id}.r{job.round}.a{job.attempt}",
             )
         )
-        await publish_all(self.js, messages)
+        await self.store.pipeline.publish_all(messages)
 
     async def pump(self, execution_id: str) -> None:
         """Fill free parallelism slots from the execution's ready queue (its `ready` events, in order)."""
@@ -577,7 +576,7 @@ class Engine:
         for job in completed:
             self._pending_cp.setdefault(execution_id, _Pending()).completed.append(job.id)
         await asyncio.gather(
-            publish_all(self.js, events),
+            self.store.pipeline.publish_all(events),
             *(self._dispatch(execution_id, job_id) for job_id in take),
         )
         for job in delayed:
@@ -596,7 +595,7 @@ class Engine:
                 waiting = await self.store.get_job(execution_id, job_id)
                 if waiting is not None and waiting.value.status == "ready":
                     ready_events.append(self._job_event_message(execution_id, waiting.value, "ready"))
-            await publish_all(self.js, ready_events)
+            await self.store.pipeline.publish_all(ready_events)
         if rest or completed or failed:
             await self.pump(execution_id)
 

@@ -46,6 +46,7 @@ from shared.messages import (
     QueueStats,
     QueueStatsReply,
 )
+from shared.pipeline import Pipeline
 from shared.service import ServiceContext
 from shared.settings import ExecutionSettings, load
 from shared.timeutil import ms_from_iso, now_ms
@@ -110,7 +111,9 @@ class SchedulerService:
     async def serve(self, ctx: ServiceContext, stack: AsyncExitStack) -> None:
         self._ctx = ctx
         assert self._executions is not None and self._checkpoints is not None
-        self.store = Store(ctx.js, self._executions, ctx.names.executions_bucket)
+        self.pipeline = Pipeline(ctx.nc, timeout=ctx.nats.request_timeout_s)
+        await self.pipeline.start()
+        self.store = Store(ctx.js, self._executions, ctx.names.executions_bucket, self.pipeline)
         self.queue = JobQueue(
             ctx.js,
             self._executions,

@@ -15,12 +15,12 @@ from typing import Generic, TypeVar
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from shared.jetstream import is_wrong_last_sequence, kv_entries
+from shared.jetstream import kv_entries
 from shared.logging import get_logger
 from shared.messages import ExecutionRecord, JobRecord
+from shared.pipeline import JetStreamError, Pipeline
 
 __all__ = ["LINK_CHUNK", "CasFailed", "Store", "Versioned"]
 
@@ -48,10 +48,11 @@ class Versioned(Generic[T]):
 
 
 class Store:
-    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str, pipeline: Pipeline) -> None:
         self.js = js
         self.kv = kv
         self.bucket = bucket
+        self.pipeline = pipeline
         self._cache: dict[str, tuple[bytes, int]] = {}
         self.conflicts = 0
         self.writes = 0
@@ -74,25 +75,23 @@ class Store:
     async def _read(self, key: str, *, fresh: bool = False) -> tuple[bytes, int] | None:
         if not fresh and key in self._cache:
             return self._cache[key]
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
+        found = await self.pipeline.kv_get(self.bucket, key)
+        if found is None:
             self._cache.pop(key, None)
             return None
-        assert entry.value is not None and entry.revision is not None
-        self._cache[key] = (entry.value, entry.revision)
-        return self._cache[key]
+        self._cache[key] = found
+        return found
 
     async def create(self, key: str, value: msgspec.Struct) -> int:
         data = _encode(value)
-        revision = await self.kv.create(key, data)
+        revision = await self.pipeline.kv_write(self.bucket, key, data, last=0)
         self._cache[key] = (data, revision)
         self.writes += 1
         return revision
 
     async def put(self, key: str, value: msgspec.Struct) -> int:
         data = _encode(value)
-        revision = await self.kv.put(key, data)
+        revision = await self.pipeline.kv_write(self.bucket, key, data, last=None)
         self._cache[key] = (data, revision)
         self.writes += 1
         return revision
@@ -164,9 +163,9 @@ class Store:
                 return Versioned(value, raw[1], applied=False)
             data = _encode(value)
             try:
-                revision = await self.kv.update(key, data, last=raw[1])
-            except Exception as exc:
-                if not is_wrong_last_sequence(exc):
+                revision = await self.pipeline.kv_write(self.bucket, key, data, last=raw[1])
+            except JetStreamError as exc:
+                if not exc.wrong_last_sequence:
                     raise
                 self.conflicts += 1
                 fresh = True

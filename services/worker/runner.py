@@ -32,6 +32,7 @@ from shared.messages import (
     JobResult,
     JobStarted,
 )
+from shared.pipeline import Pipeline
 from shared.service import ServiceContext
 from shared.timeutil import now_iso
 
@@ -103,6 +104,7 @@ class Runner:
         self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._decoder = msgspec.json.Decoder(JobMessage)
         self._kv: KeyValue | None = None
+        self.pipeline = Pipeline(ctx.nc, timeout=ctx.nats.request_timeout_s)
         self.log = log.bind(workerId=options.worker_id)
 
     @property
@@ -115,6 +117,7 @@ class Runner:
 
     async def start(self) -> None:
         names = self.ctx.names
+        await self.pipeline.start()
         await self.ctx.nc.subscribe(names.cancellations, cb=self._on_cancel)
         for cap, job_type in self.pairs():
             ref = await self._consumer(cap, job_type)
@@ -362,15 +365,7 @@ class Runner:
     async def _publish(self, subject: str, report: msgspec.Struct, job: JobMessage, kind: str) -> None:
         """Durable publish, retried through NATS blips; its message id makes a retry a no-op."""
         msg_id = f"{job.execution_id}.{job.job_id}.r{job.round}.a{job.attempt}.{kind}"
-        data = _encode(report)
-        for attempt in range(PUBLISH_ATTEMPTS):
-            try:
-                await self.ctx.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-                return
-            except Exception:
-                if attempt == PUBLISH_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(min(0.25 * 2**attempt, 3.0))
+        await self.pipeline.publish_all([(subject, _encode(report), msg_id)], attempts=PUBLISH_ATTEMPTS)
 
     async def _keepalive(self, msg: Msg, ack_wait_s: float) -> None:
         interval = max(0.2, ack_wait_s / 4)
