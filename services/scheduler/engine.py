@@ -141,6 +141,22 @@ def count_jobs(jobs: Iterable[JobRecord]) -> Counts:
     return counts
 
 
+def _next_attempt(job: JobRecord, expected: str) -> bool:
+    """Queue the job's next attempt if it is still `expected` (ready, or delayed after a failed attempt whose
+    error stays visible until the new attempt ends)."""
+    if job.status != expected:
+        return False
+    job.status = "queued"
+    job.attempt += 1
+    job.queued_at = now_iso()
+    job.retry_at = None
+    job.worker_id = None
+    job.started_at = None
+    if expected == "ready":
+        job.error = None
+    return True
+
+
 def final_status(counts: Counts, total: int) -> ExecutionStatus | None:
     if counts.open:
         return None
@@ -370,18 +386,7 @@ class Engine:
     async def _dispatch(self, execution_id: str, job_id: str) -> None:
         """Move one job whose slot is reserved from ready to queued and publish its message."""
 
-        def queue_it(job: JobRecord) -> bool:
-            if job.status != "ready":
-                return False
-            job.status = "queued"
-            job.attempt += 1
-            job.queued_at = now_iso()
-            job.worker_id = None
-            job.started_at = None
-            job.error = None
-            return True
-
-        updated = await self.store.update_job(execution_id, job_id, queue_it)
+        updated = await self.store.update_job(execution_id, job_id, lambda job: _next_attempt(job, "ready"))
         if updated is None or not updated.applied:
             await self._release(execution_id)
             return
@@ -729,19 +734,7 @@ class Engine:
         self._unlock_finished(execution_id)
 
     async def _retry_now(self, execution_id: str, job_id: str) -> None:
-
-        def requeue(job: JobRecord) -> bool:
-            if job.status != "delayed":
-                return False
-            job.status = "queued"
-            job.attempt += 1
-            job.queued_at = now_iso()
-            job.retry_at = None
-            job.worker_id = None
-            job.started_at = None
-            return True
-
-        updated = await self.store.update_job(execution_id, job_id, requeue)
+        updated = await self.store.update_job(execution_id, job_id, lambda job: _next_attempt(job, "delayed"))
         if updated is None or not updated.applied:
             return
         job = updated.value
