@@ -310,3 +310,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 1
+    except FileNotFoundError as exc:
+        print(f"jetdag: {exc}", file=sys.stderr)
+        return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -175,3 +176,24 @@ def test_up_with_external_nats_starts_no_server(up: Up, nats_server: object) -> 
             continue
     assert not any(n.endswith("nats-server") for n in names), names
     assert up.stop() == 0
+
+
+def test_just_up_stops_cleanly_on_sigterm_to_just(up: Up) -> None:
+    """SIGTERM to `just up` (a supervisor stopping the README's command) reaches the launcher itself."""
+    # As after the README's `. .venv/bin/activate`: this Python's scripts come first on PATH.
+    up.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    just = shutil.which("just", path=up.env["PATH"])
+    assert just, "just is installed with the dev extra (rust-just)"
+    with open(up.log, "ab") as out:
+        up.proc = subprocess.Popen([just, "up"], cwd=ROOT, env=up.env, stdout=out, stderr=subprocess.STDOUT)
+    up.wait_healthy()
+    children = descendants(up.proc.pid)
+    assert len(children) >= 6, children
+    up.proc.send_signal(signal.SIGTERM)
+    up.proc.wait(30)
+
+    def all_gone() -> bool:
+        return not [pid for pid in children if alive(pid)]
+
+    wait_for_sync(all_gone, timeout=20, message="every process of the stack to exit")
+    assert "stopped" in up.log.read_text()
