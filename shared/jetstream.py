@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -186,44 +185,3 @@ def is_wrong_last_sequence(exc: BaseException) -> bool:
     if isinstance(exc, KeyWrongLastSequenceError):
         return True
     return isinstance(exc, APIError) and exc.err_code in WRONG_LAST_SEQUENCE
-
-
-async def publish_all(
-    js: JetStreamContext,
-    messages: list[tuple[str, bytes, str]],
-    *,
-    timeout: float = 5.0,
-    attempts: int = 6,
-) -> None:
-    """Publish (subject, data, msg_id) messages pipelined — in this order on the wire, acks awaited together —
-    and make sure each is stored: whatever was not acknowledged is published again, one by one, with retries.
-
-    Every message carries a `Nats-Msg-Id`, so a second copy of one that did get stored is dropped by JetStream.
-    The wait on the pipelined acks is bounded: nats-py 2.16 never resolves the future of a publish the server
-    rejected (see DESIGN.md), so a rejection shows up here as a timeout and the sequential retry surfaces it.
-    """
-    if not messages:
-        return
-    futures: list[asyncio.Future[Any]] = []
-    try:
-        for subject, data, msg_id in messages:
-            futures.append(await js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id}))
-        await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout)
-    except Exception as exc:
-        log.warning("pipelined publish incomplete; retrying one by one", error=repr(exc))
-    retry = []
-    for i, message in enumerate(messages):
-        future = futures[i] if i < len(futures) else None
-        if future is None or not future.done() or future.cancelled() or future.exception() is not None:
-            if future is not None and not future.done():
-                future.cancel()
-            retry.append(message)
-    for subject, data, msg_id in retry:
-        for attempt in range(attempts):
-            try:
-                await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-                break
-            except Exception:
-                if attempt == attempts - 1:
-                    raise
-                await asyncio.sleep(min(0.2 * 2**attempt, 2.0))

@@ -117,16 +117,8 @@ class Names:
     def execution_event(self, execution_id: str, what: str) -> str:
         return f"{self.events_prefix}.execution.{execution_id}.{what}"
 
-    def execution_events(self, execution_id: str) -> str:
-        """Wildcard for every event of one execution (the execution itself, not its jobs)."""
-        return f"{self.events_prefix}.execution.{execution_id}.*"
-
     def job_event(self, execution_id: str, job_id: str, what: str) -> str:
         return f"{self.events_prefix}.job.{execution_id}.{job_id}.{what}"
-
-    def job_events(self, execution_id: str) -> str:
-        """Wildcard for every job event of one execution."""
-        return f"{self.events_prefix}.job.{execution_id}.*.*"
 
     @property
     def scheduler_reports(self) -> list[str]:

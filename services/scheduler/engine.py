@@ -708,12 +708,6 @@ class Engine:
         await asyncio.gather(*(one(c, k) for c, k in arriving.items()))
         return newly_ready
 
-    async def on_started(self, report: JobStarted) -> None:
-        await self.process_reports(report.execution_id, [report])
-
-    async def on_result(self, report: JobResult) -> None:
-        await self.process_reports(report.execution_id, [report])
-
     def _arm_retry(self, execution_id: str, job_id: str, retry_at: str) -> None:
         key = (execution_id, job_id)
         if key in self._timers:
