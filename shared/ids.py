@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from shared.commands import Invalid
+
 __all__ = ["ID_RE", "IdError", "check_id", "check_name", "check_workflow_id"]
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -17,8 +19,9 @@ NAME_RE = re.compile(r"^(?!.*__)[A-Za-z0-9_-]{1,64}$")
 WORKFLOW_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
-class IdError(ValueError):
-    """An id is not of the accepted form; the message names the field."""
+class IdError(Invalid, ValueError):
+    """An id is not of the accepted form; the message names the field. A 400 wherever it is raised: in a
+    REST route or a service command alike."""
 
 
 def _describe(value: object) -> str:

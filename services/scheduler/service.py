@@ -20,7 +20,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from shared.commands import Endpoint, Invalid, Unavailable, add_endpoints
-from shared.ids import IdError, check_id, check_name
+from shared.ids import check_id, check_name
 from shared.jetstream import (
     ensure_bucket,
     ensure_stream,
@@ -202,17 +202,10 @@ class SchedulerService:
             with contextlib.suppress(Exception):
                 await self._submissions.delete(cmd.staged)
 
-    @staticmethod
-    def _check(execution_id: str) -> str:
-        try:
-            return check_id("executionId", execution_id)
-        except IdError as exc:
-            raise Invalid(str(exc)) from None
-
     async def get(self, ref: ExecutionRef) -> ExecutionView:
         # The index follows the bucket within milliseconds; an execution it has not seen yet (just created)
         # is read from the bucket.
-        indexed = self.index.get(self._check(ref.execution_id))
+        indexed = self.index.get(check_id("executionId", ref.execution_id))
         if indexed is None:
             return await self.engine.get(ref.execution_id)
         record, revision = indexed
@@ -225,14 +218,14 @@ class SchedulerService:
         return view(record)
 
     async def jobs(self, ref: ExecutionRef) -> JobList:
-        jobs = await self.engine.jobs(self._check(ref.execution_id))
+        jobs = await self.engine.jobs(check_id("executionId", ref.execution_id))
         return JobList(execution_id=ref.execution_id, jobs=jobs)
 
     async def cancel(self, ref: ExecutionRef) -> ExecutionView:
-        return await self.engine.cancel(self._check(ref.execution_id))
+        return await self.engine.cancel(check_id("executionId", ref.execution_id))
 
     async def retry(self, ref: ExecutionRef) -> ExecutionView:
-        return await self.engine.retry(self._check(ref.execution_id))
+        return await self.engine.retry(check_id("executionId", ref.execution_id))
 
     async def list_executions(self, query: ListExecutions) -> ExecutionList:
         records = sorted(self.index.records.values(), key=lambda r: r.execution_id, reverse=True)
@@ -279,11 +272,8 @@ class SchedulerService:
         return QueueControl(is_paused=False, changed=changed, consumers=consumers)
 
     async def consumer(self, cmd: EnsureConsumer) -> ConsumerRef:
-        try:
-            check_name("capability", cmd.capability)
-            check_name("type", cmd.type)
-        except IdError as exc:
-            raise Invalid(str(exc)) from None
+        check_name("capability", cmd.capability)
+        check_name("type", cmd.type)
         return await self.queue.ensure_consumer(cmd.capability, cmd.type)
 
     async def _report_cas(self) -> None:

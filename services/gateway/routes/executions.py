@@ -9,20 +9,12 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from shared.api import ExecuteResponse, ExecutionListResponse, ExecutionResponse, JobListResponse
-from shared.commands import Invalid
-from shared.ids import IdError, check_id, check_workflow_id
+from shared.ids import check_id, check_workflow_id
 from shared.messages import ExecuteRequest, ExecutionStatus, ExecutionView, ListExecutions
 
 from ..backend import Backend
 from ..body import strict_body
 from ..openapi import errors
-
-
-def valid_execution_id(execution_id: str) -> str:
-    try:
-        return check_id("executionId", execution_id)
-    except IdError as exc:
-        raise Invalid(str(exc)) from None
 
 
 def summary(view: ExecutionView) -> ExecuteResponse:
@@ -52,11 +44,11 @@ class ExecutionController(Controller):
 
     @get("/{execution_id:str}", summary="Status and progress of an execution", responses=errors(400, 404))
     async def status(self, execution_id: str, backend: Backend) -> ExecutionResponse:
-        return ExecutionResponse(execution=await backend.get_execution(valid_execution_id(execution_id)))
+        return ExecutionResponse(execution=await backend.get_execution(check_id("executionId", execution_id)))
 
     @get("/{execution_id:str}/jobs", summary="Every job of an execution", responses=errors(400, 404))
     async def jobs(self, execution_id: str, backend: Backend) -> JobListResponse:
-        reply = await backend.execution_jobs(valid_execution_id(execution_id))
+        reply = await backend.execution_jobs(check_id("executionId", execution_id))
         return JobListResponse(execution_id=reply.execution_id, count=len(reply.jobs), jobs=reply.jobs)
 
     @post(
@@ -66,7 +58,7 @@ class ExecutionController(Controller):
         responses=errors(400, 404, 409),
     )
     async def cancel(self, execution_id: str, backend: Backend) -> ExecuteResponse:
-        return summary(await backend.cancel(valid_execution_id(execution_id)))
+        return summary(await backend.cancel(check_id("executionId", execution_id)))
 
     @post(
         "/{execution_id:str}/retry",
@@ -75,7 +67,7 @@ class ExecutionController(Controller):
         responses=errors(400, 404, 409),
     )
     async def retry(self, execution_id: str, backend: Backend) -> ExecuteResponse:
-        return summary(await backend.retry(valid_execution_id(execution_id)))
+        return summary(await backend.retry(check_id("executionId", execution_id)))
 
 
 @get("/executions", tags=["executions"], summary="Executions, newest first", responses=errors(400))
@@ -86,13 +78,10 @@ async def list_executions(
     limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Response[ExecutionListResponse]:
-    try:
-        if workflow_id is not None:
-            check_workflow_id(workflow_id)
-        if cursor is not None:
-            check_id("cursor", cursor)
-    except IdError as exc:
-        raise Invalid(str(exc)) from None
+    if workflow_id is not None:
+        check_workflow_id(workflow_id)
+    if cursor is not None:
+        check_id("cursor", cursor)
     reply = await backend.list_executions(
         ListExecutions(status=status, workflow_id=workflow_id, limit=limit, cursor=cursor)
     )

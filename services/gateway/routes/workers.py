@@ -12,20 +12,12 @@ from shared.api import (
     WorkerListResponse,
     WorkerResponse,
 )
-from shared.commands import Invalid
-from shared.ids import IdError, check_id
+from shared.ids import check_id
 from shared.messages import HeartbeatRequest, RegisterWorker
 
 from ..backend import Backend
 from ..body import strict_body
 from ..openapi import errors
-
-
-def valid_worker_id(worker_id: str) -> str:
-    try:
-        return check_id("workerId", worker_id)
-    except IdError as exc:
-        raise Invalid(str(exc)) from None
 
 
 class WorkerController(Controller):
@@ -51,7 +43,7 @@ class WorkerController(Controller):
 
     @get("/{worker_id:str}", summary="One worker", responses=errors(400, 404))
     async def get_worker(self, worker_id: str, backend: Backend) -> WorkerResponse:
-        return WorkerResponse(worker=await backend.get_worker(valid_worker_id(worker_id)))
+        return WorkerResponse(worker=await backend.get_worker(check_id("workerId", worker_id)))
 
     @post(
         "/{worker_id:str}/heartbeat",
@@ -61,7 +53,7 @@ class WorkerController(Controller):
         before_request=strict_body(HeartbeatRequest),
     )
     async def heartbeat(self, worker_id: str, data: HeartbeatRequest, backend: Backend) -> HeartbeatResponse:
-        worker = await backend.heartbeat(valid_worker_id(worker_id), data.current_load)
+        worker = await backend.heartbeat(check_id("workerId", worker_id), data.current_load)
         return HeartbeatResponse(
             worker_id=worker.worker_id,
             status=worker.status,
@@ -71,5 +63,5 @@ class WorkerController(Controller):
 
     @delete("/{worker_id:str}", status_code=HTTP_200_OK, summary="Deregister a worker", responses=errors(400, 404))
     async def deregister(self, worker_id: str, backend: Backend) -> DeregisterResponse:
-        reply = await backend.deregister(valid_worker_id(worker_id))
+        reply = await backend.deregister(check_id("workerId", worker_id))
         return DeregisterResponse(worker_id=reply.worker_id, message=f"worker {reply.worker_id} deregistered")
