@@ -250,15 +250,8 @@ class Runner:
                 # Every earlier delivery ended without a result: the process running it died (or froze past
                 # its lease) each time. Running it again would kill another worker.
                 ctx.log.error("poison job: failing it instead of running it again", deliveries=deliveries)
-                poison = JobResult(
-                    execution_id=job.execution_id,
-                    job_id=job.job_id,
-                    attempt=job.attempt,
-                    round=job.round,
-                    worker_id=self.options.worker_id,
-                    ok=False,
-                    at=now_iso(),
-                    duration_ms=0.0,
+                poison = self._result(
+                    job,
                     error=(
                         f"delivered {deliveries - 1} times without a result: the worker running it died or "
                         "stopped responding each time (poison job)"
@@ -335,6 +328,19 @@ class Runner:
             ctx.log.info("job completed", duration_ms=duration)
         else:
             ctx.log.info("job failed", error=error, duration_ms=duration)
+        return self._result(job, ok=ok, duration_ms=duration, result=value, error=error, cancelled=cancelled)
+
+    def _result(
+        self,
+        job: JobMessage,
+        *,
+        ok: bool = False,
+        duration_ms: float = 0.0,
+        result: Any = None,
+        error: str | None = None,
+        cancelled: bool = False,
+    ) -> JobResult:
+        """This worker's report of one attempt of `job`."""
         return JobResult(
             execution_id=job.execution_id,
             job_id=job.job_id,
@@ -343,8 +349,8 @@ class Runner:
             worker_id=self.options.worker_id,
             ok=ok,
             at=now_iso(),
-            duration_ms=duration,
-            result=value,
+            duration_ms=duration_ms,
+            result=result,
             error=error,
             cancelled=cancelled,
         )
