@@ -6,12 +6,13 @@ a final status, and deregisters: it must work unchanged.
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 import httpx
 
-from tests.api import FINAL
+from tests.api import FINAL, wait_final
 from tests.conftest import Stack
+from tests.helpers import wait_for
 
 
 async def test_seed_validation_suite(stack: Stack, http: httpx.AsyncClient) -> None:
@@ -96,11 +97,7 @@ async def test_seed_validation_suite(stack: Stack, http: httpx.AsyncClient) -> N
     # 14. Cleanup Remaining Workers
     assert (await http.delete(f"{url}/workers/worker-2")).status_code == 200
     # ...and the execution of step 8 ran to completion on the jetdag workers.
-    for _ in range(600):
-        execution = (await http.get(f"{url}/execute/{started['executionId']}")).json()["execution"]
-        if execution["status"] in FINAL:
-            break
-        await asyncio.sleep(0.1)
+    execution = await wait_final(http, url, started["executionId"])
     assert execution["status"] == "completed" and execution["progress"]["completed"] == 2
 
 
@@ -119,11 +116,13 @@ async def test_reference_client(stack: Stack, http: httpx.AsyncClient) -> None:
     eid = (await http.post(f"{url}/execute", json={"workflowId": "ref", "jobs": jobs, "parallelism": 2})).json()[
         "executionId"
     ]
-    while True:
-        result = (await http.get(f"{url}/execute/{eid}")).json()
-        if result["execution"]["status"] in FINAL:
-            break
-        await asyncio.sleep(1)
+
+    async def final() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await http.get(f"{url}/execute/{eid}")).json()
+        return body if body["execution"]["status"] in FINAL else None
+
+    # The reference client's loop: poll every second until a final status (here with a deadline).
+    result = await wait_for(final, timeout=60, interval=1.0, message="the execution to end")
     assert result["execution"]["status"] == "completed"
     assert result["execution"]["progress"]["completed"] == 3 and result["execution"]["completedAt"]
     assert (await http.delete(f"{url}/workers/ref-1")).json()["success"]
