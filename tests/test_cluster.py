@@ -292,18 +292,24 @@ async def assert_exact(http: httpx.AsyncClient, stack: Stack, finals: list[dict[
     await wait_for(exact, timeout=30, interval=0.2, message="exact queue stats")
 
 
+async def load_and_pick_leader(stack: Stack, http: httpx.AsyncClient, cnc: Client) -> tuple[list[str], int, int, str]:
+    """Start the stack and the load, wait until work is in flight (some jobs done, most not), and name the node
+    leading the job stream: the one the fault hits. Returns (execution ids, total jobs, jobs done, node)."""
+    await up(stack)
+    ids = await submit_load(http, stack)
+    total = EXECUTIONS * len(small_dag())
+    baseline = await wait_some_done(http, stack, 6)
+    leader = await job_stream_leader(cnc, stack)
+    assert baseline < total, "the load finished before the fault: nothing was proven"
+    return ids, total, baseline, leader
+
+
 async def test_node_killed_mid_run_costs_no_execution(
     cluster: dict[str, NatsServer], cluster_stack: Stack, http: httpx.AsyncClient, cnc: Client, clock: EventClock
 ) -> None:
     stack = cluster_stack
-    await up(stack)
-    ids = await submit_load(http, stack)
-    total = EXECUTIONS * len(small_dag())
-    # Work is in flight: some jobs done, most not.
-    baseline = await wait_some_done(http, stack, 6)
-    victim_name = await job_stream_leader(cnc, stack)
+    ids, total, baseline, victim_name = await load_and_pick_leader(stack, http, cnc)
     victim = cluster[victim_name]
-    assert baseline < total, "the load finished before the fault: nothing was proven"
     victim.kill()
     killed_at = time.monotonic()
     finals, seen_final_at = await all_final(http, stack, ids)
@@ -327,13 +333,8 @@ async def test_node_frozen_for_20_s_rejoins_and_costs_no_execution(
     cluster: dict[str, NatsServer], cluster_stack: Stack, http: httpx.AsyncClient, cnc: Client, clock: EventClock
 ) -> None:
     stack = cluster_stack
-    await up(stack)
-    ids = await submit_load(http, stack)
-    total = EXECUTIONS * len(small_dag())
-    baseline = await wait_some_done(http, stack, 6)
-    frozen_name = await job_stream_leader(cnc, stack)
+    ids, total, baseline, frozen_name = await load_and_pick_leader(stack, http, cnc)
     frozen = cluster[frozen_name]
-    assert baseline < total, "the load finished before the fault: nothing was proven"
     frozen.signal(signal.SIGSTOP)
     frozen_at = time.monotonic()
     finishing = asyncio.ensure_future(all_final(http, stack, ids))
