@@ -62,6 +62,16 @@ async def published_job_messages(nc: Client, stack: Stack) -> int:
     return int(info.state.last_seq)
 
 
+async def wait_progress(http: httpx.AsyncClient, url: str, ids: list[str], jobs: int) -> None:
+    """Wait until the executions have completed `jobs` jobs between them: the fault then hits work in flight."""
+
+    async def enough() -> bool:
+        done = [(await status(http, url, eid))["progress"]["completed"] for eid in ids]
+        return bool(sum(done) >= jobs)
+
+    await wait_for(enough, timeout=30, message=f"{jobs} completed jobs before the fault")
+
+
 def diamond(width: int = 3, seconds: float = 0.2) -> list[dict[str, Any]]:
     mids = [job(f"m{i}", "sleep", ["top"], config={"seconds": seconds}) for i in range(width)]
     return [job("top", "sleep", config={"seconds": seconds}), *mids, job("end", "noop", [m["id"] for m in mids])]
@@ -210,12 +220,7 @@ async def test_poison_job_fails_after_configured_deliveries(stack: Stack, http: 
 async def test_scheduler_killed_mid_execution_and_restarted(stack: Stack, http: httpx.AsyncClient, nc: Client) -> None:
     await up(stack, 2)
     ids = [await submit(http, stack.url, diamond(3, 0.3)) for _ in range(6)]
-
-    async def some_progress() -> bool:
-        done = [(await status(http, stack.url, eid))["progress"]["completed"] for eid in ids]
-        return bool(sum(done) >= 3)
-
-    await wait_for(some_progress, timeout=30, message="some progress before the kill")
+    await wait_progress(http, stack.url, ids, 3)
     scheduler = stack.procs[1]
     scheduler.kill()
     killed_at = time.monotonic()
@@ -319,12 +324,7 @@ async def test_nats_server_restart_mid_run(tmp_path: Path, namespace: str, http:
     try:
         await up(stack, 2)
         ids = [await submit(http, stack.url, diamond(3, 0.4)) for _ in range(8)]
-
-        async def some_progress() -> bool:
-            done = [(await status(http, stack.url, eid))["progress"]["completed"] for eid in ids]
-            return bool(sum(done) >= 4)
-
-        await wait_for(some_progress, timeout=30, message="progress before the restart")
+        await wait_progress(http, stack.url, ids, 4)
         if how == "kill9":
             server.kill()
         else:
