@@ -30,6 +30,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from shared.logging import get_logger
+from shared.pipeline import WRONG_LAST_SEQUENCE_CODES
 from shared.settings import StorageSettings
 from shared.subjects import Names
 
@@ -47,8 +48,6 @@ __all__ = [
 log = get_logger(__name__)
 
 STREAM_NAME_IN_USE = 10058
-# JSStreamWrongLastSequenceErrF / JSStreamWrongLastSequenceConstantErr: a compare-and-set lost its race.
-WRONG_LAST_SEQUENCE = (10071, 10164)
 MAX_MESSAGE_BYTES = 1024 * 1024
 
 
@@ -184,4 +183,4 @@ def is_wrong_last_sequence(exc: BaseException) -> bool:
     """True if `exc` is a lost compare-and-set (an expected outcome under contention, not a failure)."""
     if isinstance(exc, KeyWrongLastSequenceError):
         return True
-    return isinstance(exc, APIError) and exc.err_code in WRONG_LAST_SEQUENCE
+    return isinstance(exc, APIError) and exc.err_code in WRONG_LAST_SEQUENCE_CODES
