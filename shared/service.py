@@ -24,7 +24,7 @@ from shared.nats_conn import connect
 from shared.settings import LoggingSettings, NatsSettings, StorageSettings, load
 from shared.subjects import Names
 
-__all__ = ["Service", "ServiceContext", "run_service"]
+__all__ = ["Service", "ServiceContext", "cancel_and_wait", "run_service"]
 
 DEFAULT_SHUTDOWN_LIMIT_S = 15.0
 
@@ -66,11 +66,7 @@ class ServiceContext:
         return task
 
     async def cancel_tasks(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self.tasks)
 
 
 class Service(Protocol):
@@ -91,6 +87,7 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     bound = log.bind(namespace=names.namespace)
     name = f"{names.namespace}-{service.name}"
     nc = Client()
@@ -145,6 +142,26 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
     return 1 if ctx.failed else 0
 
 
+def dump_tasks() -> None:
+    """SIGUSR1: log what every task is waiting on — the answer to "why does this process hang?" in
+    production, and what the tests collect before they kill a process that would not stop."""
+    tasks = [{"task": task.get_name(), "at": _await_chain(task)} for task in asyncio.all_tasks()]
+    log.warning("task dump", tasks=tasks)
+
+
+def _await_chain(task: asyncio.Task[Any]) -> list[str]:
+    """The task's coroutine and every coroutine it is awaiting, outermost first (`Task.get_stack` gives
+    only the outermost frame of a suspended task)."""
+    chain: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(chain) < 30:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return chain
+
+
 async def _ensure(service: Service, ctx: ServiceContext) -> bool:
     """Create what the service owns, retrying while JetStream cannot yet (a cluster electing its meta
     leader, a server restarting). False if told to stop meanwhile."""
@@ -164,10 +181,25 @@ async def _ensure(service: Service, ctx: ServiceContext) -> bool:
         delay = min(delay * 2, 5.0)
 
 
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait until they have ended, cancelling again those that are still running.
+
+    Once is not always enough on Python 3.11: a task inside `asyncio.wait_for` (nats-py's request) whose
+    awaited reply arrives in the same loop iteration as the cancellation carries on as if never cancelled
+    (CPython gh-86296, fixed in 3.12). Seen for real: a worker's heartbeat swallowed it and the shutdown
+    then waited on that task forever."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: a crash was already reported by whoever owns the task
+
+
 async def _cancel(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+    await cancel_and_wait([task])
 
 
 async def _close(nc: Client) -> None:

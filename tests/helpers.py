@@ -141,9 +141,17 @@ class ServiceProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                # Ask it what it is stuck on (shared.service.dump_tasks) before killing it.
+                self.proc.send_signal(signal.SIGUSR1)
+                deadline = time.monotonic() + 3
+                while not self.has_logged("task dump") and time.monotonic() < deadline:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.proc.wait(0.1)
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"{self.name} did not stop within {timeout} s of SIGTERM") from None
+                raise AssertionError(
+                    f"{self.name} did not stop within {timeout} s of SIGTERM; its log ends:\n{self.tail(15)}"
+                ) from None
         return self.proc.returncode
 
     async def aterminate(self, timeout: float = 15.0) -> int | None:

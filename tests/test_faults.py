@@ -483,3 +483,16 @@ async def test_sigterm_ends_every_service_even_with_nats_gone(tmp_path: Path, na
     finally:
         stack.stop_all()
         server.stop()
+
+
+async def test_sigusr1_logs_what_every_task_waits_on(stack: Stack) -> None:
+    """The debugging aid for a process that hangs (docs/debugging.md); the test harness uses it too."""
+    await up(stack)
+    worker = await stack.worker("w1")
+    worker.signal(signal.SIGUSR1)
+    await wait_for(lambda: worker.has_logged("task dump"), timeout=10, message="the task dump")
+    dump = next(line for line in worker.log_lines() if line.get("event") == "task dump")
+    names = {t["task"] for t in dump["tasks"]}
+    assert "heartbeat" in names and any(n.startswith("pull ") for n in names), names
+    assert all(t["at"] for t in dump["tasks"] if t["task"] == "heartbeat")
+    assert worker.alive()  # a dump, not a stop
