@@ -141,7 +141,7 @@ async def request(
 ) -> Out:
     """Send `command` and decode the reply; every failure becomes a CommandError with the right status."""
     if not nc.is_connected:
-        raise Unavailable("NATS is not reachable from the gateway; try again shortly")
+        raise Unavailable("NATS is not reachable; try again shortly")
     try:
         msg = await nc.request(subject, _encoder.encode(command), timeout=timeout)
     except NoRespondersError:

@@ -8,6 +8,8 @@ import httpx
 import msgspec
 from nats.aio.client import Client
 
+from services.worker.options import WorkerOptions
+from services.worker.presence import Presence
 from shared.messages import WorkerRecord
 from tests.conftest import Stack
 from tests.helpers import wait_for
@@ -169,3 +171,22 @@ async def test_worker_reregisters_after_being_forgotten(stack: Stack, http: http
         return (await http.get(f"{stack.url}/workers/local-1")).status_code == 200
 
     await wait_for(back, timeout=10, message="the live worker to register again")
+
+
+async def test_heartbeat_crossing_deregistration_does_not_register_again(
+    stack: Stack, http: httpx.AsyncClient, nc: Client
+) -> None:
+    """A worker shutting down deregisters while a heartbeat may still be on its way; the registry answers
+    that one 404, which must not make the leaving worker register itself again (and linger until reaped)."""
+    await stack.up()
+    options = WorkerOptions("leaving", "h", ("cpu",), 2, (), 10.0, 1.0)
+    presence = Presence(nc, stack.names, options, lambda: 0, timeout=5.0)
+    await presence.register()
+    assert (await http.get(f"{stack.url}/workers/leaving")).status_code == 200
+    await presence.deregister()
+    assert await presence.heartbeat() is None
+    assert (await http.get(f"{stack.url}/workers/leaving")).status_code == 404
+    # A worker that is not leaving and finds itself forgotten (reaped while unreachable) does register again.
+    staying = Presence(nc, stack.names, WorkerOptions("staying", "h", ("cpu",), 2, (), 10.0, 1.0), lambda: 0, timeout=5)
+    assert await staying.heartbeat() is None
+    assert (await http.get(f"{stack.url}/workers/staying")).status_code == 200

@@ -45,6 +45,7 @@ class Presence:
         self.load = load
         self.timeout = timeout
         self.metadata = metadata or {}
+        self.leaving = False
         self.log = log.bind(workerId=options.worker_id)
 
     async def register(self) -> RegisterReply:
@@ -94,6 +95,8 @@ class Presence:
                 timeout=self.timeout,
             )
         except CommandError as exc:
+            if exc.status == 404 and self.leaving:
+                return None  # a heartbeat that crossed our deregistration: we are going, stay gone
             if exc.status == 404:
                 # Reaped or deregistered while we were unreachable: we are alive, so register again.
                 self.log.warning("registry forgot this worker; registering again")
@@ -110,6 +113,7 @@ class Presence:
                 self.log.warning("heartbeat failed", error=exc.message)
 
     async def deregister(self) -> None:
+        self.leaving = True
         try:
             await request(
                 self.nc,
