@@ -401,9 +401,9 @@ class Runner:
         """Stop taking jobs; let running ones finish within the grace period; hand back the rest."""
         self.stopping.set()
         self.slots.wake_all()
-        for loop in self._loops:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(loop, FETCH_TIMEOUT_S + 2)
+        # Each loop ends once its long-poll returns; together, not one after the other, so the bound holds.
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=FETCH_TIMEOUT_S + 2)
         if self.running:
             self.log.info("waiting for running jobs", jobs=len(self.running), grace_s=self.grace_s)
             tasks = [task for task, _, _ in self.running.values()]
