@@ -266,6 +266,10 @@ class BenchStack:
         """VmHWM (peak resident set, KiB) of every process, read while they still run."""
         return {proc.name: peak_rss_kib(proc.popen.pid) for proc in self.procs}
 
+    def rss(self, name: str) -> int | None:
+        """VmRSS (resident set now, KiB) of the named process."""
+        return next((rss_kib(p.popen.pid, "VmRSS:") for p in self.procs if p.name == name), None)
+
     def tails(self, lines: int = 15) -> str:
         out = []
         for proc in self.procs:
@@ -294,10 +298,14 @@ class BenchStack:
 
 
 def peak_rss_kib(pid: int) -> int | None:
+    return rss_kib(pid, "VmHWM:")
+
+
+def rss_kib(pid: int, key: str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -490,6 +498,8 @@ class WorkloadSummary:
     workload: Workload
     runs: list[RunResult]
     floors: list[FloorRun]
+    scheduler_rss_kib: list[int | None] = field(default_factory=list)
+    """The scheduler's resident set after each measured run (does memory grow from run to run?)."""
 
     @property
     def wall_s(self) -> float:
@@ -537,6 +547,7 @@ async def bench_workload(
     stack: BenchStack, client: httpx.AsyncClient, workload: Workload, opts: Options
 ) -> WorkloadSummary:
     runs: list[RunResult] = []
+    rss: list[int | None] = []
     total = opts.warmup + opts.repeats
     for i in range(total):
         kind = "warm-up" if i < opts.warmup else f"run {i - opts.warmup + 1}/{opts.repeats}"
@@ -545,6 +556,7 @@ async def bench_workload(
         say(f"{workload.title} {kind}: {result.wall_s:.2f} s, {result.jobs_per_s:,.0f} jobs/s")
         if i >= opts.warmup:
             runs.append(result)
+            rss.append(stack.rss("scheduler"))
     floors: list[FloorRun] = []
     for i in range(total):
         kind = "warm-up" if i < opts.warmup else f"run {i - opts.warmup + 1}/{opts.repeats}"
@@ -552,7 +564,7 @@ async def bench_workload(
         say(f"{workload.title} floor {kind}: {floor.messages} msgs in {floor.elapsed_s:.3f} s")
         if i >= opts.warmup:
             floors.append(floor)
-    return WorkloadSummary(workload, runs, floors)
+    return WorkloadSummary(workload, runs, floors, rss)
 
 
 async def run_bench(stack: BenchStack, opts: Options) -> Report:
@@ -607,6 +619,10 @@ def render(report: Report) -> str:
             f"| {load.endpoint} | {load.clients} | {load.requests:,} | {load.req_per_s:,.0f} "
             f"| {_ms(p50)} | {_ms(p99)} | {load.errors} |"
         )
+    lines += ["", "| workload | scheduler RSS MiB after each measured run |", "| --- | --- |"]
+    for s in report.summaries:
+        after = " → ".join("?" if kib is None else f"{kib / 1024:.1f}" for kib in s.scheduler_rss_kib)
+        lines.append(f"| {s.workload.title} | {after} |")
     lines += ["", "| process | peak RSS MiB |", "| --- | ---: |"]
     for name, kib in report.rss_kib.items():
         lines.append(f"| {name} | {'?' if kib is None else f'{kib / 1024:.0f}'} |")

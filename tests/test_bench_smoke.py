@@ -30,9 +30,11 @@ def test_bench_quick_prints_the_table() -> None:
     out = proc.stdout
     assert HEADER in out, out
     ratio_col = HEADER.strip("|").split("|").index(" ratio ")
-    rows = [line for line in out.splitlines() if line.startswith(("| W1 ", "| W2 "))]
-    assert len(rows) == 2, out
+    table = out[out.index(HEADER) :].split("\n\n")[0].splitlines()[2:]
+    rows = [line for line in table if line.startswith(("| W1 ", "| W2 "))]
+    assert len(rows) == 2 == len(table), out
     for row in rows:
         ratio = row.strip("|").split("|")[ratio_col].strip()
         assert re.fullmatch(r"\d+\.\d+", ratio) and float(ratio) > 0, row
     assert "| GET /queue/stats |" in out and "| gateway |" in out, out
+    assert re.search(r"^\| W2 [^|]+\| \d+\.\d \|$", out, re.MULTILINE), out  # the scheduler's RSS after the run
