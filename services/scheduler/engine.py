@@ -952,12 +952,6 @@ class Engine:
 
     # --- reads ---------------------------------------------------------------------------------------
 
-    async def get(self, execution_id: str) -> ExecutionView:
-        current = await self.store.get_execution(execution_id, fresh=True)
-        if current is None:
-            raise NotFound(f"execution {execution_id} does not exist")
-        return view(current.value)
-
     async def jobs(self, execution_id: str) -> list[JobView]:
         if await self.store.get_execution(execution_id, fresh=True) is None:
             raise NotFound(f"execution {execution_id} does not exist")

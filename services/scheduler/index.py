@@ -1,7 +1,9 @@
-"""A live, in-memory view of every execution record, fed by an ordered consumer on the executions bucket.
+"""A live, in-memory view of the execution records, fed by an ordered consumer on the executions bucket.
 
 Each scheduler replica keeps one. It answers `GET /executions` and the cumulative counters of `GET
-/queue/stats` without scanning the bucket, and tells the sweeper which executions are still open. The KV
+/queue/stats` without scanning the bucket, and tells the sweeper which executions are still open. Open
+executions are held in full; finished ones as a small summary (status, workflow, counts), plus the last
+few in full for status reads, so memory follows the open executions rather than the history. The KV
 bucket stays the truth: the view is rebuilt from it on start, and again whenever its consumer is found gone
 (an ordered consumer lives on one server; when that node dies the client does not always notice).
 """
@@ -10,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from bisect import bisect_left, insort
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -24,25 +29,56 @@ __all__ = ["ExecutionIndex"]
 
 log = get_logger(__name__)
 CHECK_EVERY_S = 5.0
+RECENT_FINISHED = 256
+
+
+class _Finished(msgspec.Struct, array_like=True, gc=False):
+    """What the view keeps of a finished execution: enough to list, filter and count it (~170 bytes, against
+    ~800 for the whole record), so memory follows the open executions, not the history."""
+
+    revision: int
+    status: str
+    workflow_id: str
+    completed: int
+    failed: int
 
 
 class _View:
-    """Execution records and running totals of their counts."""
+    """Open execution records in full, finished ones as summaries, every id in order, and running totals."""
 
     def __init__(self) -> None:
-        self.records: dict[str, ExecutionRecord] = {}
-        self.revisions: dict[str, int] = {}
+        self.open: dict[str, tuple[ExecutionRecord, int]] = {}
+        self.finished: dict[str, _Finished] = {}
+        self.ids: list[str] = []
+        """Every execution id, ascending: ids sort by creation time, so listings page through it backwards."""
         self.totals = Counts()
+        self._workflows: dict[str, str] = {}
 
-    def apply(self, key: str, record: ExecutionRecord | None, revision: int) -> None:
-        old = self.records.pop(key, None)
-        self.revisions.pop(key, None)
+    def apply(self, key: str, record: ExecutionRecord | None, revision: int) -> _Finished | None:
+        """Take a new value (None: deleted) of an execution record; returns its summary if it is finished."""
+        old = self.open.pop(key, None)
+        done = self.finished.pop(key, None)
         if old is not None:
-            self._add(old.counts, -1)
-        if record is not None:
-            self.records[key] = record
-            self.revisions[key] = revision
-            self._add(record.counts, 1)
+            self._add(old[0].counts, -1)
+        elif done is not None:
+            self.totals.completed -= done.completed
+            self.totals.failed -= done.failed
+        elif record is not None:
+            insort(self.ids, key)
+        if record is None:
+            if old is not None or done is not None:
+                del self.ids[bisect_left(self.ids, key)]
+            return None
+        if record.status in FINAL_EXECUTION_STATES:
+            workflow = self._workflows.setdefault(record.workflow_id, record.workflow_id)
+            done = _Finished(revision, record.status, workflow, record.counts.completed, record.counts.failed)
+            self.finished[key] = done
+            self.totals.completed += done.completed
+            self.totals.failed += done.failed
+            return done
+        self.open[key] = (record, revision)
+        self._add(record.counts, 1)
+        return None
 
     def _add(self, counts: Counts, sign: int) -> None:
         t = self.totals
@@ -53,10 +89,14 @@ class _View:
 
 
 class ExecutionIndex:
-    def __init__(self, js: JetStreamContext, bucket: str) -> None:
+    def __init__(
+        self, js: JetStreamContext, bucket: str, on_finished: Callable[[str, int], None] | None = None
+    ) -> None:
         self.js = js
         self.bucket = bucket
         self.stream = f"KV_{bucket}"
+        self.on_finished = on_finished
+        """Told (id, revision) when a finished record arrives: whoever cached it can let go of it now."""
         self.ready = asyncio.Event()
         self.current = asyncio.Event()
         """Set while the view follows the bucket; cleared from a reconnect until the replay is done."""
@@ -66,10 +106,9 @@ class ExecutionIndex:
         # bucket, so a rebuild never shows a half-filled view.
         self._view = _View()
         self._target = self._view
-
-    @property
-    def records(self) -> dict[str, ExecutionRecord]:
-        return self._view.records
+        # The last finished records seen in full (status reads of a just-finished execution are the common
+        # case); older ones are read from the bucket.
+        self._recent: OrderedDict[str, tuple[ExecutionRecord, int]] = OrderedDict()
 
     @property
     def completed(self) -> int:
@@ -88,14 +127,65 @@ class ExecutionIndex:
         """Jobs of all executions that have not finished (pending, ready, queued, running, delayed)."""
         return self._view.totals.pending
 
+    def __len__(self) -> int:
+        return len(self._view.ids)
+
     def get(self, execution_id: str) -> tuple[ExecutionRecord, int] | None:
-        record = self._view.records.get(execution_id)
-        if record is None or not self.current.is_set():
+        """The record and revision, if the view follows the bucket and holds it in full; None: read the bucket."""
+        if not self.current.is_set():
             return None
-        return record, self._view.revisions[execution_id]
+        view = self._view
+        found = view.open.get(execution_id)
+        if found is not None:
+            return found
+        done = view.finished.get(execution_id)
+        recent = self._recent.get(execution_id)
+        if done is not None and recent is not None and recent[1] == done.revision:
+            self._recent.move_to_end(execution_id)
+            return recent
+        return None
+
+    def remember(self, record: ExecutionRecord, revision: int) -> None:
+        """A finished record read from the bucket: keep it among the recent ones if it is the current one."""
+        done = self._view.finished.get(record.execution_id)
+        if done is not None and done.revision == revision:
+            self._keep_recent(record, revision)
+
+    def _keep_recent(self, record: ExecutionRecord, revision: int) -> None:
+        self._recent[record.execution_id] = (record, revision)
+        self._recent.move_to_end(record.execution_id)
+        while len(self._recent) > RECENT_FINISHED:
+            self._recent.popitem(last=False)
 
     def open_executions(self) -> list[ExecutionRecord]:
-        return [r for r in self._view.records.values() if r.status not in FINAL_EXECUTION_STATES]
+        return [record for record, _ in self._view.open.values()]
+
+    def open_record(self, execution_id: str) -> ExecutionRecord | None:
+        found = self._view.open.get(execution_id)
+        return None if found is None else found[0]
+
+    def select(self, *, before: str | None, status: str | None, workflow_id: str | None, limit: int) -> list[str]:
+        """Up to `limit` ids, newest first, older than `before`, with that status and workflow."""
+        view = self._view
+        out: list[str] = []
+        i = len(view.ids) if before is None else bisect_left(view.ids, before)
+        while i > 0 and len(out) < limit:
+            i -= 1
+            execution_id = view.ids[i]
+            found = view.open.get(execution_id)
+            if found is not None:
+                record = found[0]
+                match = (status is None or record.status == status) and (
+                    workflow_id is None or record.workflow_id == workflow_id
+                )
+            else:
+                done = view.finished[execution_id]
+                match = (status is None or done.status == status) and (
+                    workflow_id is None or done.workflow_id == workflow_id
+                )
+            if match:
+                out.append(execution_id)
+        return out
 
     def _caught_up(self) -> None:
         self._view = self._target
@@ -113,11 +203,19 @@ class ExecutionIndex:
         operation = (msg.headers or {}).get("KV-Operation")
         if operation in ("DEL", "PURGE") or not msg.data:
             self._target.apply(key, None, revision)
+            self._recent.pop(key, None)
         else:
             try:
-                self._target.apply(key, self._decoder.decode(msg.data), revision)
+                record = self._decoder.decode(msg.data)
             except msgspec.DecodeError:
                 log.warning("unreadable execution record", key=key)
+            else:
+                if self._target.apply(key, record, revision) is not None:
+                    self._keep_recent(record, revision)
+                    if self.on_finished is not None:
+                        self.on_finished(key, revision)
+                else:
+                    self._recent.pop(key, None)
         if msg.metadata.num_pending == 0 and self._view is not self._target:
             self._caught_up()
 

@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from shared.commands import Endpoint, Invalid, Unavailable, add_endpoints
+from shared.commands import Endpoint, Invalid, NotFound, Unavailable, add_endpoints
 from shared.ids import check_id, check_name
 from shared.jetstream import (
     ensure_bucket,
@@ -36,6 +36,7 @@ from shared.messages import (
     ExecuteCommand,
     ExecuteRequest,
     ExecutionList,
+    ExecutionRecord,
     ExecutionRef,
     ExecutionView,
     JobList,
@@ -133,7 +134,7 @@ class SchedulerService:
             ),
             checkpoints=self._checkpoints,
         )
-        self.index = ExecutionIndex(ctx.js, ctx.names.executions_bucket)
+        self.index = ExecutionIndex(ctx.js, ctx.names.executions_bucket, on_finished=self.store.settle)
         ctx.spawn(self.index.run(), "index")
         ctx.reconnect_listeners.append(self.index.resubscribe)
         await asyncio.wait_for(self.index.ready.wait(), 30)
@@ -203,19 +204,29 @@ class SchedulerService:
                 await self._submissions.delete(cmd.staged)
 
     async def get(self, ref: ExecutionRef) -> ExecutionView:
-        # The index follows the bucket within milliseconds; an execution it has not seen yet (just created)
-        # is read from the bucket.
-        indexed = self.index.get(check_id("executionId", ref.execution_id))
-        if indexed is None:
-            return await self.engine.get(ref.execution_id)
-        record, revision = indexed
+        execution_id = check_id("executionId", ref.execution_id)
+        found = await self._record(execution_id)
+        if found is None:
+            raise NotFound(f"execution {execution_id} does not exist")
+        record, revision = found
         # Read-your-writes: a change this replica just made (a cancel, a retry) may not have reached the index.
-        mine = self.store.cached_execution(ref.execution_id)
+        mine = self.store.cached_execution(execution_id)
         if mine is not None and mine.revision > revision:
             return view(mine.value)
-        if mine is not None and record.status in FINAL_EXECUTION_STATES:
-            self.store.drop(ref.execution_id)  # the index has caught up with the end: no need to keep it twice
         return view(record)
+
+    async def _record(self, execution_id: str) -> tuple[ExecutionRecord, int] | None:
+        """From the index, which follows the bucket within milliseconds and holds open executions and the
+        last finished ones; otherwise (just created, finished long ago) from the bucket."""
+        indexed = self.index.get(execution_id)
+        if indexed is not None:
+            return indexed
+        found = await self.store.get_execution(execution_id, fresh=True)
+        if found is None:
+            return None
+        if found.value.status in FINAL_EXECUTION_STATES:
+            self.index.remember(found.value, found.revision)
+        return found.value, found.revision
 
     async def jobs(self, ref: ExecutionRef) -> JobList:
         jobs = await self.engine.jobs(check_id("executionId", ref.execution_id))
@@ -228,21 +239,16 @@ class SchedulerService:
         return await self.engine.retry(check_id("executionId", ref.execution_id))
 
     async def list_executions(self, query: ListExecutions) -> ExecutionList:
-        records = sorted(self.index.records.values(), key=lambda r: r.execution_id, reverse=True)
-        out = []
-        for rec in records:
-            if query.cursor is not None and rec.execution_id >= query.cursor:
-                continue
-            if query.status is not None and rec.status != query.status:
-                continue
-            if query.workflow_id is not None and rec.workflow_id != query.workflow_id:
-                continue
-            out.append(view(rec))
-            if len(out) > query.limit:
-                break
-        more = len(out) > query.limit
-        out = out[: query.limit]
-        return ExecutionList(executions=out, next_cursor=out[-1].execution_id if more and out else None)
+        ids = self.index.select(
+            before=query.cursor, status=query.status, workflow_id=query.workflow_id, limit=query.limit + 1
+        )
+        found = await asyncio.gather(*(self._record(execution_id) for execution_id in ids))
+        # An execution removed meanwhile (retention) is left out; a status filter is checked again on the
+        # record read, which may be newer than the summary it was selected by.
+        records = [r for r, _ in (f for f in found if f is not None) if query.status in (None, r.status)]
+        more = len(ids) > query.limit
+        out = [view(record) for record in records[: query.limit]]
+        return ExecutionList(executions=out, next_cursor=ids[query.limit - 1] if more else None)
 
     async def stats(self, _: Any) -> QueueStatsReply:
         # Right after a reconnect the cumulative counters are being replayed from the bucket: wait for them
@@ -376,6 +382,6 @@ class SchedulerService:
                     continue
                 if not complete:
                     continue  # busy right now: the stall check will bring it back
-                current = self.index.records.get(execution_id)
+                current = self.index.open_record(execution_id)
                 if current is not None:
                     self._reconciled[execution_id] = current.updated_at

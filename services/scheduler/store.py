@@ -19,7 +19,7 @@ from nats.js.kv import KeyValue
 
 from shared.jetstream import kv_entries
 from shared.logging import get_logger
-from shared.messages import ExecutionRecord, JobRecord
+from shared.messages import FINAL_EXECUTION_STATES, ExecutionRecord, JobRecord
 from shared.pipeline import JetStreamError, Pipeline
 
 __all__ = ["LINK_CHUNK", "CasFailed", "Store", "Versioned"]
@@ -115,13 +115,22 @@ class Store:
     # --- typed access --------------------------------------------------------------------------------
 
     async def get_execution(self, execution_id: str, *, fresh: bool = False) -> Versioned[ExecutionRecord] | None:
+        from_server = fresh or execution_id not in self._cache
         raw = await self._read(execution_id, fresh=fresh)
         if raw is None:
             return None
-        return Versioned(self._exec_decoder.decode(raw[0]), raw[1])
+        record = self._exec_decoder.decode(raw[0])
+        if from_server and record.status in FINAL_EXECUTION_STATES:
+            # Nobody needs a copy of a finished record read from the server: the cache holds what we work on.
+            self._cache.pop(execution_id, None)
+        return Versioned(record, raw[1])
 
-    def drop(self, key: str) -> None:
-        self._cache.pop(key, None)
+    def settle(self, execution_id: str, revision: int) -> None:
+        """The execution index has the finished record at `revision`: drop our copy unless it is newer (a
+        retry this replica just wrote), so the cache holds open executions only."""
+        cached = self._cache.get(execution_id)
+        if cached is not None and cached[1] <= revision:
+            del self._cache[execution_id]
 
     def cached_execution(self, execution_id: str) -> Versioned[ExecutionRecord] | None:
         """What this replica last read or wrote of an execution record, without asking the server."""
