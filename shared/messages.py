@@ -501,6 +501,25 @@ class Checkpoint(Message):
     """Jobs completed since the previous checkpoint."""
 
 
+class Removal(Message):
+    """An execution being removed by retention: the revision it was removed at and what it counted."""
+
+    revision: int
+    completed: int
+    failed: int
+
+
+class Archive(Message):
+    """Value of key `archive` in the executions bucket: what executions removed by retention counted, so the
+    cumulative counters of GET /queue/stats stay exact after their records are gone."""
+
+    completed: int = 0
+    failed: int = 0
+    executions: int = 0
+    removing: dict[str, Removal] = {}
+    """Executions announced for removal and not yet added to the totals above (see services/scheduler/retention.py)."""
+
+
 class QueueState(Message):
     """Value of key `control.queue` in the executions bucket: the persisted pause switch."""
 

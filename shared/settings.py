@@ -156,6 +156,12 @@ class ExecutionSettings:
     checkpoint_every: int = env(
         "JETDAG_CHECKPOINT_EVERY", 50, "A checkpoint is written every this many completed jobs (and at the end)."
     )
+    execution_retention_s: float = env(
+        "JETDAG_EXECUTION_RETENTION_S",
+        7 * 24 * 3600.0,
+        "A finished execution (record, jobs, checkpoints) is removed this long after it ended; 0 keeps them "
+        "forever. The cumulative counters of GET /queue/stats keep counting removed executions.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -51,10 +50,11 @@ from shared.subjects import Names
 from shared.timeutil import iso_from_ms, ms_from_iso, now_iso, now_ms
 
 from .dag import validate
+from .ids import new_execution_id
 from .queue import JobQueue
 from .store import Store
 
-__all__ = ["Engine", "EngineSettings", "new_execution_id", "view"]
+__all__ = ["Engine", "EngineSettings", "view"]
 
 log = get_logger(__name__)
 
@@ -64,22 +64,6 @@ PUBLISH_ATTEMPTS = 6
 # Queued jobs younger than this are re-published by recovery: the job stream drops the duplicate (its
 # duplicate window is longer), so no job runs twice because of it.
 REPUBLISH_WINDOW_MS = 9 * 60 * 1000
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
-
-
-def new_execution_id() -> str:
-    """`exec-` + a ULID-style id: 10 characters of time, 16 of randomness; sorts by creation time."""
-    ms = now_ms()
-    chars = []
-    for _ in range(10):
-        chars.append(_CROCKFORD[ms & 31])
-        ms >>= 5
-    rand = int.from_bytes(secrets.token_bytes(10), "big")
-    tail = []
-    for _ in range(16):
-        tail.append(_CROCKFORD[rand & 31])
-        rand >>= 5
-    return "exec-" + "".join(reversed(chars)) + "".join(tail)
 
 
 def progress(counts: Counts, total: int) -> Progress:

@@ -23,12 +23,17 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from shared.logging import get_logger
-from shared.messages import FINAL_EXECUTION_STATES, Counts, ExecutionRecord
+from shared.messages import FINAL_EXECUTION_STATES, Archive, Counts, ExecutionRecord
+from shared.timeutil import ms_from_iso
+
+from .ids import execution_id_floor
 
 __all__ = ["ExecutionIndex"]
 
 log = get_logger(__name__)
 CHECK_EVERY_S = 5.0
+ARCHIVE_KEY = "archive"
+"""Key of the Archive record in the executions bucket (single-token, so the index follows it too)."""
 RECENT_FINISHED = 256
 
 
@@ -41,6 +46,7 @@ class _Finished(msgspec.Struct, array_like=True, gc=False):
     workflow_id: str
     completed: int
     failed: int
+    completed_ms: int
 
 
 class _View:
@@ -52,7 +58,19 @@ class _View:
         self.ids: list[str] = []
         """Every execution id, ascending: ids sort by creation time, so listings page through it backwards."""
         self.totals = Counts()
+        self.archive = Archive()
+        """What executions removed by retention counted (services/scheduler/retention.py)."""
         self._workflows: dict[str, str] = {}
+
+    def removed_uncounted(self) -> tuple[int, int]:
+        """(completed, failed) of executions already deleted whose counts the archive has not absorbed yet:
+        between the two steps of a removal they are counted from the announcement, so totals never dip."""
+        completed = failed = 0
+        for execution_id, removal in self.archive.removing.items():
+            if execution_id not in self.open and execution_id not in self.finished:
+                completed += removal.completed
+                failed += removal.failed
+        return completed, failed
 
     def apply(self, key: str, record: ExecutionRecord | None, revision: int) -> _Finished | None:
         """Take a new value (None: deleted) of an execution record; returns its summary if it is finished."""
@@ -71,7 +89,14 @@ class _View:
             return None
         if record.status in FINAL_EXECUTION_STATES:
             workflow = self._workflows.setdefault(record.workflow_id, record.workflow_id)
-            done = _Finished(revision, record.status, workflow, record.counts.completed, record.counts.failed)
+            done = _Finished(
+                revision,
+                record.status,
+                workflow,
+                record.counts.completed,
+                record.counts.failed,
+                ms_from_iso(record.completed_at or record.updated_at),
+            )
             self.finished[key] = done
             self.totals.completed += done.completed
             self.totals.failed += done.failed
@@ -102,6 +127,7 @@ class ExecutionIndex:
         """Set while the view follows the bucket; cleared from a reconnect until the replay is done."""
         self._rebuild = asyncio.Event()
         self._decoder = msgspec.json.Decoder(ExecutionRecord)
+        self._archive_decoder = msgspec.json.Decoder(Archive)
         # Queries read `_view`; a (re)subscription fills `_target` and swaps it in once it has replayed the
         # bucket, so a rebuild never shows a half-filled view.
         self._view = _View()
@@ -112,11 +138,17 @@ class ExecutionIndex:
 
     @property
     def completed(self) -> int:
-        return self._view.totals.completed
+        view = self._view
+        return view.totals.completed + view.archive.completed + view.removed_uncounted()[0]
 
     @property
     def failed(self) -> int:
-        return self._view.totals.failed
+        view = self._view
+        return view.totals.failed + view.archive.failed + view.removed_uncounted()[1]
+
+    @property
+    def archive(self) -> Archive:
+        return self._view.archive
 
     @property
     def delayed(self) -> int:
@@ -164,6 +196,20 @@ class ExecutionIndex:
         found = self._view.open.get(execution_id)
         return None if found is None else found[0]
 
+    def expired(self, cutoff_ms: int, limit: int) -> list[str]:
+        """Up to `limit` finished executions, oldest first, that finished before `cutoff_ms`. Only executions
+        created before the cutoff can qualify, and ids sort by creation time: the scan stops there."""
+        view = self._view
+        out: list[str] = []
+        end = bisect_left(view.ids, execution_id_floor(cutoff_ms))
+        for execution_id in view.ids[:end]:
+            done = view.finished.get(execution_id)
+            if done is not None and done.completed_ms < cutoff_ms:
+                out.append(execution_id)
+                if len(out) >= limit:
+                    break
+        return out
+
     def select(self, *, before: str | None, status: str | None, workflow_id: str | None, limit: int) -> list[str]:
         """Up to `limit` ids, newest first, older than `before`, with that status and workflow."""
         view = self._view
@@ -201,6 +247,14 @@ class ExecutionIndex:
         key = msg.subject.rsplit(".", 1)[1]
         revision = msg.metadata.sequence.stream
         operation = (msg.headers or {}).get("KV-Operation")
+        if key == ARCHIVE_KEY:
+            try:
+                deleted = operation in ("DEL", "PURGE") or not msg.data
+                self._target.archive = Archive() if deleted else self._archive_decoder.decode(msg.data)
+            except msgspec.DecodeError:
+                log.warning("unreadable archive record")
+            self._check_caught_up(msg)
+            return
         if operation in ("DEL", "PURGE") or not msg.data:
             self._target.apply(key, None, revision)
             self._recent.pop(key, None)
@@ -216,6 +270,9 @@ class ExecutionIndex:
                         self.on_finished(key, revision)
                 else:
                     self._recent.pop(key, None)
+        self._check_caught_up(msg)
+
+    def _check_caught_up(self, msg: Msg) -> None:
         if msg.metadata.num_pending == 0 and self._view is not self._target:
             self._caught_up()
 

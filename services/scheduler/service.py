@@ -55,6 +55,8 @@ from shared.timeutil import ms_from_iso, now_ms
 from .engine import Engine, EngineSettings, view
 from .index import ExecutionIndex
 from .queue import JobQueue
+from .retention import BATCH as RETENTION_BATCH
+from .retention import Retention
 from .store import Store
 
 __all__ = ["SchedulerService"]
@@ -135,6 +137,14 @@ class SchedulerService:
             checkpoints=self._checkpoints,
         )
         self.index = ExecutionIndex(ctx.js, ctx.names.executions_bucket, on_finished=self.store.settle)
+        self.retention = Retention(
+            ctx.js,
+            self.pipeline,
+            self.index,
+            bucket=ctx.names.executions_bucket,
+            checkpoints_bucket=ctx.names.checkpoints_bucket,
+            retention_s=self.settings.execution_retention_s,
+        )
         ctx.spawn(self.index.run(), "index")
         ctx.reconnect_listeners.append(self.index.resubscribe)
         await asyncio.wait_for(self.index.ready.wait(), 30)
@@ -162,6 +172,7 @@ class SchedulerService:
         stack.push_async_callback(svc.stop)
         ctx.spawn(self._reports(), "reports")
         ctx.spawn(self._sweeper(), "sweeper")
+        ctx.spawn(self._retention_loop(), "retention")
         ctx.spawn(self._startup_recovery(), "startup-recovery")
 
     @property
@@ -357,6 +368,16 @@ class SchedulerService:
                     self._reconciled[record.execution_id] = record.updated_at
             except Exception as exc:
                 log.warning("startup recovery failed", executionId=record.execution_id, error=repr(exc))
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                removed = await self.retention.sweep()
+            except Exception as exc:
+                log.warning("removing expired executions failed; retrying", error=repr(exc))
+                removed = 0
+            if removed < RETENTION_BATCH:  # a full batch: more may be waiting, go on at once
+                await asyncio.sleep(self.settings.sweep_interval_s)
 
     async def _sweeper(self) -> None:
         stall_ms = self.settings.stall_after_s * 1000
