@@ -24,8 +24,13 @@ async def test_finished_executions_expire_and_counters_stay_exact(
     assert (await wait_final(http, stack.url, failed))["status"] == "failed"
     assert (await http.post(f"{stack.url}/queue/pause")).status_code == 200
     waiting = await submit(http, stack.url, [job("later")])  # open for as long as the queue is paused
-    before = (await stats(http, stack.url))["stats"]
-    assert (before["completed"], before["failed"], before["paused"]) == (3, 1, 1)
+
+    async def held() -> dict[str, int] | None:  # its job is published just after POST /execute answers
+        s: dict[str, int] = (await stats(http, stack.url))["stats"]
+        return s if s["paused"] == 1 else None
+
+    before = await wait_for(held, timeout=10, message="the job to be held by the pause")
+    assert (before["completed"], before["failed"]) == (3, 1)
 
     async def removed() -> bool:
         codes = [(await http.get(f"{stack.url}/execute/{e}")).status_code for e in (done, failed)]

@@ -15,6 +15,7 @@ import contextlib
 from bisect import bisect_left, insort
 from collections import OrderedDict
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 import msgspec
@@ -147,10 +148,6 @@ class ExecutionIndex:
         return view.totals.failed + view.archive.failed + view.removed_uncounted()[1]
 
     @property
-    def archive(self) -> Archive:
-        return self._view.archive
-
-    @property
     def delayed(self) -> int:
         return self._view.totals.delayed
 
@@ -202,7 +199,7 @@ class ExecutionIndex:
         view = self._view
         out: list[str] = []
         end = bisect_left(view.ids, execution_id_floor(cutoff_ms))
-        for execution_id in view.ids[:end]:
+        for execution_id in islice(view.ids, end):
             done = view.finished.get(execution_id)
             if done is not None and done.completed_ms < cutoff_ms:
                 out.append(execution_id)

@@ -253,13 +253,13 @@ class SchedulerService:
         ids = self.index.select(
             before=query.cursor, status=query.status, workflow_id=query.workflow_id, limit=query.limit + 1
         )
-        found = await asyncio.gather(*(self._record(execution_id) for execution_id in ids))
+        more = len(ids) > query.limit
+        page = ids[: query.limit]
+        found = await asyncio.gather(*(self._record(execution_id) for execution_id in page))
         # An execution removed meanwhile (retention) is left out; a status filter is checked again on the
         # record read, which may be newer than the summary it was selected by.
         records = [r for r, _ in (f for f in found if f is not None) if query.status in (None, r.status)]
-        more = len(ids) > query.limit
-        out = [view(record) for record in records[: query.limit]]
-        return ExecutionList(executions=out, next_cursor=ids[query.limit - 1] if more else None)
+        return ExecutionList(executions=[view(r) for r in records], next_cursor=page[-1] if more else None)
 
     async def stats(self, _: Any) -> QueueStatsReply:
         # Right after a reconnect the cumulative counters are being replayed from the bucket: wait for them
