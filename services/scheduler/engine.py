@@ -533,7 +533,11 @@ class Engine:
                 )
         if not delta:
             return
-        newly_ready = await self._arrivals(execution_id, completed)
+        # Without a parallelism cap a dependent that becomes ready is queued in the same write (one write per
+        # job saved); with one, it waits in `ready` for a slot taken on the execution record.
+        current = await self.store.get_execution(execution_id)
+        uncapped = current is not None and current.value.parallelism is None
+        newly_ready, newly_queued = await self._arrivals(execution_id, completed, queue=uncapped)
         skipped: list[str] = []
         for job in failed:
             skipped.extend(await self._skip_dependents(execution_id, job))
@@ -547,8 +551,9 @@ class Engine:
                 return False  # cancelled meanwhile: its final counts were taken from the job records
             for status, d in delta.items():
                 _bump(rec.counts, status, d)
-            rec.counts.pending -= len(newly_ready) + len(skipped)
+            rec.counts.pending -= len(newly_ready) + len(newly_queued) + len(skipped)
             rec.counts.ready += len(newly_ready)
+            rec.counts.queued += len(newly_queued)
             rec.counts.skipped += len(skipped)
             if failed and rec.error is None:
                 rec.error = f"job {failed[0].id} failed: {failed[0].error}"
@@ -564,9 +569,12 @@ class Engine:
         updated = await self.store.update_execution(execution_id, apply)
         for job in completed:
             self._pending_cp.setdefault(execution_id, _Pending()).completed.append(job.id)
+        applied = updated is not None and updated.applied
         await asyncio.gather(
             self.store.pipeline.publish_all(events),
             *(self._dispatch(execution_id, job_id) for job_id in take),
+            # Not if the execution ended meanwhile (cancelled): the cancel withdrew these queued jobs.
+            *(self._publish_job(execution_id, job, with_event=True) for job in newly_queued if applied),
         )
         for job in delayed:
             assert job.retry_at is not None
@@ -585,17 +593,32 @@ class Engine:
                 if waiting is not None and waiting.value.status == "ready":
                     ready_events.append(self._job_event_message(execution_id, waiting.value, "ready"))
             await self.store.pipeline.publish_all(ready_events)
-        if rest or completed or failed:
-            await self.pump(execution_id)
+        if (rest or completed or failed) and updated.value.parallelism is not None:
+            await self.pump(execution_id)  # slots freed: fill them from the ready queue
 
     async def _job_reports(self, execution_id: str, reports: list[JobStarted | JobResult]) -> _Outcome:
         """Apply one job's reports of a batch, in order, each with compare-and-set."""
         outcome = _Outcome()
-        for report in reports:
+        i = 0
+        while i < len(reports):
+            report = reports[i]
+            following = reports[i + 1] if i + 1 < len(reports) else None
+            if (
+                isinstance(report, JobStarted)
+                and isinstance(following, JobResult)
+                and (following.attempt, following.round, following.worker_id)
+                == (report.attempt, report.round, report.worker_id)
+            ):
+                # The start and the end of one attempt in one batch: one write instead of two (subscribers
+                # still see the start: the worker's report is itself on the event stream).
+                await self._apply_result(execution_id, following, outcome, started=report)
+                i += 2
+                continue
             if isinstance(report, JobStarted):
                 await self._apply_started(execution_id, report, outcome)
             else:
                 await self._apply_result(execution_id, report, outcome)
+            i += 1
         return outcome
 
     async def _apply_started(self, execution_id: str, report: JobStarted, outcome: _Outcome) -> None:
@@ -620,7 +643,9 @@ class Engine:
         if updated is not None and updated.applied and not moved:
             outcome.move("queued", "running")
 
-    async def _apply_result(self, execution_id: str, report: JobResult, outcome: _Outcome) -> None:
+    async def _apply_result(
+        self, execution_id: str, report: JobResult, outcome: _Outcome, *, started: JobStarted | None = None
+    ) -> None:
         before: list[str] = []
 
         def decide(job: JobRecord) -> bool:
@@ -632,7 +657,9 @@ class Engine:
             before.append(job.status)
             now = now_iso()
             job.worker_id = report.worker_id
-            if job.started_at is None:
+            if started is not None:
+                job.started_at = started.at
+            elif job.started_at is None:
                 job.started_at = report.at
             if report.ok:
                 job.status = "completed"
@@ -665,14 +692,18 @@ class Engine:
         outcome.move(before[0], updated.value.status)
         outcome.job = updated.value
 
-    async def _arrivals(self, execution_id: str, completed: list[JobRecord]) -> list[str]:
-        """Count the completed parents in at each dependent (one write per dependent); return those that
-        became ready."""
+    async def _arrivals(
+        self, execution_id: str, completed: list[JobRecord], *, queue: bool
+    ) -> tuple[list[str], list[JobRecord]]:
+        """Count the completed parents in at each dependent (one write per dependent). Returns the ids of
+        those that became ready and, with `queue` (no parallelism cap to respect), those that were queued
+        straight away in that same write instead: (ready ids, queued records)."""
         arriving: dict[str, int] = {}
         for job in completed:
             for child_id in await self.store.load_links(execution_id, job, "dependents"):
                 arriving[child_id] = arriving.get(child_id, 0) + 1
         newly_ready: list[str] = []
+        newly_queued: list[JobRecord] = []
 
         async def one(child_id: str, k: int) -> None:
             def arrive(child: JobRecord) -> bool:
@@ -682,15 +713,20 @@ class Engine:
                 if child.remaining <= 0:
                     child.remaining = 0
                     child.status = "ready"
+                    if queue:
+                        _next_attempt(child, "ready")
                 return True
 
             async with self._fanout:
                 child = await self.store.update_job(execution_id, child_id, arrive)
-            if child is not None and child.applied and child.value.status == "ready":
-                newly_ready.append(child_id)
+            if child is not None and child.applied:
+                if child.value.status == "ready":
+                    newly_ready.append(child_id)
+                elif child.value.status == "queued":
+                    newly_queued.append(child.value)
 
         await asyncio.gather(*(one(c, k) for c, k in arriving.items()))
-        return newly_ready
+        return newly_ready, newly_queued
 
     def _arm_retry(self, execution_id: str, job_id: str, retry_at: str) -> None:
         key = (execution_id, job_id)
