@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from nats.aio.client import Client
 
+from shared.messages import JobResult, JobStarted
 from tests.api import job, jobs, stats, status, submit, wait_final
 from tests.conftest import Stack, start_nats
 from tests.helpers import ServiceProcess, wait_for
@@ -267,6 +269,43 @@ async def test_two_scheduler_replicas_under_contention(stack: Stack, http: httpx
         f"({conflicts / (writes + conflicts):.1%}); per replica {[(t['writes'], t['conflicts']) for t in totals]}"
     )
     assert all(t["writes"] > 0 for t in totals), "both replicas must have done work"
+
+
+async def test_a_step_cut_short_between_job_and_execution_writes_leaves_exact_counts(
+    stack: Stack, http: httpx.AsyncClient, nc: Client
+) -> None:
+    """The state a scheduler leaves when NATS goes away mid-step: a start report's job write landed, the
+    execution write did not, and the report comes again with the job's result. The execution must end with
+    counts that match its job records (seen for real in the frozen-node cluster test: running -1, queued 1)."""
+    await up(stack)  # no worker: this test plays the worker's part
+    eid = await submit(http, stack.url, [job("only")])
+    kv = await nc.jetstream().key_value(stack.names.executions_bucket)
+
+    async def queued() -> bool:
+        return bool((await jobs(http, stack.url, eid))["only"]["status"] == "queued")
+
+    await wait_for(queued, timeout=10, message="the job to be queued")
+    entry = await kv.get(f"{eid}.job.only")
+    record = json.loads(entry.value or b"{}")
+    started_at = "2026-11-28T00:00:00.000Z"
+    record.update(status="running", workerId="w-gone", startedAt=started_at)
+    await kv.update(f"{eid}.job.only", json.dumps(record).encode(), last=entry.revision)  # the landed job write
+    js = nc.jetstream()
+    start = JobStarted(execution_id=eid, job_id="only", attempt=1, round=1, worker_id="w-gone", at=started_at)
+    end = JobResult(
+        execution_id=eid, job_id="only", attempt=1, round=1, worker_id="w-gone", ok=True, at=started_at, duration_ms=1
+    )
+    await js.publish(stack.names.job_event(eid, "only", "started"), msgspec.json.encode(start))
+    await js.publish(stack.names.job_event(eid, "only", "result"), msgspec.json.encode(end))
+    final = await wait_final(http, stack.url, eid)
+    assert final["status"] == "completed"
+    expected = {"completed": 1, "running": 0, "queued": 0, "pending": 0, "failed": 0}
+
+    async def exact() -> dict[str, Any] | None:
+        progress: dict[str, Any] = (await status(http, stack.url, eid))["progress"]
+        return progress if {k: progress[k] for k in expected} == expected else None
+
+    await wait_for(exact, timeout=10, message=f"exact counts (last seen {final['progress']})")
 
 
 # --- 6. gateway restarted ---------------------------------------------------------------------------------

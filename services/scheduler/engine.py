@@ -141,6 +141,10 @@ def _next_attempt(job: JobRecord, expected: str) -> bool:
     return True
 
 
+def _impossible(counts: Counts) -> bool:
+    return any(value < 0 for value in msgspec.structs.astuple(counts))
+
+
 def final_status(counts: Counts, total: int) -> ExecutionStatus | None:
     if counts.open:
         return None
@@ -188,6 +192,8 @@ class Engine:
         self.suspect_event = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {}
         self._finished: set[str] = set()
+        self._doubtful: set[str] = set()
+        """Executions whose processing was interrupted or saw a duplicate report: verified when they end."""
 
     def _lock(self, execution_id: str) -> asyncio.Lock:
         """Serializes this replica's work on one execution (reports, timers, recovery, cancel, retry);
@@ -219,8 +225,10 @@ class Engine:
         task.add_done_callback(done)
 
     def suspect(self, execution_id: str) -> None:
-        """Ask the sweeper to reconcile this execution soon (something may be half done)."""
+        """Ask the sweeper to reconcile this execution soon (something may be half done), and check its
+        counts against the job records when it ends."""
         self._suspects.add(execution_id)
+        self._doubtful.add(execution_id)
         self.suspect_event.set()
 
     def take_suspects(self) -> set[str]:
@@ -624,9 +632,15 @@ class Engine:
     async def _apply_started(self, execution_id: str, report: JobStarted, outcome: _Outcome) -> None:
         moved: list[bool] = []
 
+        duplicate: list[bool] = []
+
         def start(job: JobRecord) -> bool:
             moved.clear()
+            duplicate.clear()
             if job.attempt != report.attempt or job.round != report.round:
+                return False
+            if job.worker_id == report.worker_id and job.started_at == report.at:
+                duplicate.append(True)  # applied before: a redelivery, maybe of a batch cut short
                 return False
             if job.status == "running" and job.worker_id != report.worker_id:
                 # Delivered again (its first worker died or froze past its lease): the record follows the
@@ -640,6 +654,8 @@ class Engine:
             return True
 
         updated = await self.store.update_job(execution_id, report.job_id, start)
+        if duplicate:
+            outcome.suspicious = True
         if updated is not None and updated.applied and not moved:
             outcome.move("queued", "running")
 
@@ -655,6 +671,8 @@ class Engine:
             if not report.ok and report.cancelled:
                 return False
             before.append(job.status)
+            if started is not None and job.worker_id == started.worker_id and job.started_at == started.at:
+                before.append("duplicate start")  # the start was applied before: a redelivered batch
             now = now_iso()
             job.worker_id = report.worker_id
             if started is not None:
@@ -691,6 +709,8 @@ class Engine:
             return
         outcome.move(before[0], updated.value.status)
         outcome.job = updated.value
+        if "duplicate start" in before:
+            outcome.suspicious = True
 
     async def _arrivals(
         self, execution_id: str, completed: list[JobRecord], *, queue: bool
@@ -804,6 +824,8 @@ class Engine:
         """Checkpoint when enough jobs completed or the execution ended; announce the end."""
         pending = self._pending_cp.get(rec.execution_id)
         final = rec.status in FINAL_EXECUTION_STATES
+        if final and (rec.execution_id in self._doubtful or _impossible(rec.counts)):
+            await self._verify_counts(rec.execution_id)
         if final or (pending is not None and len(pending.completed) >= self.settings.checkpoint_every):
             await self.checkpoint(rec.execution_id)
         if final:
@@ -814,6 +836,31 @@ class Engine:
             self._pending_cp.pop(rec.execution_id, None)
             self.store.forget(rec.execution_id)
             self._finished.add(rec.execution_id)
+
+    async def _verify_counts(self, execution_id: str) -> None:
+        """An execution that ended after an interrupted step: its counts are deltas, and a step whose job
+        write landed but whose execution write did not (a start report applied, then NATS gone) leaves one
+        delta out — later deltas can then take a count below zero, and recovery, which only recounts open
+        executions, never sees it. The job records are the truth: recount from them (once per such
+        execution, not per job)."""
+        self._doubtful.discard(execution_id)
+        counts = count_jobs(await self.store.all_jobs(execution_id))
+
+        def fix(rec: ExecutionRecord) -> bool:
+            if msgspec.structs.asdict(rec.counts) == msgspec.structs.asdict(counts):
+                return False
+            status = final_status(counts, rec.job_count)
+            if rec.status != "cancelled" and status is None:
+                log.error("ended with jobs still open in their records", executionId=execution_id, counts=counts)
+                return False
+            if rec.status != "cancelled" and status is not None:
+                rec.status = status
+            rec.counts = counts
+            return True
+
+        fixed = await self.store.update_execution(execution_id, fix, fresh=True)
+        if fixed is not None and fixed.applied:
+            log.warning("counts of an ended execution corrected from its job records", executionId=execution_id)
 
     async def checkpoint(self, execution_id: str) -> None:
         """Persist a checkpoint of the execution's progress and name it in the execution record."""
