@@ -381,10 +381,15 @@ class SchedulerService:
 
     async def _sweeper(self) -> None:
         stall_ms = self.settings.stall_after_s * 1000
+        failed: set[str] = set()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.engine.suspect_event.wait(), self.settings.sweep_interval_s)
-            todo = self.engine.take_suspects()
+            # A reconcile that failed (NATS unreachable, a stream electing its leader) is tried again next
+            # round: an execution that ended in an interrupted step is only announced by it, and the stall
+            # check below only ever brings back open executions.
+            todo = self.engine.take_suspects() | failed
+            failed = set()
             now = now_ms()
             open_ids = set()
             for record in self.index.open_executions():
@@ -399,7 +404,8 @@ class SchedulerService:
                 try:
                     complete = await self.engine.reconcile(execution_id)
                 except Exception as exc:
-                    log.warning("reconcile failed", executionId=execution_id, error=repr(exc))
+                    log.warning("reconcile failed; retrying", executionId=execution_id, error=repr(exc))
+                    failed.add(execution_id)
                     continue
                 if not complete:
                     continue  # busy right now: the stall check will bring it back
