@@ -64,12 +64,14 @@ class Up:
         self.env["JETDAG_DATA_DIR"] = str(data_dir)
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self._readies = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.ports['JETDAG_PORT']}/api/distributed"
 
     def start(self) -> None:
+        self._readies = self.log.read_text().count("ready: REST") if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jetdag", "up"], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
@@ -80,12 +82,14 @@ class Up:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"jetdag up exited early:\n{self.log.read_text()[-3000:]}")
+            if self.log.read_text().count("ready: REST") == self._readies:  # this run's all-ready line
+                return False
             try:
                 return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        wait_for_sync(healthy, timeout=60, message="jetdag up to report healthy")
+        wait_for_sync(healthy, timeout=60, message="jetdag up to say it is ready and report healthy")
 
     def stop(self) -> int:
         assert self.proc is not None
