@@ -112,25 +112,27 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamInf
     return await js.update_stream(config)
 
 
-async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """Open the KV bucket, creating it on first use (and allowing direct gets on one made before they were
-    used)."""
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig, *, msg_ttl: bool = False) -> KeyValue:
+    """Open the KV bucket, creating it on first use. Brings its stream to what we use: direct gets, and
+    with `msg_ttl` per-message TTLs (the `Nats-TTL` header; nats-server 2.11+), also on a bucket made before."""
     try:
         kv = await js.key_value(config.bucket)
-        info = await js.stream_info(f"KV_{config.bucket}")
-        if config.direct and not info.config.allow_direct:
-            info.config.allow_direct = True
-            await js.update_stream(info.config)
-        return kv
     except (BucketNotFoundError, NotFoundError):
-        pass
-    try:
-        return await js.create_key_value(config)
-    except BadRequestError as exc:
-        # Another replica created it between our look-up and our create.
-        if exc.err_code != STREAM_NAME_IN_USE:
-            raise
-        return await js.key_value(config.bucket)
+        try:
+            kv = await js.create_key_value(config)
+        except BadRequestError as exc:
+            # Another replica created it between our look-up and our create.
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+            kv = await js.key_value(config.bucket)
+    info = await js.stream_info(f"KV_{config.bucket}")
+    wanted_direct = bool(config.direct) and not info.config.allow_direct
+    wanted_ttl = msg_ttl and not info.config.allow_msg_ttl
+    if wanted_direct or wanted_ttl:
+        info.config.allow_direct = info.config.allow_direct or bool(config.direct)
+        info.config.allow_msg_ttl = info.config.allow_msg_ttl or msg_ttl
+        await js.update_stream(info.config)
+    return kv
 
 
 @dataclass(frozen=True, slots=True)

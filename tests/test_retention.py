@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import msgspec
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from shared.jetstream import kv_entries
 from shared.messages import Archive, Removal
@@ -52,6 +53,24 @@ async def test_finished_executions_expire_and_counters_stay_exact(
     entry = await (await js.key_value(stack.names.executions_bucket)).get("archive")
     archive = msgspec.json.decode(entry.value or b"", type=Archive)
     assert (archive.completed, archive.failed, archive.executions, archive.removing) == (3, 1, 2, {})
+    # What is left of a removed execution is its delete marker, and that expires (an hour by default).
+    stream = f"KV_{stack.names.executions_bucket}"
+    marker = await js.get_msg(stream, subject=f"$KV.{stack.names.executions_bucket}.{done}")
+    assert marker.headers is not None
+    assert marker.headers.get("KV-Operation") == "DEL" and int(marker.headers["Nats-TTL"]) > 0, marker.headers
+    # ...because the bucket honours per-message TTLs: a marker with a 1 s TTL is gone within seconds.
+    await js.publish(
+        f"$KV.{stack.names.executions_bucket}.ttl-probe", b"", headers={"KV-Operation": "DEL", "Nats-TTL": "1"}
+    )
+
+    async def expired() -> bool:
+        try:
+            await js.get_msg(stream, subject=f"$KV.{stack.names.executions_bucket}.ttl-probe")
+        except NotFoundError:
+            return True
+        return False
+
+    await wait_for(expired, timeout=15, message="a 1 s TTL marker to expire")
 
     # The open execution was never touched; once it ends, it expires too and is counted on.
     assert (await http.post(f"{stack.url}/queue/resume")).status_code == 200

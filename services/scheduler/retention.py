@@ -34,6 +34,9 @@ __all__ = ["Retention"]
 log = get_logger(__name__)
 BATCH = 200
 """Executions removed per round at most (a round runs every sweep interval)."""
+MARKER_TTL_S = 3600
+"""Seconds a removed execution's delete marker stays in the bucket (an index following the bucket sees it
+within milliseconds; one rebuilt later never needs it)."""
 
 _encode = msgspec.json.Encoder().encode
 _archive_decoder = msgspec.json.Decoder(Archive)
@@ -138,7 +141,13 @@ class Retention:
             return True
         if found[1] != revision:
             return False  # retried since it was announced: it stays
-        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(revision)}
+        headers = {
+            "KV-Operation": "DEL",
+            "Nats-Expected-Last-Subject-Sequence": str(revision),
+            # Every replica's index must see the execution go; after that the marker is dead weight in the
+            # bucket and in every index rebuild's replay, so it expires.
+            "Nats-TTL": str(MARKER_TTL_S),
+        }
         try:
             await self.pipeline.publish(f"$KV.{self.bucket}.{execution_id}", b"", headers)
         except JetStreamError as exc:

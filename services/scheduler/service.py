@@ -83,7 +83,9 @@ class SchedulerService:
         await ensure_stream(ctx.js, events_stream_config(ctx.names, ctx.storage))
         await ensure_stream(ctx.js, jobs_stream_config(ctx.names, ctx.storage))
         self._executions = await ensure_bucket(
-            ctx.js, kv_config(ctx.names.executions_bucket, "jetdag executions and job state", ctx.storage)
+            ctx.js,
+            kv_config(ctx.names.executions_bucket, "jetdag executions and job state", ctx.storage),
+            msg_ttl=True,  # retention's delete markers expire (services/scheduler/retention.py)
         )
         cp = kv_config(ctx.names.checkpoints_bucket, "jetdag execution checkpoints", ctx.storage)
         cp.history = 64  # the latest checkpoints of an execution stay readable with `nats kv history`
