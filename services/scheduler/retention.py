@@ -8,8 +8,8 @@ removal goes through the archive in two compare-and-set steps that any replica c
 1. announce: write the archive with the execution in `removing`, with the revision of its record and its
    counts; then delete its record, compare-and-set on that revision (a retry since makes this a no-op, and
    the removal is dropped);
-2. absorb: write the archive with the counts of the announced executions whose record is gone added to the
-   totals, and `removing` emptied; then purge their job records and checkpoints.
+2. absorb: purge the job records and checkpoints of the announced executions whose record is gone, then
+   write the archive with their counts added to the totals and `removing` emptied.
 
 While an execution is announced its counts come from its record if it is still there, else from
 `removing` (ExecutionIndex.completed): at no moment is it counted twice or not at all.
@@ -119,6 +119,8 @@ class Retention:
         for execution_id, removal in archive.removing.items():
             if await self._delete_record(execution_id, removal.revision):
                 gone.append(execution_id)
+                # Before the archive write: once `removing` no longer names it, nothing would purge these.
+                await self._purge_rest(execution_id)
         absorbed = Archive(
             completed=archive.completed + sum(archive.removing[g].completed for g in gone),
             failed=archive.failed + sum(archive.removing[g].failed for g in gone),
@@ -130,8 +132,6 @@ class Retention:
             if exc.wrong_last_sequence:
                 return archive, 0
             raise
-        for execution_id in gone:
-            await self._purge_rest(execution_id)
         return absorbed, revision
 
     async def _delete_record(self, execution_id: str, revision: int) -> bool:
