@@ -119,7 +119,7 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
         stack.push_async_callback(_close, nc)
         stack.push_async_callback(ctx.cancel_tasks)
         if connecting is not None:
-            stack.push_async_callback(_cancel, connecting)
+            stack.push_async_callback(cancel_and_wait, [connecting])
         if not await _ensure(service, ctx):
             return 0
         await service.serve(ctx, stack)
@@ -196,10 +196,6 @@ async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         if not task.cancelled():
             task.exception()  # retrieved: a crash was already reported by whoever owns the task
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    await cancel_and_wait([task])
 
 
 async def _close(nc: Client) -> None:

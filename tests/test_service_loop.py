@@ -18,7 +18,7 @@ async def test_cancel_and_wait_ends_a_task_that_swallowed_its_cancellation() -> 
     async def heartbeat() -> None:  # the shape of a worker's heartbeat: a request, then a pause
         waiting.set()
         await asyncio.wait_for(reply, 10)
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # paused until cancelled
 
     task = asyncio.create_task(heartbeat())
     await waiting.wait()  # it is now suspended inside wait_for
@@ -37,6 +37,6 @@ async def test_cancel_and_wait_retrieves_exceptions_and_accepts_finished_tasks()
 
     crashed = asyncio.create_task(crash())
     await asyncio.wait([crashed])
-    sleeping = asyncio.create_task(asyncio.sleep(60))
+    sleeping = asyncio.create_task(asyncio.Event().wait())
     await cancel_and_wait([crashed, sleeping])
     assert sleeping.cancelled() and isinstance(crashed.exception(), RuntimeError)
