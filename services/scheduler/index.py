@@ -193,6 +193,10 @@ class ExecutionIndex:
         found = self._view.open.get(execution_id)
         return None if found is None else found[0]
 
+    def removing(self) -> bool:
+        """Whether the archive, as last seen, announces removals not finished yet."""
+        return bool(self._view.archive.removing)
+
     def expired(self, cutoff_ms: int, limit: int) -> list[str]:
         """Up to `limit` finished executions, oldest first, that finished before `cutoff_ms`. Only executions
         created before the cutoff can qualify, and ids sort by creation time: the scan stops there."""

@@ -66,13 +66,15 @@ class Retention:
         executions this round removed. A lost compare-and-set (another replica's round) ends the round."""
         if self.retention_s <= 0 or not self.index.current.is_set():
             return 0
+        cutoff = now_ms() - int(self.retention_s * 1000)
+        candidates = self.index.expired(cutoff, BATCH)
+        if not candidates and not self.index.removing():
+            return 0  # the index follows the archive too: nothing to read from the server this round
         archive, revision = await self._archive()
         if archive.removing:
             archive, revision = await self._absorb(archive, revision)
             if not revision:
                 return 0
-        cutoff = now_ms() - int(self.retention_s * 1000)
-        candidates = self.index.expired(cutoff, BATCH)
         if not candidates:
             return 0
         removing = await self._announceable(candidates, cutoff)
