@@ -1,9 +1,11 @@
-"""Connecting to NATS: credentials from settings, endless reconnects, and a patient first connect."""
+"""Connecting to NATS: credentials from settings, endless reconnects, and a patient, stoppable first connect."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Coroutine
 from typing import Any
 
 from nats.aio.client import Client
@@ -15,6 +17,9 @@ from shared.settings import NatsSettings
 __all__ = ["connect", "connect_options"]
 
 log = get_logger(__name__)
+
+STILL_WAITING_EVERY_S = 60.0
+"""While the first connect keeps failing, the wait is logged when it starts and then at most this often."""
 
 
 def connect_options(settings: NatsSettings, name: str) -> dict[str, Any]:
@@ -51,18 +56,30 @@ async def connect(
     client: Client | None = None,
     **overrides: Any,
 ) -> Client:
-    """Connect, retrying the first connect until NATS answers (or `stop` is set).
+    """Connect, retrying the first connect with backoff until NATS answers (or `stop` is set).
 
     A service may start before its NATS server is reachable (containers start in any order); it waits and
-    says so instead of crashing.
+    says so once instead of crashing. nats-py would retry a first connect forever by itself (with endless
+    reconnects configured), deaf to SIGTERM and logging every attempt: each attempt here is one pass over the
+    servers, raced against `stop`, and endless reconnects apply only once connected.
     """
     listeners = overrides.pop("on_reconnect", [])
     opts = connect_options(settings, name)
     opts.update(overrides)
+    reconnect_attempts = opts["max_reconnect_attempts"]
+    # One attempt is a pass over the servers: nats-py drops a server after more than this many failed
+    # tries (0 would mean never), so at most two tries each, back to back.
+    opts["max_reconnect_attempts"] = 1
+    opts["reconnect_time_wait"] = 0
     bound = log.bind(nats_url=settings.url, connection=name)
+    nc = client or Client()
 
     async def on_disconnect() -> None:
-        bound.warning("nats disconnected")
+        # A close we asked for (drain at shutdown) is not news; losing the server is.
+        if nc.is_closed:
+            bound.info("nats connection closed")
+        else:
+            bound.warning("nats disconnected")
 
     async def on_reconnect() -> None:
         bound.info("nats reconnected")
@@ -70,25 +87,64 @@ async def connect(
             listener()
 
     async def on_error(exc: Exception) -> None:
+        if not nc.is_connected and not nc.is_reconnecting:
+            return  # a failed first-connect attempt: the wait below logs it, once
         bound.warning("nats error", error=str(exc) or type(exc).__name__)
 
     opts.setdefault("disconnected_cb", on_disconnect)
     opts.setdefault("reconnected_cb", on_reconnect)
     opts.setdefault("error_cb", on_error)
     delay = 0.2
+    waited_since: float | None = None
+    next_report = 0.0
     while True:
         try:
-            nc = client or Client()
-            await nc.connect(**opts)
-            bound.info("nats connected", server=nc.connected_url.netloc if nc.connected_url else None)
+            await _until_stopped(nc.connect(**opts), stop)
+            nc.options["max_reconnect_attempts"] = reconnect_attempts
+            nc.options["reconnect_time_wait"] = connect_options(settings, name)["reconnect_time_wait"]
+            server = nc.connected_url.netloc if nc.connected_url else None
+            if waited_since is None:
+                bound.info("nats connected", server=server)
+            else:
+                bound.info("nats connected", server=server, waited_s=round(time.monotonic() - waited_since, 1))
             return nc
         except (TimeoutError, NoServersError, OSError) as exc:
             if stop is not None and stop.is_set():
                 raise
-            bound.warning("waiting for nats", error=str(exc) or type(exc).__name__, retry_in_s=delay)
+            error = str(exc) or type(exc).__name__
+            now = time.monotonic()
+            if waited_since is None:
+                waited_since = now
+                next_report = now + STILL_WAITING_EVERY_S
+                bound.warning("waiting for nats", error=error)
+            elif now >= next_report:
+                next_report = now + STILL_WAITING_EVERY_S
+                bound.warning("still waiting for nats", error=error, waited_s=round(now - waited_since))
+            bound.debug("nats connect attempt failed", error=error, retry_in_s=delay)
             if stop is None:
                 await asyncio.sleep(delay)
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    raise NoServersError() from None
             delay = min(delay * 2, 5.0)
+
+
+async def _until_stopped(attempt: Coroutine[Any, Any, None], stop: asyncio.Event | None) -> None:
+    """Await `attempt` unless `stop` is set first (then cancel it and raise NoServersError)."""
+    if stop is None:
+        await attempt
+        return
+    task = asyncio.ensure_future(attempt)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise NoServersError()
+    task.result()
