@@ -1,8 +1,8 @@
 # jetdag tasks. `just --list` shows them all.
 
-# run the whole stack in the foreground (embedded nats-server unless NATS_URL is set)
-# `exec`: the launcher itself receives the signals just forwards (no shell in between to die instead).
+[doc("run the whole stack in the foreground (embedded nats-server unless NATS_URL is set)")]
 up:
+    @# `exec`: the launcher itself receives the signals just forwards (no shell in between to die instead).
     exec python -m jetdag up
 
 # run the test suite (what CI runs)

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import dataclasses
 import os
+import re
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jetdag.datalock import DataDirInUse, DataDirLock
 from jetdag.natsserver import NatsServer, NatsServerConfig, find_nats_server, port_in_use
 from shared.settings import GatewaySettings, NatsSettings, SettingsError, StackSettings, load
 
@@ -55,6 +57,14 @@ class Child:
     pump: asyncio.Task[None] | None = None
     restarts: int = 0
     started_at: float = 0.0
+    log_file: Path | None = None
+    """Every line of the child's output is appended here too."""
+    hidden: re.Pattern[bytes] | None = None
+    """Output lines matching this go to `log_file` only, not to the console."""
+
+
+NATS_CHATTER = re.compile(rb"^\[\d+\] \S+ \S+ \[(INF|DBG|TRC)\] ")
+"""nats-server's informational lines (its 26-line banner at every start); its warnings and errors still show."""
 
 
 def stack_specs(workers: int) -> list[ChildSpec]:
@@ -103,11 +113,19 @@ class Launcher:
 
     async def _pump(self, child: Child) -> None:
         assert child.proc is not None and child.proc.stdout is not None
-        while True:
-            raw = await child.proc.stdout.readline()
-            if not raw:
-                return
-            self.say(child.spec.name, raw.decode(errors="replace").rstrip("\n"), child.color)
+        with contextlib.ExitStack() as files:
+            log = None
+            if child.log_file is not None:
+                # Blocking appends of one line each: cheap, and nats-server writes little after its start.
+                log = files.enter_context(open(child.log_file, "ab", buffering=0))  # noqa: ASYNC230
+            while True:
+                raw = await child.proc.stdout.readline()
+                if not raw:
+                    return
+                if log is not None:
+                    log.write(raw)
+                if child.hidden is None or not child.hidden.match(raw):
+                    self.say(child.spec.name, raw.decode(errors="replace").rstrip("\n"), child.color)
 
     # --- processes -----------------------------------------------------------------------------------
 
@@ -210,7 +228,12 @@ class Launcher:
             config_path=data / "nats-server.conf",
         )
         server.write_config()
-        child = Child(ChildSpec("nats", [find_nats_server(), "-c", str(server.config_path)], restart=False), "90")
+        child = Child(
+            ChildSpec("nats", [find_nats_server(), "-c", str(server.config_path)], restart=False),
+            "90",
+            log_file=data / "nats-server.log",
+            hidden=NATS_CHATTER,
+        )
         self.server = child
         await self._spawn(child)
         deadline = time.monotonic() + 30
@@ -220,7 +243,7 @@ class Launcher:
             if time.monotonic() > deadline:
                 raise SystemExit("jetdag: nats-server did not become ready within 30 s")
             await asyncio.sleep(0.05)
-        self.say("jetdag", f"nats-server ready on {server.url} (store {data / 'nats'})", "1")
+        self.say("jetdag", f"nats-server ready on {server.url} (store {data / 'nats'}, log {child.log_file})", "1")
 
     async def _wait_gateway(self) -> bool:
         url = f"http://{self.gateway.host}:{self.gateway.port}/api/distributed/health"
@@ -300,16 +323,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if embedded:
         nats = dataclasses.replace(nats, url=f"nats://{stack.nats_host}:{stack.nats_port}")
     launcher = Launcher(stack, nats, gateway, embedded=embedded)
+    # Only the embedded nats-server uses the data dir; it is locked before anything else is checked or started.
+    lock = DataDirLock(Path(os.path.abspath(stack.data_dir))) if embedded else None
     try:
+        if lock is not None:
+            lock.acquire()
         launcher.preflight()
-    except SystemExit as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    try:
         return asyncio.run(launcher.run(stack_specs(stack.workers)))
-    except SystemExit as exc:
+    except (SystemExit, DataDirInUse) as exc:
         print(exc, file=sys.stderr)
         return 1
     except FileNotFoundError as exc:
         print(f"jetdag: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if lock is not None:
+            lock.release()

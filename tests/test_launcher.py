@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jetdag.natsserver import free_port
+from jetdag.natsserver import free_port, port_in_use
 from tests.helpers import ROOT, wait_for_sync
 
 
@@ -62,6 +63,7 @@ class Up:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("JETDAG_", "NATS_"))}
         self.env.update({k: str(v) for k, v in self.ports.items()})
         self.env["JETDAG_DATA_DIR"] = str(data_dir)
+        self.data_dir = data_dir
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self._readies = 0
@@ -139,6 +141,13 @@ def test_up_runs_the_stack_and_stops_cleanly(up: Up) -> None:
     assert "ready: REST" in text and "stopped" in text
     # Our own workers deregistered on their way out, before the registry stopped.
     assert text.count('"event": "deregistered"') == 2, text[-3000:]
+    # Issue 10 item 14: nats-server's banner stays in its log file, and a clean stop is no warning.
+    assert "[INF]" not in text, text[:3000]
+    assert "Starting nats-server" in (up.data_dir / "nats-server.log").read_text()
+    lines = [json.loads(line.split("| ", 1)[1]) for line in text.splitlines() if "| {" in line]
+    assert [line for line in lines if line["event"] == "nats disconnected"] == []
+    closed = [line for line in lines if line["event"] == "nats connection closed"]
+    assert len(closed) >= 5 and {line["level"] for line in closed} == {"info"}, closed
 
     up.start()
     up.wait_healthy()
@@ -160,6 +169,31 @@ def test_up_port_in_use_is_one_clear_line(up: Up) -> None:
         f"jetdag: port 127.0.0.1:{up.ports['JETDAG_PORT']} (gateway) is already in use; "
         "stop what holds it or set JETDAG_PORT"
     )
+
+
+def test_second_up_on_the_same_data_dir_refuses_naming_the_holder(up: Up, tmp_path: Path) -> None:
+    """Issue 10 item 10: a second stack on the same JETDAG_DATA_DIR (other ports) started and corrupted the
+    first one's store. It must refuse in one line naming the holder, start nothing, and leave the first alone."""
+    up.start()
+    up.wait_healthy()
+    assert up.proc is not None
+    second = Up(up.data_dir, tmp_path / "second.log")
+    result = subprocess.run(
+        [sys.executable, "-m", "jetdag", "up"], check=False, cwd=ROOT, env=second.env, capture_output=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stdout == b""  # nothing started, nothing said but the one line
+    assert result.stderr.decode().strip() == (
+        f"jetdag: data dir {up.data_dir} is in use by another jetdag up (pid {up.proc.pid}); "
+        "stop it or set JETDAG_DATA_DIR"
+    )
+    assert not port_in_use("127.0.0.1", second.ports["JETDAG_NATS_PORT"])
+    assert httpx.get(f"{up.url}/health", timeout=5).status_code == 200
+    assert up.stop() == 0
+    # Released with its holder: the next start on that dir is fine.
+    up.start()
+    up.wait_healthy()
+    assert up.stop() == 0
 
 
 def test_up_with_external_nats_starts_no_server(up: Up, nats_server: object) -> None:
@@ -201,3 +235,15 @@ def test_just_up_stops_cleanly_on_sigterm_to_just(up: Up) -> None:
 
     wait_for_sync(all_gone, timeout=20, message="every process of the stack to exit")
     assert "stopped" in up.log.read_text()
+
+
+def test_just_list_describes_up_for_its_user() -> None:
+    """Issue 10 item 14: `just --list` showed an implementation comment as the description of `up`."""
+    just = shutil.which("just", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    assert just
+    listing = subprocess.run([just, "--list"], check=True, cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
+    (up_line,) = [line for line in listing.splitlines() if line.split()[:1] == ["up"]]
+    assert (
+        up_line.split("#", 1)[1].strip()
+        == "run the whole stack in the foreground (embedded nats-server unless NATS_URL is set)"
+    )
