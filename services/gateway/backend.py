@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
@@ -134,15 +134,18 @@ class Backend:
 
     # --- health --------------------------------------------------------------------------------------
 
-    async def _probe(self, check: Awaitable[T]) -> tuple[ComponentHealth, T | None]:
-        """Run one health check with a deadline, timing it; failures become an `error` sentence."""
+    async def _probe(self, check: Callable[[], Awaitable[T]]) -> tuple[ComponentHealth, T | None]:
+        """Run one health check with a deadline, timing it; failures become an `error` sentence.
+
+        `check` is called only when there is a connection to check with (a coroutine made and then skipped
+        would warn "never awaited")."""
         start = time.perf_counter()
         error: str | None = None
         value: T | None = None
         if not self.nc.is_connected:
             return ComponentHealth(healthy=False, latency_ms=0.0, error="NATS is not reachable"), None
         try:
-            value = await asyncio.wait_for(check, self.health_timeout)
+            value = await asyncio.wait_for(check(), self.health_timeout)
         except CommandError as exc:
             error = exc.message
         except TimeoutError:
@@ -184,10 +187,10 @@ class Backend:
         self,
     ) -> tuple[ComponentHealth, ComponentHealth, ComponentHealth, ComponentHealth, WorkerSummary | None]:
         (queue, _), (registry, summary), (state, _), (scheduler, _) = await asyncio.gather(
-            self._probe(self._check_queue()),
-            self._probe(self._registry("summary", ListWorkers(), WorkerSummary)),
-            self._probe(self._check_state()),
-            self._probe(self._check_scheduler()),
+            self._probe(self._check_queue),
+            self._probe(lambda: self._registry("summary", ListWorkers(), WorkerSummary)),
+            self._probe(self._check_state),
+            self._probe(self._check_scheduler),
         )
         return queue, registry, state, scheduler, summary
 
