@@ -17,16 +17,29 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import inspect
-from collections.abc import Awaitable, Callable
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from shared.ids import IdError, check_name
 
-__all__ = ["HandlerRegistry", "JobContext", "JobFailed", "default_registry", "handler", "load_modules"]
+__all__ = [
+    "HandlerModuleError",
+    "HandlerRegistry",
+    "JobContext",
+    "JobFailed",
+    "default_registry",
+    "handler",
+    "load_modules",
+]
 
 
 class JobFailed(Exception):
@@ -92,10 +105,77 @@ def handler(job_type: str, registry: HandlerRegistry | None = None) -> Callable[
     return register
 
 
-def load_modules(modules: list[str] | tuple[str, ...]) -> None:
-    """Import handler modules so their @handler decorators run."""
-    for name in modules:
+class HandlerModuleError(Exception):
+    """A handler module could not be loaded; the message is one line for the user."""
+
+
+def load_modules(modules: Sequence[str]) -> None:
+    """Import handler modules so their @handler decorators run.
+
+    Each is a module name, found on sys.path or in the current directory (where users keep `my_jobs.py`), or
+    the path of a `.py` file. Loading twice is a no-op. Any failure is a HandlerModuleError of one line.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        # `python -m` puts the current directory first on sys.path; the `jetdag` console script does not.
+        sys.path.insert(0, cwd)
+    for spec in modules:
+        if spec.endswith(".py") or os.sep in spec:
+            _load_file(spec)
+        else:
+            _load_module(spec)
+
+
+def _load_module(name: str) -> None:
+    try:
         importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise HandlerModuleError(
+                f"no module named {name!r} in {os.getcwd()} or on the Python path "
+                f"(a file works too: jetdag worker ./{name.replace('.', '/')}.py)"
+            ) from None
+        raise HandlerModuleError(f"importing {name} failed: {_describe(exc)}") from None
+    except Exception as exc:
+        raise HandlerModuleError(f"importing {name} failed: {_describe(exc)}") from None
+
+
+def _load_file(path: str) -> None:
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise HandlerModuleError(f"no such file: {path}")
+    name = file.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(file):
+        return
+    if loaded is not None:
+        raise HandlerModuleError(f"{path}: a module named {name!r} is already loaded from elsewhere; rename the file")
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise HandlerModuleError(f"{path} is not a Python module")
+    # Its directory goes on sys.path, as `python my_jobs.py` would do, so it can import its neighbours.
+    if str(file.parent) not in sys.path:
+        sys.path.insert(0, str(file.parent))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise HandlerModuleError(f"importing {path} failed: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: message (file.py line N)`, the innermost frame of user code: the one line a user needs."""
+    where = ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" ({Path(exc.filename).name} line {exc.lineno})"
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+        if frames:
+            where = f" ({Path(frames[-1].filename).name} line {frames[-1].lineno})"
+    text = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    return f"{type(exc).__name__}: {text}{where}"
 
 
 # --- built-ins ------------------------------------------------------------------------------------------
