@@ -133,17 +133,19 @@ async def add_endpoints(
 async def request(
     nc: Client,
     subject: str,
-    command: msgspec.Struct,
+    command: msgspec.Struct | bytes,
     reply_type: type[Out],
     *,
     service: str,
     timeout: float,
 ) -> Out:
-    """Send `command` and decode the reply; every failure becomes a CommandError with the right status."""
+    """Send `command` (a Struct, or one already encoded) and decode the reply; every failure becomes a
+    CommandError with the right status."""
     if not nc.is_connected:
         raise Unavailable("NATS is not reachable; try again shortly")
+    payload = command if isinstance(command, bytes) else _encoder.encode(command)
     try:
-        msg = await nc.request(subject, _encoder.encode(command), timeout=timeout)
+        msg = await nc.request(subject, payload, timeout=timeout)
     except NoRespondersError:
         raise Unavailable(f"the {service} service is not running (nothing answers on {subject})") from None
     except (TimeoutError, NatsTimeoutError):

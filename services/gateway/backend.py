@@ -39,11 +39,13 @@ from shared.messages import (
 )
 from shared.subjects import Names
 
-__all__ = ["INLINE_SUBMISSION_BYTES", "Backend"]
+__all__ = ["Backend"]
 
-INLINE_SUBMISSION_BYTES = 768 * 1024
+HEADROOM_BYTES = 8 * 1024
+"""Room left in a NATS message beside the command itself: subject, reply inbox, headers."""
 
 Out = TypeVar("Out", bound=msgspec.Struct)
+_encoder = msgspec.json.Encoder()
 T = TypeVar("T")
 
 
@@ -65,7 +67,7 @@ class Backend:
             timeout=self.timeout,
         )
 
-    async def _scheduler(self, command: str, payload: msgspec.Struct, reply: type[Out]) -> Out:
+    async def _scheduler(self, command: str, payload: msgspec.Struct | bytes, reply: type[Out]) -> Out:
         return await request(
             self.nc,
             self.names.scheduler(command),
@@ -95,11 +97,14 @@ class Backend:
 
     # --- executions and queue ------------------------------------------------------------------------
 
-    async def execute(self, request: ExecuteRequest, raw_size: int) -> ExecutionView:
-        # One NATS message carries at most 1 MiB: a larger DAG is staged in the object store and the command
-        # names it (the scheduler reads and deletes it).
-        if raw_size <= INLINE_SUBMISSION_BYTES:
-            return await self._scheduler("execute", ExecuteCommand(request=request), ExecutionView)
+    async def execute(self, request: ExecuteRequest) -> ExecutionView:
+        # One NATS message carries at most the server's max_payload (1 MiB by default): a DAG whose command
+        # is larger is staged in the object store and the command names it (the scheduler reads and deletes
+        # it). The decision is on the command as encoded, defaults filled in, which can be more than twice
+        # the size of the body a client sent.
+        inline = _encoder.encode(ExecuteCommand(request=request))
+        if len(inline) <= self.nc.max_payload - HEADROOM_BYTES:
+            return await self._scheduler("execute", inline, ExecutionView)
         try:
             store = await self.js.object_store(self.names.submissions_bucket)
             name = f"submission-{secrets.token_hex(12)}"

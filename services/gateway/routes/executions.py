@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -38,9 +38,8 @@ class ExecutionController(Controller):
         responses=errors(400, 413),
         before_request=strict_body(ExecuteRequest),
     )
-    async def execute(self, data: ExecuteRequest, request: Request[Any, Any, Any], backend: Backend) -> ExecuteResponse:
-        raw = await request.body()
-        return summary(await backend.execute(data, len(raw)))
+    async def execute(self, data: ExecuteRequest, backend: Backend) -> ExecuteResponse:
+        return summary(await backend.execute(data))
 
     @get("/{execution_id:str}", summary="Status and progress of an execution", responses=errors(400, 404))
     async def status(self, execution_id: str, backend: Backend) -> ExecutionResponse:
