@@ -98,6 +98,9 @@ def _wrap(service: str, name: str, endpoint: Endpoint) -> Callable[[Request], Aw
         except msgspec.DecodeError as exc:
             await _respond_error(req, 400, f"malformed request: {exc}")
             return
+        except RecursionError:
+            await _respond_error(req, 400, "malformed request: it nests too deeply")
+            return
         try:
             reply = await endpoint.handler(cmd)
         except CommandError as exc:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,7 +15,9 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import NoKeysError
 
+from shared.nesting import MAX_NESTING
 from tests.conftest import Stack
+from tests.helpers import ROOT
 
 GOOD = {"workerId": "ok-1", "hostname": "h", "capabilities": ["cpu"], "maxConcurrency": 2}
 
@@ -152,3 +159,68 @@ async def test_unknown_worker_is_404(gw: Stack, http: httpx.AsyncClient) -> None
         r = await http.request(method, f"{gw.url}{path}", json=body)
         assert r.status_code == 404, (method, path, r.text)
         assert r.json() == {"success": False, "error": "worker ghost is not registered"}
+
+
+def nested(depth: int, leaf: str) -> str:
+    """JSON text of an object `depth` levels deep, `{"k": {"k": ... leaf}}` (raw: encoders recurse too)."""
+    return '{"k":' * depth + leaf + "}" * depth
+
+
+async def test_deep_nesting_is_a_400_and_no_body_is_ever_logged(gw: Stack, http: httpx.AsyncClient, nc: Client) -> None:
+    """Issue 10 item 6: a 2 KB config nested 1,000 deep was a 500 with a 17 KB traceback holding the body."""
+    marker = json.dumps(f"body-marker-{uuid.uuid4().hex}")
+
+    def execute(config: str) -> str:
+        return f'{{"workflowId":"deep","jobs":[{{"id":"a","name":{marker},"type":"noop","config":{config}}}]}}'
+
+    def register(metadata: str) -> str:
+        return json.dumps({**GOOD, "hostname": json.loads(marker)})[:-1] + f',"metadata":{metadata}}}'
+
+    too_deep = f"the body nests too deeply: config and metadata may nest at most {MAX_NESTING} levels"
+    config_error = f"invalid request: jobs[0].config nests deeper than {MAX_NESTING} levels"
+    metadata_error = f"invalid request: metadata nests deeper than {MAX_NESTING} levels"
+    for path, body, error in [
+        ("/execute", execute(nested(1000, marker)), too_deep),
+        ("/execute", execute(nested(MAX_NESTING + 1, marker)), config_error),
+        ("/execute", execute(nested(MAX_NESTING, f"[{marker}]")), config_error),
+        ("/workers/register", register(nested(1000, marker)), too_deep),
+        ("/workers/register", register(nested(MAX_NESTING + 1, marker)), metadata_error),
+    ]:
+        r = await http.post(f"{gw.url}{path}", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (path, r.text[:300])
+        assert r.json() == {"success": False, "error": error}
+    await assert_no_workers(nc, gw)
+    # At the limit is fine.
+    for path, body in [
+        ("/execute", execute(nested(MAX_NESTING, marker))),
+        ("/workers/register", register(nested(MAX_NESTING, "1"))),
+    ]:
+        r = await http.post(f"{gw.url}{path}", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 201, r.text
+    # Straight to the scheduler over NATS, past the gateway: a 400 there too, not a crash.
+    deep_command = f'{{"request":{execute(nested(1000, marker))}}}'.encode()
+    reply = await nc.request(gw.names.scheduler("execute"), deep_command, timeout=10)
+    assert reply.headers is not None and reply.headers["Nats-Service-Error-Code"] == "400"
+    for proc in gw.procs:
+        assert json.loads(marker) not in proc.log_path.read_text(), f"{proc.name} logged a request body"
+
+
+def test_tracebacks_are_logged_without_local_variables(tmp_path: Path) -> None:
+    """The mechanism that put bodies in logs: structlog renders a traceback's locals unless told not to."""
+    script = """
+import sys
+from shared.logging import configure_logging, get_logger
+configure_logging("t", json=sys.argv[1] == "json")
+def handle(body):
+    raise ValueError("boom")
+try:
+    handle("body-marker-in-a-local")
+except ValueError:
+    get_logger("t").exception("request failed")
+"""
+    for fmt in ("json", "console"):
+        out = subprocess.run(
+            [sys.executable, "-c", script, fmt], check=True, cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+        assert "boom" in out.stderr and "handle" in out.stderr, out.stderr
+        assert "body-marker-in-a-local" not in out.stderr, (fmt, out.stderr)

@@ -8,13 +8,18 @@ for a wrong type, so every route with a body first decodes it strictly with the 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request
 
 from shared.commands import Invalid
 from shared.ids import ID_RE, NAME_RE, WORKFLOW_RE
+from shared.nesting import MAX_NESTING, nesting_exceeds
+
+S = TypeVar("S", bound=msgspec.Struct)
+TOO_DEEP = f"the body nests too deeply: config and metadata may nest at most {MAX_NESTING} levels"
 
 __all__ = ["humanize", "strict_body"]
 
@@ -37,18 +42,25 @@ def humanize(message: str) -> str:
     return message
 
 
-def strict_body(struct_type: type[msgspec.Struct]) -> Any:
-    decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(struct_type)
+def strict_body(struct_type: type[S], free_form: Callable[[S], Iterable[tuple[str, Any]]] | None = None) -> Any:
+    """A `before_request` hook: the body must decode strictly as `struct_type`, and each free-form value
+    `free_form` names (field path, value) may nest at most MAX_NESTING levels."""
+    decoder: msgspec.json.Decoder[S] = msgspec.json.Decoder(struct_type)
 
     async def check(request: Request[Any, Any, Any]) -> None:
         raw = await request.body()
         if not raw.strip():
             raise Invalid("the body is empty; a JSON object is required")
         try:
-            decoder.decode(raw)
+            body = decoder.decode(raw)
         except msgspec.ValidationError as exc:
             raise Invalid(f"invalid request: {humanize(str(exc))}") from None
         except msgspec.DecodeError as exc:
             raise Invalid(f"malformed JSON body: {exc}") from None
+        except RecursionError:
+            raise Invalid(TOO_DEEP) from None
+        for path, value in free_form(body) if free_form is not None else ():
+            if nesting_exceeds(value):
+                raise Invalid(f"invalid request: {path} nests deeper than {MAX_NESTING} levels")
 
     return check

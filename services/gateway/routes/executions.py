@@ -36,7 +36,9 @@ class ExecutionController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Start an execution of a DAG; 201 means it is persisted",
         responses=errors(400, 413),
-        before_request=strict_body(ExecuteRequest),
+        before_request=strict_body(
+            ExecuteRequest, lambda body: ((f"jobs[{i}].config", job.config) for i, job in enumerate(body.jobs))
+        ),
     )
     async def execute(self, data: ExecuteRequest, backend: Backend) -> ExecuteResponse:
         return summary(await backend.execute(data))

@@ -29,7 +29,7 @@ class WorkerController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Register a worker (201), or replace the record of a known id (200)",
         responses=errors(400, 413),
-        before_request=strict_body(RegisterWorker),
+        before_request=strict_body(RegisterWorker, lambda body: [("metadata", body.metadata)]),
     )
     async def register(self, data: RegisterWorker, backend: Backend) -> Response[RegisterResponse]:
         reply = await backend.register_worker(data)
