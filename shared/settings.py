@@ -15,16 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 
 __all__ = [
+    "ClientSettings",
     "ExecutionSettings",
     "GatewaySettings",
     "LoggingSettings",
     "NatsSettings",
     "RegistrySettings",
+    "SettingRow",
     "SettingsError",
     "StackSettings",
     "StorageSettings",
     "WorkerSettings",
     "all_settings_classes",
+    "effective_settings",
     "load",
 ]
 
@@ -35,9 +38,9 @@ class SettingsError(ValueError):
     """A variable holds a value that cannot be used; the message names the variable."""
 
 
-def env(var: str, default: Any, doc: str) -> Any:
-    """Declare a settings field read from environment variable `var`."""
-    return field(default=default, metadata={"env": var, "doc": doc})
+def env(var: str, default: Any, doc: str, *, secret: bool = False) -> Any:
+    """Declare a settings field read from environment variable `var` (`secret`: never printed)."""
+    return field(default=default, metadata={"env": var, "doc": doc, "secret": secret})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +54,8 @@ class NatsSettings:
         "embedded nats-server and points every service at it.",
     )
     user: str = env("NATS_USER", "", "User name for NATS user/password auth.")
-    password: str = env("NATS_PASSWORD", "", "Password for NATS user/password auth.")
-    token: str = env("NATS_TOKEN", "", "Token for NATS token auth.")
+    password: str = env("NATS_PASSWORD", "", "Password for NATS user/password auth.", secret=True)
+    token: str = env("NATS_TOKEN", "", "Token for NATS token auth.", secret=True)
     creds: str = env("NATS_CREDS", "", "Path of a NATS `.creds` file (JWT + nkey seed).")
     nkey: str = env("NATS_NKEY", "", "Path of an nkey seed file.")
     namespace: str = env(
@@ -177,6 +180,19 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """`jetdag.client` and the `jetdag` commands that talk to a gateway (flags override these)."""
+
+    url: str = env("JETDAG_URL", "http://127.0.0.1:8000", "Base URL of the gateway the client and CLI talk to.")
+    token: str = env(
+        "JETDAG_TOKEN",
+        "",
+        "Bearer token the client and CLI send (`Authorization: Bearer …`); empty: none.",
+        secret=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class StackSettings:
     """`jetdag up`: the embedded stack."""
 
@@ -254,7 +270,61 @@ def all_settings_classes() -> tuple[type[Any], ...]:
         RegistrySettings,
         ExecutionSettings,
         WorkerSettings,
+        ClientSettings,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SettingRow:
+    """One variable as `jetdag settings` shows it: the value in effect beside its default."""
+
+    var: str
+    value: str
+    default: str
+    doc: str
+    from_env: bool
+    error: str | None = None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "" if value is None else str(value)
+
+
+def effective_settings(environ: Mapping[str, str] | None = None) -> list[SettingRow]:
+    """Every variable with the value a service started now would use (secrets masked) and its default.
+
+    A value that does not parse is shown as given, with the sentence `load` would fail with."""
+    source = os.environ if environ is None else environ
+    rows = []
+    for cls in all_settings_classes():
+        hints = get_type_hints(cls)
+        # Checks across a whole class (e.g. the namespace pattern) only `load` knows; its sentence names the var.
+        try:
+            load(cls, source)
+            class_error = None
+        except SettingsError as exc:
+            class_error = str(exc)
+        for f in dataclasses.fields(cls):
+            var = f.metadata["env"]
+            from_env = var in source
+            value: Any = f.default
+            error = None
+            if from_env:
+                try:
+                    value = _convert(var, source[var], hints[f.name])
+                    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                        raise SettingsError(f"{var} must not be negative, got {value}")
+                except SettingsError as exc:
+                    value, error = source[var], str(exc)
+                if error is None and class_error is not None and class_error.startswith(f"{var} "):
+                    value, error = source[var], class_error
+            shown = _show(value)
+            if f.metadata.get("secret") and shown:
+                shown = "(set)"
+            rows.append(SettingRow(var, shown, _show(f.default), f.metadata["doc"], from_env, error))
+    return rows
 
 
 def markdown_table() -> str:
