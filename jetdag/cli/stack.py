@@ -1,0 +1,97 @@
+"""`jetdag up`, the service commands, `jetdag worker` and `jetdag settings`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from jetdag.cli.output import err, is_tty, print_json, print_table
+from shared.settings import effective_settings, markdown_table
+
+__all__ = ["COMMANDS"]
+
+
+@click.command(
+    short_help="Run the whole stack in the foreground (embedded nats-server unless NATS_URL is set).",
+    help="Run the whole stack in the foreground: an embedded nats-server (unless NATS_URL is set), the registry, "
+    "the scheduler, the REST gateway and JETDAG_WORKERS workers, with prefixed logs. Ctrl-C stops everything in "
+    "order. Configured by environment variables (jetdag settings).",
+)
+def up() -> None:
+    from jetdag.launcher import main as launch
+
+    raise SystemExit(launch([]))
+
+
+@click.command(
+    short_help="Run the registry service.",
+    help="Run the worker registry service (KV bucket of workers, heartbeats, reaping).",
+)
+def registry() -> None:
+    from services.registry.__main__ import main as run
+
+    run()
+
+
+@click.command(
+    short_help="Run the scheduler service.",
+    help="Run the scheduler service (executions, the job stream, retries, checkpoints).",
+)
+def scheduler() -> None:
+    from services.scheduler.__main__ import main as run
+
+    run()
+
+
+@click.command(help="Run the REST gateway (JETDAG_HOST:JETDAG_PORT).")
+def gateway() -> None:
+    from services.gateway.__main__ import main as run
+
+    run()
+
+
+# The worker's options are parsed by services/worker/options.py (also `python -m services.worker`), so both
+# entry points share one parser and one --help: everything after `worker` is handed to it untouched.
+@click.command(
+    short_help="Run a worker with the handlers of the given modules (see jetdag worker --help).",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def worker(args: tuple[str, ...]) -> None:
+    from services.worker.__main__ import main as run
+
+    run(list(args))
+
+
+@click.command(
+    short_help="Print every environment variable: value in effect, default (--markdown: README table).",
+    help="Every environment variable: the value in effect here, its default, and what it means.",
+)
+@click.option("--markdown", is_flag=True, help="The README's table of defaults and meanings instead.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+def settings(markdown: bool, as_json: bool) -> None:
+    if markdown:
+        click.echo(markdown_table())
+        return
+    rows = effective_settings()
+    if as_json:
+        print_json([dataclasses.asdict(r) for r in rows])
+    else:
+        headers = ["variable", "value", "default", "meaning"] if is_tty() else ["variable", "value", "default"]
+        cells = []
+        for r in rows:
+            cell = [r.var, r.value if r.value else "(empty)", r.default if r.default else "(empty)"]
+            if r.from_env and is_tty():
+                cell[1] = f"[bold]{cell[1]}[/bold]"
+            cells.append([*cell, r.doc] if is_tty() else cell)
+        print_table(headers, cells)
+    errors = [r.error for r in rows if r.error]
+    for error in errors:
+        err.print(f"jetdag: {error}")
+    if errors:
+        raise SystemExit(2)
+
+
+COMMANDS = [up, registry, scheduler, gateway, worker, settings]
