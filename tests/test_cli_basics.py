@@ -125,3 +125,13 @@ def test_settings_into_head_is_quiet() -> None:
     assert proc.returncode == 0
     assert len(proc.stdout.splitlines()) == 2
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_validate_checks_files_locally(tmp_path: Path) -> None:
+    ok = run("validate", "examples/hello.yaml", env=clean_env())
+    assert ok.returncode == 0 and "examples/hello.yaml: ok (hello, 5 jobs)" in ok.stdout
+    bad = tmp_path / "pipeline.yaml"
+    bad.write_text("workflowId: wf\njobs:\n  - id: train\n    type: train\n    dependsOn: [prepocess]\n")
+    result = run("validate", str(bad), env=clean_env())
+    assert result.returncode == 2
+    assert result.stderr.strip() == f'{bad}:5: job "train" depends on "prepocess", which is not defined'

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import click
 
 from jetdag.cli.stack import COMMANDS as STACK_COMMANDS
+from jetdag.cli.workflows import COMMANDS as WORKFLOW_COMMANDS
 
 __all__ = ["cli", "main"]
 
@@ -24,7 +25,7 @@ def cli() -> None:
     """jetdag: distributed DAG execution on NATS JetStream."""
 
 
-for command in STACK_COMMANDS:
+for command in [*STACK_COMMANDS, *WORKFLOW_COMMANDS]:
     cli.add_command(command)
 
 
