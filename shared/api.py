@@ -127,3 +127,26 @@ class QueueStatsResponse(Response):
 class MessageResponse(Response):
     message: str
     is_paused: bool
+
+
+# --- server-sent events (GET /execute/{id}/events, GET /events) ------------------------------------------------
+
+SSE_END = "end"
+"""SSE event the gateway sends after an execution's final event: the stream is over (do not reconnect)."""
+SSE_DROPPED = "dropped"
+"""SSE event the gateway sends before closing a stream whose client read too slowly: reconnect with
+Last-Event-ID to resume where it stopped."""
+
+
+class StreamEnd(msgspec.Struct, rename="camel", kw_only=True):
+    """Data of the `end` event."""
+
+    execution_id: str
+    status: str
+
+
+class StreamDropped(msgspec.Struct, rename="camel", kw_only=True):
+    """Data of the `dropped` event."""
+
+    error: str
+    last_event_id: int | None
