@@ -1,0 +1,69 @@
+"""Server-sent events as the client yields them: the stream sequence, the kind, and the payload decoded with
+the Structs of `shared` (a kind the client does not know yet is yielded with its JSON as a dict). Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import msgspec
+
+from shared.api import SSE_DROPPED, SSE_END, StreamDropped, StreamEnd
+from shared.messages import Checkpoint, ExecutionEvent, JobEvent, JobResult, JobStarted, WorkerEvent
+
+__all__ = ["Event", "Payload", "decode_event", "read_sse"]
+
+Payload: TypeAlias = ExecutionEvent | Checkpoint | JobEvent | JobStarted | JobResult | WorkerEvent | dict[str, Any]
+
+EXECUTION_KINDS = frozenset({"created", "running", "completed", "failed", "cancelled", "retried"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of the event stream (docs/events.md)."""
+
+    id: int
+    """JetStream stream sequence: pass it as `last_event_id` to resume right after this event."""
+    kind: str
+    """The last token of `execution.<exec>.<kind>`; `job` for `job.<exec>.<job>.<status>`; `worker` for
+    `worker.<id>.<what>`."""
+    payload: Payload
+
+
+def _job_payload(raw: dict[str, Any]) -> Payload:
+    # Today's per-job subjects carry three shapes; each is told apart by a field only it requires.
+    if "status" in raw:
+        return msgspec.convert(raw, JobEvent)
+    if "ok" in raw:
+        return msgspec.convert(raw, JobResult)
+    return msgspec.convert(raw, JobStarted)
+
+
+def decode_event(event_id: int, kind: str, data: bytes | str) -> Event:
+    """Decode one event by its kind; a payload that does not fit its Struct is kept as its JSON."""
+    raw: Any = msgspec.json.decode(data)
+    payload: Payload = raw
+    if isinstance(raw, dict):
+        try:
+            if kind in EXECUTION_KINDS:
+                payload = msgspec.convert(raw, ExecutionEvent)
+            elif kind == "checkpoint":
+                payload = msgspec.convert(raw, Checkpoint)
+            elif kind == "job":
+                payload = _job_payload(raw)
+            elif kind == "worker":
+                payload = msgspec.convert(raw, WorkerEvent)
+        except msgspec.ValidationError:
+            payload = raw
+    return Event(event_id, kind, payload)
+
+
+def read_sse(kind: str, event_id: str, data: str) -> Event | StreamEnd | StreamDropped | None:
+    """One SSE message: an event, the gateway's end-of-stream or dropped notice, or None (nothing to yield)."""
+    if kind == SSE_END:
+        return msgspec.json.decode(data, type=StreamEnd)
+    if kind == SSE_DROPPED:
+        return msgspec.json.decode(data, type=StreamDropped)
+    if not event_id or not data:
+        return None
+    return decode_event(int(event_id), kind, data)

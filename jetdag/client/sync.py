@@ -1,0 +1,192 @@
+"""`Client`: the synchronous client of the REST API (httpx underneath)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+from httpx_sse import connect_sse
+
+from jetdag.client import calls
+from jetdag.client.base import Settings, describe, end_of_wait, stream_failure, wait_interval
+from jetdag.client.errors import JetdagError, Unavailable, error_for
+from jetdag.client.events import Event, read_sse
+from shared.api import ExecuteResponse, HealthResponse, MessageResponse, QueueStatsResponse, StreamDropped, StreamEnd
+from shared.messages import FINAL_EXECUTION_STATES, ExecutionStatus, ExecutionView, JobView, WorkerView
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+# `list` is a method of the client: the annotations below name the builtin through these.
+JobList = list[JobView]
+WorkerList = list[WorkerView]
+
+
+class Client:
+    """A jetdag gateway. `url` and `token` default to JETDAG_URL and JETDAG_TOKEN.
+
+    Reads (and pause/resume, and a submit that carries an idempotency key) are retried on a 503 or a lost
+    connection with backoff, `retries` times; everything else raises the first error."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 4,
+        stream_timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._settings = Settings.make(url, token, timeout, retries, stream_timeout)
+        self.url = self._settings.url
+        self._http = httpx.Client(
+            base_url=self.url, headers=self._settings.headers, timeout=self._settings.timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def _send(self, call: calls.Call[T]) -> T:
+        attempt = 0
+        while True:
+            retry_after = None
+            try:
+                response = self._http.request(
+                    call.method, call.path, params=call.params, content=call.body, headers=call.headers
+                )
+            except httpx.TransportError as exc:
+                error: JetdagError = Unavailable(f"cannot reach the gateway at {self.url}: {describe(exc)}")
+            else:
+                if response.status_code in call.accept:
+                    return call.read(response.content)
+                error = error_for(response.status_code, response.content)
+                retry_after = response.headers.get("Retry-After")
+            if not (call.idempotent and isinstance(error, Unavailable) and attempt < self._settings.retries):
+                raise error
+            time.sleep(calls.retry_delay(attempt, retry_after))
+            attempt += 1
+
+    # --- executions ------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        workflow: calls.Workflow,
+        *,
+        workflow_id: str | None = None,
+        parallelism: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> ExecuteResponse:
+        """Start an execution of a workflow (a file path, the file's shape as data, an ExecuteRequest, or a
+        list of jobs), checked locally first (WorkflowError). With `idempotency_key`, a 503 or a lost
+        connection is retried with the same key, which never creates a second execution."""
+        request = calls.submission(workflow, workflow_id=workflow_id, parallelism=parallelism)
+        return self._send(calls.submit(request, idempotency_key))
+
+    def get(self, execution_id: str) -> ExecutionView:
+        return self._send(calls.get(execution_id))
+
+    def jobs(self, execution_id: str) -> JobList:
+        return self._send(calls.jobs(execution_id))
+
+    def list(
+        self, *, status: ExecutionStatus | None = None, workflow_id: str | None = None, page_size: int = 100
+    ) -> Iterator[ExecutionView]:
+        """Every execution, newest first, following the listing's cursor page by page."""
+        cursor = None
+        while True:
+            page = self._send(calls.executions_page(status, workflow_id, page_size, cursor))
+            yield from page.executions
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def cancel(self, execution_id: str) -> ExecuteResponse:
+        return self._send(calls.cancel(execution_id))
+
+    def retry(self, execution_id: str) -> ExecuteResponse:
+        return self._send(calls.retry(execution_id))
+
+    def wait(self, execution_id: str, *, timeout: float | None = None) -> ExecutionView:
+        """The execution once it is completed, failed or cancelled; WaitTimeout after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        polls = 0
+        while True:
+            execution = self.get(execution_id)
+            if execution.status in FINAL_EXECUTION_STATES:
+                return execution
+            pause = end_of_wait(execution_id, deadline, wait_interval(polls))
+            time.sleep(pause)
+            polls += 1
+
+    def events(
+        self,
+        execution_id: str | None = None,
+        *,
+        kinds: Sequence[str] | None = None,
+        last_event_id: int | None = None,
+    ) -> Iterator[Event]:
+        """Live events over SSE: of one execution from its first (ends after its final event), or of every
+        execution from now. A dropped connection is resumed after the last event seen, with no gap and no
+        duplicate; `last_event_id` starts after that event."""
+        path, params = calls.events_path(execution_id), calls.events_params(kinds)
+        last = last_event_id
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            received = False
+            try:
+                with connect_sse(
+                    self._http, "GET", path, params=params, headers=headers, timeout=self._settings.stream
+                ) as source:
+                    response = source.response
+                    if response.status_code != 200:
+                        raise error_for(response.status_code, response.read())
+                    for sse in source.iter_sse():
+                        item = read_sse(sse.event, sse.id, sse.data)
+                        if isinstance(item, StreamEnd):
+                            return
+                        if isinstance(item, StreamDropped):
+                            break
+                        if item is not None:
+                            received = True
+                            last = item.id
+                            yield item
+            except httpx.TransportError as exc:
+                failure: JetdagError | None = Unavailable(f"event stream from {self.url} lost: {describe(exc)}")
+            except Unavailable as exc:
+                failure = exc
+            else:
+                failure = None
+            failures = 0 if received else failures + 1
+            delay = stream_failure(failure, failures, self._settings.retries)
+            time.sleep(delay)
+
+    # --- workers, queue, health ------------------------------------------------------------------------
+
+    def workers(self) -> WorkerList:
+        return self._send(calls.workers())
+
+    def queue_stats(self) -> QueueStatsResponse:
+        return self._send(calls.queue_stats())
+
+    def pause(self) -> MessageResponse:
+        return self._send(calls.pause())
+
+    def resume(self) -> MessageResponse:
+        return self._send(calls.resume())
+
+    def health(self) -> HealthResponse:
+        """The gateway's health report, healthy or not (it answers 503 with the same body when unhealthy)."""
+        return self._send(calls.health())
