@@ -136,3 +136,11 @@ class Names:
     @property
     def worker_events(self) -> str:
         return f"{self.events_prefix}.worker.*.*"
+
+    # --- observability ---------------------------------------------------------------------------------
+
+    @property
+    def metrics_scrape(self) -> str:
+        """Every service process answers a request here with its Prometheus exposition (the gateway's
+        GET /metrics gathers them all)."""
+        return f"{self.namespace}.metrics.scrape"
