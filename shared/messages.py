@@ -525,3 +525,15 @@ class QueueState(Message):
 
     paused: bool
     changed_at: str
+
+
+# --- observability -----------------------------------------------------------------------------------------
+
+
+class MetricsExposition(Message):
+    """Answer to a request on `<ns>.metrics.scrape`: one process's metrics in the Prometheus text format."""
+
+    service: str
+    process: str
+    """`<hostname>-<pid>`: the `process` label the gateway gives this process's samples."""
+    text: str
