@@ -12,6 +12,7 @@ from nats.aio.client import Client
 from nats.errors import NoServersError
 
 from shared.logging import get_logger
+from shared.metrics import NatsMetrics
 from shared.settings import NatsSettings
 
 __all__ = ["connect", "connect_options"]
@@ -73,6 +74,7 @@ async def connect(
     opts["reconnect_time_wait"] = 0
     bound = log.bind(nats_url=settings.url, connection=name)
     nc = client or Client()
+    metrics = NatsMetrics.process()  # created now: a scrape shows 0 reconnects, not no metric
 
     async def on_disconnect() -> None:
         # A close we asked for (drain at shutdown) is not news; losing the server is.
@@ -83,6 +85,7 @@ async def connect(
 
     async def on_reconnect() -> None:
         bound.info("nats reconnected")
+        metrics.reconnected()
         for listener in listeners:
             listener()
 

@@ -20,6 +20,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from shared.logging import configure_logging, get_logger
+from shared.metrics import serve_scrapes
 from shared.nats_conn import connect
 from shared.settings import LoggingSettings, NatsSettings, StorageSettings, load
 from shared.subjects import Names
@@ -123,6 +124,7 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
         if not await _ensure(service, ctx):
             return 0
         await service.serve(ctx, stack)
+        ctx.spawn(_answer_scrapes(service, ctx, connecting), "metrics")
         bound.info("service ready")
         if ready is not None:
             await ready(ctx)
@@ -140,6 +142,18 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
                 await nc.close()
     bound.info("service stopped")
     return 1 if ctx.failed else 0
+
+
+async def _answer_scrapes(service: Service, ctx: ServiceContext, connecting: asyncio.Task[Client] | None) -> None:
+    """Answer the gateway's metrics scrapes (once connected: the gateway serves before NATS answers)."""
+    if connecting is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(connecting)
+        if not ctx.nc.is_connected:
+            return
+    await serve_scrapes(
+        ctx.nc, ctx.names.metrics_scrape, service.name, refresh=getattr(service, "refresh_metrics", None)
+    )
 
 
 def dump_tasks() -> None:

@@ -128,6 +128,12 @@ class GatewaySettings:
     health_timeout_s: float = env(
         "JETDAG_HEALTH_TIMEOUT_S", 2.0, "How long each `/health` check may take before it counts as failed."
     )
+    metrics_window_s: float = env(
+        "JETDAG_METRICS_WINDOW_S",
+        0.5,
+        "How long GET /metrics waits for the service processes (registry, scheduler, workers) to answer with "
+        "their metrics.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

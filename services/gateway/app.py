@@ -12,8 +12,10 @@ from shared.settings import GatewaySettings
 
 from .backend import Backend
 from .errors import exception_handlers
+from .observe import RequestMetrics
 from .routes.executions import ExecutionController, list_executions
 from .routes.health import health
+from .routes.metrics import metrics
 from .routes.queue import QueueController
 from .routes.workers import WorkerController
 
@@ -31,7 +33,8 @@ def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
         route_handlers=[WorkerController, ExecutionController, list_executions, QueueController, health],
     )
     config = AppConfig(
-        route_handlers=[api],
+        route_handlers=[api, metrics],
+        middleware=[RequestMetrics()],
         dependencies={"backend": Provide(provide_backend, use_cache=True)},
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_body_bytes,

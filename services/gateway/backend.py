@@ -28,6 +28,7 @@ from shared.messages import (
     JobList,
     ListExecutions,
     ListWorkers,
+    MetricsExposition,
     QueueControl,
     QueueStatsReply,
     RegisterReply,
@@ -37,6 +38,7 @@ from shared.messages import (
     WorkerSummary,
     WorkerView,
 )
+from shared.metrics import gather, process_name
 from shared.subjects import Names
 
 __all__ = ["Backend"]
@@ -50,12 +52,15 @@ T = TypeVar("T")
 
 
 class Backend:
-    def __init__(self, nc: Client, names: Names, *, timeout: float, health_timeout: float) -> None:
+    def __init__(
+        self, nc: Client, names: Names, *, timeout: float, health_timeout: float, metrics_window: float = 0.5
+    ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=health_timeout)
         self.names = names
         self.timeout = timeout
         self.health_timeout = health_timeout
+        self.metrics_window = metrics_window
 
     async def _registry(self, command: str, payload: msgspec.Struct, reply: type[Out]) -> Out:
         return await request(
@@ -136,6 +141,16 @@ class Backend:
 
     async def resume(self) -> QueueControl:
         return await self._scheduler("queue.resume", ExecutionRef(execution_id=""), QueueControl)
+
+    # --- metrics -------------------------------------------------------------------------------------
+
+    async def metrics_answers(self) -> list[MetricsExposition]:
+        """Every other process's metrics (none while NATS is down: the gateway still serves its own)."""
+        if not self.nc.is_connected:
+            return []
+        return await gather(
+            self.nc, self.names.metrics_scrape, window_s=self.metrics_window, skip_process=process_name()
+        )
 
     # --- health --------------------------------------------------------------------------------------
 

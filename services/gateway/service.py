@@ -69,6 +69,7 @@ class GatewayService:
             ctx.names,
             timeout=ctx.nats.request_timeout_s,
             health_timeout=self.settings.health_timeout_s,
+            metrics_window=self.settings.metrics_window_s,
         )
         app = create_app(backend, self.settings)
         config = uvicorn.Config(

@@ -39,6 +39,7 @@ from shared.messages import (
     WorkerSummary,
     WorkerView,
 )
+from shared.metrics import RegistryMetrics
 from shared.service import ServiceContext
 from shared.settings import RegistrySettings, load
 from shared.timeutil import now_iso, now_ms
@@ -189,6 +190,13 @@ class RegistryService:
             unhealthy=counts["unhealthy"],
             load=load,
             capacity=capacity,
+        )
+
+    async def refresh_metrics(self) -> None:
+        """Before each metrics scrape: the fleet as the workers bucket holds it now."""
+        s = await self.summary(ListWorkers())
+        RegistryMetrics.process().fleet(
+            {"idle": s.idle, "busy": s.busy, "unhealthy": s.unhealthy}, busy=s.load, capacity=s.capacity
         )
 
     # --- internals -----------------------------------------------------------------------------------

@@ -1,0 +1,18 @@
+"""`GET /metrics`: every jetdag process's Prometheus metrics, one scrape target (docs/observability.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get
+
+from shared.metrics import render
+
+from ..backend import Backend
+
+
+@get("/metrics", tags=["observability"], summary="Prometheus metrics of the gateway and every service process")
+async def metrics(request: Request[Any, Any, Any], backend: Backend) -> Response[bytes]:
+    answers = await backend.metrics_answers()
+    body, content_type = render("gateway", answers, request.headers.get("accept", ""))
+    return Response(body, media_type=content_type)
