@@ -7,6 +7,7 @@ validated by `shared.ids` before they reach any function here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = ["Names"]
@@ -144,3 +145,27 @@ class Names:
         """Every service process answers a request here with its Prometheus exposition (the gateway's
         GET /metrics gathers them all)."""
         return f"{self.namespace}.metrics.scrape"
+
+    # --- server-sent events (the gateway reads the event stream for HTTP clients) ----------------------------
+
+    def execution_stream(self, execution_id: str) -> str:
+        """Every event of one execution, both families: `execution.<exec>.<kind>` and `job.<exec>.<job>.<status>`."""
+        return f"{self.events_prefix}.*.{execution_id}.>"
+
+    def events_of_kinds(self, kinds: Iterable[str]) -> list[str]:
+        """Filter subjects of the events whose kind (see `event_kind`) is one of `kinds`; they never overlap."""
+        subjects = []
+        for kind in sorted(set(kinds)):
+            if kind in ("job", "worker"):
+                subjects.append(f"{self.events_prefix}.{kind}.>")
+            else:
+                subjects.append(f"{self.events_prefix}.execution.*.{kind}")
+        return subjects
+
+    def event_kind(self, subject: str) -> str:
+        """The kind of an event subject: `<kind>` of `execution.<exec>.<kind>`, `job` for
+        `job.<exec>.<job>.<status>`, `worker` for `worker.<id>.<what>`."""
+        tokens = subject[len(self.events_prefix) + 1 :].split(".")
+        if tokens[0] == "execution" and len(tokens) == 3:
+            return tokens[2]
+        return tokens[0]
