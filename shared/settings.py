@@ -134,6 +134,24 @@ class GatewaySettings:
         "How long GET /metrics waits for the service processes (registry, scheduler, workers) to answer with "
         "their metrics.",
     )
+    cors_origins: str = env(
+        "JETDAG_CORS_ORIGINS",
+        "",
+        "Comma-separated origins a browser page may call the API from (`*`: any); empty: CORS off.",
+    )
+    sse_heartbeat_s: float = env(
+        "JETDAG_SSE_HEARTBEAT_S", 15.0, "Interval of the comment heartbeat on an idle event stream (SSE)."
+    )
+    sse_buffer_bytes: int = env(
+        "JETDAG_SSE_BUFFER_BYTES", 1024 * 1024, "Events buffered for one SSE client before its stream waits for it."
+    )
+    sse_slow_client_s: float = env(
+        "JETDAG_SSE_SLOW_CLIENT_S",
+        10.0,
+        "An SSE client whose buffer stays full this long is dropped with a `dropped` event (it resumes with "
+        "Last-Event-ID).",
+    )
+    sse_max_streams: int = env("JETDAG_SSE_MAX_STREAMS", 500, "Event streams (SSE) open at once; one more gets 503.")
 
 
 @dataclass(frozen=True, slots=True)
