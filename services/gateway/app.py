@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Litestar, Router
 from litestar.config.app import AppConfig
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -13,29 +14,62 @@ from shared.settings import GatewaySettings
 from .backend import Backend
 from .errors import exception_handlers
 from .observe import RequestMetrics
+from .routes.events import all_events, execution_events
 from .routes.executions import ExecutionController, list_executions
 from .routes.health import health
 from .routes.metrics import metrics
 from .routes.queue import QueueController
 from .routes.workers import WorkerController
+from .streams import EventStreams
 
 __all__ = ["API_PREFIX", "create_app"]
 
 API_PREFIX = "/api/distributed"
 
 
+def cors(settings: GatewaySettings) -> CORSConfig | None:
+    """CORS for browser pages on other origins (JETDAG_CORS_ORIGINS); off when empty. Tokens travel in the
+    Authorization header, never cookies, so credentials stay off."""
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+        max_age=600,
+    )
+
+
 def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
+    streams = EventStreams(backend, settings)
+
     async def provide_backend() -> Backend:
         return backend
 
+    async def provide_streams() -> EventStreams:
+        return streams
+
     api = Router(
         path=API_PREFIX,
-        route_handlers=[WorkerController, ExecutionController, list_executions, QueueController, health],
+        route_handlers=[
+            WorkerController,
+            ExecutionController,
+            list_executions,
+            QueueController,
+            health,
+            execution_events,
+            all_events,
+        ],
     )
     config = AppConfig(
         route_handlers=[api, metrics],
         middleware=[RequestMetrics()],
-        dependencies={"backend": Provide(provide_backend, use_cache=True)},
+        dependencies={
+            "backend": Provide(provide_backend, use_cache=True),
+            "streams": Provide(provide_streams, use_cache=True),
+        },
+        cors_config=cors(settings),
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

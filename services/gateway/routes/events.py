@@ -1,0 +1,72 @@
+"""Server-sent events: one execution's events (`/execute/{id}/events`) and everyone's (`/events`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Request, get
+from litestar.background_tasks import BackgroundTask
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from shared.ids import check_id
+
+from ..observe import STREAM_OPT
+from ..openapi import errors
+from ..sse import parse_kinds, parse_last_id
+from ..streams import EventStreams, Feed
+
+__all__ = ["all_events", "execution_events"]
+
+_HEADERS = {
+    "Cache-Control": "no-cache",
+    # A reverse proxy (nginx) must pass each event on at once instead of buffering the response.
+    "X-Accel-Buffering": "no",
+}
+
+
+def _stream(feed: Feed, body: object) -> Stream:
+    # The background task runs after the response ended, also when the client went away mid-stream: the
+    # consumer is freed whichever way the stream stops.
+    return Stream(
+        body,  # type: ignore[arg-type]
+        media_type="text/event-stream",
+        headers=_HEADERS,
+        background=BackgroundTask(feed.close),
+    )
+
+
+@get(
+    "/execute/{execution_id:str}/events",
+    tags=["events"],
+    summary="Live events of one execution (text/event-stream), from its first; ends after its final event",
+    responses=errors(400, 404),
+    opt={STREAM_OPT: True},
+)
+async def execution_events(
+    request: Request,  # type: ignore[type-arg]
+    execution_id: str,
+    streams: EventStreams,
+    last_event_id: Annotated[str | None, Parameter(query="lastEventId")] = None,
+) -> Stream:
+    after = parse_last_id(request.headers.get("last-event-id"), last_event_id)
+    feed, body = await streams.execution(check_id("executionId", execution_id), after)
+    return _stream(feed, body)
+
+
+@get(
+    "/events",
+    tags=["events"],
+    summary="Live events of every execution and worker (text/event-stream), from now; `kinds` filters",
+    responses=errors(400),
+    opt={STREAM_OPT: True},
+)
+async def all_events(
+    request: Request,  # type: ignore[type-arg]
+    streams: EventStreams,
+    kinds: str | None = None,
+    last_event_id: Annotated[str | None, Parameter(query="lastEventId")] = None,
+) -> Stream:
+    after = parse_last_id(request.headers.get("last-event-id"), last_event_id)
+    feed, body = await streams.everything(parse_kinds(kinds), after)
+    return _stream(feed, body)
