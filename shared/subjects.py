@@ -169,3 +169,10 @@ class Names:
         if tokens[0] == "execution" and len(tokens) == 3:
             return tokens[2]
         return tokens[0]
+
+    # --- replies -----------------------------------------------------------------------------------------
+
+    def inbox_prefix(self, role: str) -> str:
+        """Where the connections of one role (gateway, registry, …) receive their replies: a role may subscribe
+        only to its own inboxes (shared.permissions), so no role reads another's replies."""
+        return f"_INBOX.{self.namespace}.{role}"
