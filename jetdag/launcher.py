@@ -25,8 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jetdag.datalock import DataDirInUse, DataDirLock
+from jetdag.natsauth import RoleKey, authorization_block, ensure_credentials
 from jetdag.natsserver import NatsServer, NatsServerConfig, find_nats_server, port_in_use
+from shared.permissions import Role
 from shared.settings import GatewaySettings, NatsSettings, SettingsError, StackSettings, load
+from shared.subjects import Names
 
 __all__ = ["ChildSpec", "Launcher", "main", "stack_specs"]
 
@@ -47,6 +50,8 @@ class ChildSpec:
     argv: list[str]
     restart: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    role: Role | None = None
+    """The NATS credential it connects with (on the embedded server)."""
 
 
 @dataclass
@@ -71,12 +76,13 @@ def stack_specs(workers: int) -> list[ChildSpec]:
     """The services `jetdag up` runs, in start order (compose.yaml mirrors this list)."""
     py = sys.executable
     specs = [
-        ChildSpec("registry", [py, "-m", "services.registry"]),
-        ChildSpec("scheduler", [py, "-m", "services.scheduler"]),
-        ChildSpec("gateway", [py, "-m", "services.gateway"]),
+        ChildSpec("registry", [py, "-m", "services.registry"], role=Role.REGISTRY),
+        ChildSpec("scheduler", [py, "-m", "services.scheduler"], role=Role.SCHEDULER),
+        ChildSpec("gateway", [py, "-m", "services.gateway"], role=Role.GATEWAY),
     ]
     for i in range(1, workers + 1):
-        specs.append(ChildSpec(f"worker-{i}", [py, "-m", "services.worker", "--id", f"local-worker-{i}"]))
+        argv = [py, "-m", "services.worker", "--id", f"local-worker-{i}"]
+        specs.append(ChildSpec(f"worker-{i}", argv, role=Role.WORKER))
     return specs
 
 
@@ -96,6 +102,7 @@ class Launcher:
         self.embedded = embedded
         self.children: list[Child] = []
         self.server: Child | None = None
+        self.credentials: dict[Role, RoleKey] | None = None
         self.stopping = asyncio.Event()
         self.ready = False
         self.failed: str | None = None
@@ -129,12 +136,17 @@ class Launcher:
 
     # --- processes -----------------------------------------------------------------------------------
 
-    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+    def _env(self, spec: ChildSpec) -> dict[str, str]:
         env = dict(os.environ)
         env["NATS_URL"] = self.nats.url
+        if self.credentials is not None and spec.role is not None:
+            # The embedded server knows only jetdag's roles: each child gets its own, whatever the caller set.
+            for var in ("NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CREDS"):
+                env.pop(var, None)
+            env["NATS_NKEY"] = str(self.credentials[spec.role].seed_file)
         env.setdefault("JETDAG_LOG_FORMAT", "console" if self.tty else "json")
         env["PYTHONUNBUFFERED"] = "1"
-        env.update(extra)
+        env.update(spec.env)
         return env
 
     async def _spawn(self, child: Child) -> None:
@@ -143,7 +155,7 @@ class Launcher:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=self._env(child.spec.env),
+            env=self._env(child.spec),
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
@@ -216,6 +228,10 @@ class Launcher:
 
     async def _start_nats(self) -> None:
         data = Path(os.path.abspath(self.stack.data_dir))  # noqa: ASYNC240 (no I/O: string work)
+        # Authorization is always on: one credential per role, generated on the first start and reused.
+        self.credentials = ensure_credentials(data / "credentials")
+        names = Names(self.nats.namespace)
+        authorization = authorization_block(names, {role: key.public_key for role, key in self.credentials.items()})
         server = NatsServer(
             NatsServerConfig(
                 store_dir=data / "nats",
@@ -224,6 +240,7 @@ class Launcher:
                 monitor_port=self.stack.nats_monitor_port,
                 server_name="jetdag",
                 sync_interval=self.stack.nats_sync_interval or None,
+                authorization=authorization,
             ),
             config_path=data / "nats-server.conf",
         )
@@ -244,6 +261,8 @@ class Launcher:
                 raise SystemExit("jetdag: nats-server did not become ready within 30 s")
             await asyncio.sleep(0.05)
         self.say("jetdag", f"nats-server ready on {server.url} (store {data / 'nats'}, log {child.log_file})", "1")
+        operator = self.credentials[Role.OPERATOR].seed_file
+        self.say("jetdag", f"NATS authorization on; the nats CLI connects with: nats --nkey {operator} ...", "1")
 
     async def _wait_gateway(self) -> bool:
         url = f"http://{self.gateway.host}:{self.gateway.port}/api/distributed/health"

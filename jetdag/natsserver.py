@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-__all__ = ["NatsServer", "NatsServerConfig", "find_nats_server", "free_port", "port_in_use"]
+__all__ = ["NatsServer", "NatsServerConfig", "TlsFiles", "find_nats_server", "free_port", "port_in_use"]
 
 
 def find_nats_server() -> str:
@@ -54,6 +54,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The server's certificate and key, and the CA its clients' certificates must chain to."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    verify_clients: bool = False
+
+
 @dataclass
 class NatsServerConfig:
     store_dir: Path
@@ -68,6 +78,9 @@ class NatsServerConfig:
     # "default" keeps nats-server's 2-minute fsync; "always" fsyncs every write (see docs/reliability.md).
     sync_interval: str | None = None
     lame_duck_duration_s: float | None = None
+    authorization: str | None = None
+    """An `authorization { ... }` block (jetdag.natsauth); None: anyone who reaches the port may do anything."""
+    tls: TlsFiles | None = None
 
     def render(self) -> str:
         lines = [
@@ -93,7 +106,17 @@ class NatsServerConfig:
                 "  ]",
                 "}",
             ]
-        return "\n".join(lines) + "\n"
+        if self.tls is not None:
+            lines += [
+                "tls {",
+                f'  cert_file: "{self.tls.cert}"',
+                f'  key_file: "{self.tls.key}"',
+                f'  ca_file: "{self.tls.ca}"',
+                f"  verify: {'true' if self.tls.verify_clients else 'false'}",
+                "}",
+            ]
+        text = "\n".join(lines) + "\n"
+        return text + self.authorization if self.authorization else text
 
 
 class NatsServer:
@@ -106,7 +129,8 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.config.host}:{self.config.port}"
+        scheme = "tls" if self.config.tls is not None else "nats"
+        return f"{scheme}://{self.config.host}:{self.config.port}"
 
     @property
     def monitor_url(self) -> str:

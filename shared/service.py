@@ -91,15 +91,19 @@ async def _main(service: Service, ready: Callable[[ServiceContext], Awaitable[No
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     bound = log.bind(namespace=names.namespace)
     name = f"{names.namespace}-{service.name}"
+    # Replies come back to this role's own inboxes: the only ones its NATS credential may read.
+    inbox = names.inbox_prefix(service.name)
     nc = Client()
     listeners: list[Callable[[], None]] = []
     connecting: asyncio.Task[Client] | None = None
     if getattr(service, "serves_before_nats", False):
         # The gateway answers (503, naming NATS) from the start instead of refusing connections.
-        connecting = asyncio.create_task(connect(nats_settings, name, stop=stop, client=nc, on_reconnect=listeners))
+        connecting = asyncio.create_task(
+            connect(nats_settings, name, stop=stop, client=nc, on_reconnect=listeners, inbox_prefix=inbox)
+        )
     else:
         try:
-            await connect(nats_settings, name, stop=stop, client=nc, on_reconnect=listeners)
+            await connect(nats_settings, name, stop=stop, client=nc, on_reconnect=listeners, inbox_prefix=inbox)
         except Exception:
             if stop.is_set():
                 bound.info("stopped before nats answered")

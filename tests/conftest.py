@@ -14,7 +14,9 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from jetdag.natsauth import RoleKey, authorization_block, ensure_credentials
 from jetdag.natsserver import NatsServer, NatsServerConfig, free_port
+from shared.permissions import Role
 from shared.subjects import Names
 from tests.helpers import ServiceProcess, service_argv
 
@@ -40,6 +42,65 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server = start_nats(tmp_path_factory.mktemp("nats"))
     yield server
     server.stop()
+
+
+class SecureNats:
+    """A nats-server with jetdag's authorization for one namespace, and the credential of every role."""
+
+    def __init__(self, server: NatsServer, keys: dict[Role, RoleKey], names: Names) -> None:
+        self.server = server
+        self.keys = keys
+        self.names = names
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def log_path(self) -> Path:
+        return self.server.config_path.with_suffix(".log")
+
+    def seed(self, role: Role) -> str:
+        return str(self.keys[role].seed_file)
+
+    async def connect(self, role: Role, **options: Any) -> Client:
+        """A connection with `role`'s credential and inbox, as that role's services make it."""
+        return await nats.connect(
+            self.url, nkeys_seed=self.seed(role), inbox_prefix=self.names.inbox_prefix(role), **options
+        )
+
+    def violations(self) -> list[str]:
+        """The server's log lines about refused publishes and subscriptions."""
+        return [line for line in self.log_path.read_text().splitlines() if "Violation" in line]
+
+
+def start_secure_nats(tmp: Path, names: Names, **config: Any) -> SecureNats:
+    keys = ensure_credentials(tmp / "credentials")
+    block = authorization_block(names, {role: key.public_key for role, key in keys.items()})
+    server = NatsServer(
+        NatsServerConfig(
+            store_dir=tmp / "secure" / "store",
+            port=free_port(),
+            monitor_port=free_port(),
+            server_name="secure",
+            authorization=block,
+            **config,
+        ),
+        config_path=tmp / "secure" / "nats.conf",
+    )
+    server.config_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(server.config_path.with_suffix(".log"), "wb") as log:
+        server.start(stdout=log)
+    server.wait_ready()
+    return SecureNats(server, keys, names)
+
+
+@pytest.fixture
+def secure_nats(tmp_path: Path, names: Names) -> Iterator[SecureNats]:
+    """A server of its own per test: its permissions are written for this test's namespace."""
+    secure = start_secure_nats(tmp_path, names)
+    yield secure
+    secure.server.stop()
 
 
 @pytest.fixture
@@ -69,8 +130,11 @@ def base_env(nats_url: str, namespace: str, **extra: str) -> dict[str, str]:
 class Stack:
     """Service processes of one test, all in one namespace on one NATS server. Stopped at teardown."""
 
-    def __init__(self, nats_url: str, namespace: str, log_dir: Path) -> None:
+    def __init__(
+        self, nats_url: str, namespace: str, log_dir: Path, credentials: dict[Role, RoleKey] | None = None
+    ) -> None:
         self.nats_url = nats_url
+        self.credentials = credentials
         self.namespace = namespace
         self.names = Names(namespace)
         self.log_dir = log_dir
@@ -84,6 +148,9 @@ class Stack:
 
     def process(self, name: str, module: str, *args: str, **env: str) -> ServiceProcess:
         self._counter += 1
+        if self.credentials is not None:
+            # Each service connects with its own role's credential, as `jetdag up` starts them.
+            env = {"NATS_NKEY": str(self.credentials[Role(module.rsplit(".", 1)[1])].seed_file), **env}
         proc = ServiceProcess(name, service_argv(module, *args), self.env(**env), self.log_dir)
         self.procs.append(proc)
         return proc
@@ -131,9 +198,30 @@ class Stack:
             raise AssertionError("; ".join(errors))
 
 
+SECURE_SUITE = os.environ.get("JETDAG_TEST_NATS_AUTH") == "1"
+"""Run every `stack` test on an authorized server with per-role credentials, failing on any refusal the server
+logs (DEVELOPERS.md: how to check the permission table after changing subjects)."""
+
+
 @pytest.fixture
-async def stack(nats_server: NatsServer, namespace: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    s = Stack(nats_server.url, namespace, tmp_path / "logs")
+async def stack(nats_server: NatsServer, namespace: str, tmp_path: Path, request: Any) -> AsyncIterator[Stack]:
+    secure: SecureNats | None = request.getfixturevalue("secure_nats") if SECURE_SUITE else None
+    if secure is None:
+        s = Stack(nats_server.url, namespace, tmp_path / "logs")
+    else:
+        s = Stack(secure.url, namespace, tmp_path / "logs", credentials=secure.keys)
+    try:
+        yield s
+    finally:
+        s.stop_all()
+        if secure is not None:
+            assert secure.violations() == [], "the permission table refused what a service needed"
+
+
+@pytest.fixture
+async def secure_stack(secure_nats: SecureNats, namespace: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    """A stack on `secure_nats`, every service with its role's credential."""
+    s = Stack(secure_nats.url, namespace, tmp_path / "logs", credentials=secure_nats.keys)
     try:
         yield s
     finally:
@@ -141,8 +229,11 @@ async def stack(nats_server: NatsServer, namespace: str, tmp_path: Path) -> Asyn
 
 
 @pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
+async def nc(nats_server: NatsServer, request: Any) -> AsyncIterator[Client]:
+    if SECURE_SUITE:
+        client = await request.getfixturevalue("secure_nats").connect(Role.OPERATOR)
+    else:
+        client = await nats.connect(nats_server.url)
     yield client
     await client.drain()
 

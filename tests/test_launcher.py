@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -14,10 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
+from nats.errors import Error as NatsError
 
+from jetdag.natsauth import seed_path
 from jetdag.natsserver import free_port, port_in_use
+from shared.permissions import Role
 from tests.helpers import ROOT, wait_for_sync
+from tests.test_reference_flow import reference_client, seed_validation_suite
 
 
 def descendants(pid: int) -> set[int]:
@@ -71,6 +78,14 @@ class Up:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.ports['JETDAG_PORT']}/api/distributed"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.ports['JETDAG_NATS_PORT']}"
+
+    @property
+    def credentials(self) -> Path:
+        return self.data_dir / "credentials"
 
     def start(self) -> None:
         self._readies = self.log.read_text().count("ready: REST") if self.log.exists() else 0
@@ -247,3 +262,43 @@ def test_just_list_describes_up_for_its_user() -> None:
         up_line.split("#", 1)[1].strip()
         == "run the whole stack in the foreground (embedded nats-server unless NATS_URL is set)"
     )
+
+
+def test_up_locks_nats_down_and_still_serves_the_reference_clients(up: Up) -> None:
+    """Issue 11: the default stack's NATS refuses anonymous connections, every role has its own credential
+    (0600, reused across restarts), and the seed's suite and the reference client work unchanged over REST."""
+    up.start()
+    up.wait_healthy()
+    mode = stat.S_IMODE(up.credentials.stat().st_mode)
+    assert mode == 0o700, oct(mode)
+    seeds = {}
+    for role in Role:
+        path = seed_path(up.credentials, role)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, (role, oct(path.stat().st_mode))
+        seeds[role] = path.read_bytes()
+    assert len(set(seeds.values())) == len(Role)
+    assert "nats --nkey" in up.log.read_text()
+
+    async def check_nats() -> None:
+        with pytest.raises(NatsError, match="Authorization Violation"):
+            await nats.connect(up.nats_url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+        operator = await nats.connect(up.nats_url, nkeys_seed=str(seed_path(up.credentials, Role.OPERATOR)))
+        streams = await operator.jetstream().streams_info()
+        assert {"JETDAG_JOBS", "JETDAG_EVENTS"} <= {s.config.name for s in streams}
+        await operator.close()
+
+    async def clients() -> None:
+        async with httpx.AsyncClient(timeout=15.0) as http:
+            await seed_validation_suite(http, up.url)
+            await reference_client(http, up.url)
+
+    asyncio.run(check_nats())
+    asyncio.run(clients())
+    server_log = (up.data_dir / "nats-server.log").read_text()
+    assert "Violation" not in server_log, [line for line in server_log.splitlines() if "Violation" in line]
+    assert up.stop() == 0
+
+    up.start()
+    up.wait_healthy()
+    assert {role: seed_path(up.credentials, role).read_bytes() for role in Role} == seeds
+    assert up.stop() == 0

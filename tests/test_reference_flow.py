@@ -17,7 +17,16 @@ from tests.helpers import wait_for
 
 async def test_seed_validation_suite(stack: Stack, http: httpx.AsyncClient) -> None:
     await stack.up(workers=2)
-    url = stack.url
+    await seed_validation_suite(http, stack.url)
+
+
+async def test_reference_client(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.up(workers=2)
+    await reference_client(http, stack.url)
+
+
+async def seed_validation_suite(http: httpx.AsyncClient, url: str) -> None:
+    """The seed's 14 steps against a stack with two jetdag workers of its own (also run on `jetdag up`)."""
     # 1. Register Worker
     w1 = {
         "workerId": "worker-1",
@@ -101,10 +110,8 @@ async def test_seed_validation_suite(stack: Stack, http: httpx.AsyncClient) -> N
     assert execution["status"] == "completed" and execution["progress"]["completed"] == 2
 
 
-async def test_reference_client(stack: Stack, http: httpx.AsyncClient) -> None:
+async def reference_client(http: httpx.AsyncClient, url: str) -> None:
     """Register, heartbeat, execute built-in jobs, poll every second until final, deregister."""
-    await stack.up(workers=2)
-    url = stack.url
     reg = {"workerId": "ref-1", "hostname": "ref-host", "pid": 42, "capabilities": ["cpu"], "maxConcurrency": 2}
     assert (await http.post(f"{url}/workers/register", json=reg)).json()["success"]
     assert (await http.post(f"{url}/workers/ref-1/heartbeat", json={"currentLoad": 0})).json()["success"]

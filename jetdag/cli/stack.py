@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import click
 
 from jetdag.cli.output import err, is_tty, print_json, print_table
-from shared.settings import effective_settings, markdown_table
+from shared.settings import NatsSettings, SettingsError, StackSettings, effective_settings, load, markdown_table
 
 __all__ = ["COMMANDS"]
 
@@ -94,4 +95,39 @@ def settings(markdown: bool, as_json: bool) -> None:
         raise SystemExit(2)
 
 
-COMMANDS = [up, registry, scheduler, gateway, worker, settings]
+@click.command(
+    "nats-config",
+    short_help="Print the NATS authorization block of jetdag's roles for your own cluster.",
+    help="Print the nats-server authorization block of jetdag's roles (gateway, registry, scheduler, worker, "
+    "operator): their nkeys and least-privilege permissions for the namespace JETDAG_NAMESPACE. The role seeds "
+    "are generated in --dir on first use (mode 0600) and reused; give each service its role's seed with "
+    "NATS_NKEY (docs/security.md).",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the role seeds are kept (default: $JETDAG_DATA_DIR/credentials).",
+)
+@click.option("--json", "as_json", is_flag=True, help="The roles and their permissions as JSON instead.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file, not stdout.")
+def nats_config(directory: Path | None, as_json: bool, out: Path | None) -> None:
+    from jetdag.natsauth import nats_config as render
+    from shared.subjects import Names
+
+    try:
+        names = Names(load(NatsSettings).namespace)
+        directory = directory or Path(load(StackSettings).data_dir) / "credentials"
+        text, keys = render(directory, names, as_json=as_json)
+    except (SettingsError, ValueError, OSError) as exc:
+        err.print(f"jetdag nats-config: {exc}")
+        raise SystemExit(2) from None
+    if out is not None:
+        out.write_text(text)
+    else:
+        click.echo(text, nl=False)
+    seeds = ", ".join(f"{role}={key.seed_file}" for role, key in keys.items())
+    click.echo(f"jetdag nats-config: the seeds (NATS_NKEY of each role): {seeds}", err=True)
+
+
+COMMANDS = [up, registry, scheduler, gateway, worker, settings, nats_config]
