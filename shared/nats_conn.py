@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -15,7 +16,7 @@ from shared.logging import get_logger
 from shared.metrics import NatsMetrics
 from shared.settings import NatsSettings
 
-__all__ = ["connect", "connect_options"]
+__all__ = ["connect", "connect_options", "tls_context"]
 
 log = get_logger(__name__)
 
@@ -46,7 +47,22 @@ def connect_options(settings: NatsSettings, name: str) -> dict[str, Any]:
         opts["user_credentials"] = settings.creds
     if settings.nkey:
         opts["nkeys_seed"] = settings.nkey
+    context = tls_context(settings)
+    if context is not None:
+        opts["tls"] = context
     return opts
+
+
+def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    """TLS for `tls://` URLs (or when a CA or client certificate is configured): the server's certificate is
+    verified against `NATS_CA` (else the system's CAs), and `NATS_CERT`/`NATS_KEY` answer a server that asks
+    for a client certificate."""
+    if "tls://" not in settings.url and not settings.ca and not settings.cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ca or None)
+    if settings.cert:
+        context.load_cert_chain(settings.cert, settings.key)
+    return context
 
 
 async def connect(
@@ -90,6 +106,11 @@ async def connect(
             listener()
 
     async def on_error(exc: Exception) -> None:
+        if isinstance(exc, ssl.SSLError):
+            # Never transient (a CA or certificate that does not fit), and nats-py 2.16 may hang after it
+            # instead of failing the connect: say it here, every time.
+            bound.warning("nats TLS handshake failed", error=str(exc) or type(exc).__name__)
+            return
         if not nc.is_connected and not nc.is_reconnecting:
             return  # a failed first-connect attempt: the wait below logs it, once
         bound.warning("nats error", error=str(exc) or type(exc).__name__)

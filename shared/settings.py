@@ -57,7 +57,15 @@ class NatsSettings:
     password: str = env("NATS_PASSWORD", "", "Password for NATS user/password auth.", secret=True)
     token: str = env("NATS_TOKEN", "", "Token for NATS token auth.", secret=True)
     creds: str = env("NATS_CREDS", "", "Path of a NATS `.creds` file (JWT + nkey seed).")
-    nkey: str = env("NATS_NKEY", "", "Path of an nkey seed file.")
+    nkey: str = env(
+        "NATS_NKEY",
+        "",
+        "Path of an nkey seed file: the credential of this service's role (`jetdag up` sets it for each child; "
+        "see docs/security.md).",
+    )
+    ca: str = env("NATS_CA", "", "CA certificate(s) (PEM) that sign the NATS server's certificate; for `tls://` URLs.")
+    cert: str = env("NATS_CERT", "", "Client certificate (PEM) for NATS servers that verify clients (mutual TLS).")
+    key: str = env("NATS_KEY", "", "Private key (PEM) of `NATS_CERT`.")
     namespace: str = env(
         "JETDAG_NAMESPACE",
         "jetdag",
@@ -70,6 +78,8 @@ class NatsSettings:
     def __post_init__(self) -> None:
         if not NAMESPACE_RE.match(self.namespace):
             raise SettingsError(f"JETDAG_NAMESPACE must match {NAMESPACE_RE.pattern}, got {self.namespace!r}")
+        if bool(self.cert) != bool(self.key):
+            raise SettingsError("NATS_CERT and NATS_KEY must be set together (a client certificate and its key)")
 
 
 @dataclass(frozen=True, slots=True)
