@@ -2,6 +2,9 @@
 
     python examples/follow.py <executionId> [--server nats://127.0.0.1:4222] [--namespace jetdag]
 
+It connects as every jetdag service does (NATS_URL, NATS_NKEY, NATS_CREDS, NATS_CA, … from the environment); on
+the stack of `jetdag up`, with the operator credential: `NATS_NKEY=.jetdag/credentials/operator.nk`.
+
 Replays the execution's events from the stream (nothing is missed even if it started before us), then follows
 new ones; exits 0 when the execution completed, 1 when it failed or was cancelled.
 """
@@ -17,11 +20,16 @@ import sys
 import nats
 from nats.js.api import DeliverPolicy
 
+from shared.nats_conn import connect_options
+from shared.settings import NatsSettings, load
+
 FINAL = {"completed": 0, "failed": 1, "cancelled": 1}
 
 
 async def follow(server: str, namespace: str, execution_id: str) -> int:
-    nc = await nats.connect(server)
+    options = connect_options(load(NatsSettings), "follow")
+    options.update(servers=[server], max_reconnect_attempts=3)
+    nc = await nats.connect(**options)
     js = nc.jetstream()
     prefix = f"{namespace}.events"
     stream = f"{namespace.upper().replace('-', '_')}_EVENTS"

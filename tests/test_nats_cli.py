@@ -19,8 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.permissions import Role
+from shared.subjects import Names
 from tests.api import job, wait_final
-from tests.conftest import Stack, start_nats
+from tests.conftest import Stack, start_secure_nats
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.cli
@@ -35,7 +37,11 @@ WORKER = {
     "metadata": {"cpuCores": 8, "memoryGB": 32},
 }
 
-# Every command docs/debugging.md shows, exactly as it spells it (the test adds only the connection flags).
+# Every command docs/debugging.md shows, exactly as it spells it. The first saves the operator's context: the
+# test swaps in its own server and seed for the two values the document writes for `jetdag up`.
+DOC_SERVER = "nats://127.0.0.1:4222"
+DOC_SEED = ".jetdag/credentials/operator.nk"
+CONTEXT_SAVE = ["context", "save", "jetdag", "--server", DOC_SERVER, "--nkey", DOC_SEED, "--select"]
 MICRO_LS = ["micro", "ls"]
 MICRO_INFO = ["micro", "info", "jetdag-registry"]
 KV_LS = ["kv", "ls"]
@@ -54,7 +60,7 @@ SUB_EVENTS = [
     "--subjects-only",
     f"jetdag.events.*.{EXEC}.>",
 ]
-COMMANDS = [MICRO_LS, MICRO_INFO, KV_LS, KV_GET, STREAM_INFO, REQ_LIST, KV_GET_EXECUTION, SUB_EVENTS]
+COMMANDS = [CONTEXT_SAVE, MICRO_LS, MICRO_INFO, KV_LS, KV_GET, STREAM_INFO, REQ_LIST, KV_GET_EXECUTION, SUB_EVENTS]
 
 
 def find_nats_cli() -> str | None:
@@ -94,19 +100,19 @@ def nats_cli() -> str:
 
 
 class Cli:
-    """Runs `nats --no-context --server <url> ...` with an empty HOME and no NATS_* or XDG_* variables, so
-    neither a saved context nor the caller's environment can point it at another server."""
+    """Runs `nats ...` with an empty HOME and no NATS_* or XDG_* variables, so only the context the test saves
+    (as the document says) can point it at a server: neither the caller's contexts nor its environment."""
 
-    def __init__(self, binary: str, server_url: str, home: Path) -> None:
+    def __init__(self, binary: str, server_url: str, seed: str, home: Path) -> None:
         self.binary = binary
-        self.server_url = server_url
+        self.swap = {DOC_SERVER: server_url, DOC_SEED: seed}
         home.mkdir(parents=True, exist_ok=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "XDG_"))}
         self.env["HOME"] = str(home)
 
     async def __call__(self, args: list[str], execution_id: str = "") -> str:
-        args = [a.replace(EXEC, execution_id) for a in args]
-        argv = [self.binary, "--no-context", "--server", self.server_url, *args]
+        args = [self.swap.get(a, a).replace(EXEC, execution_id) for a in args]
+        argv = [self.binary, *args]
         result: subprocess.CompletedProcess[str] = await asyncio.to_thread(
             subprocess.run,
             argv,
@@ -151,14 +157,17 @@ def test_doc_shows_exactly_the_commands_tested() -> None:
 
 
 async def test_nats_cli_output_matches_debugging_doc(nats_cli: str, tmp_path: Path) -> None:
-    server = start_nats(tmp_path)
-    stack = Stack(server.url, "jetdag", tmp_path / "logs")
+    """On an authorized server like the one of `jetdag up`, with every service on its role's credential."""
+    secure = start_secure_nats(tmp_path, Names("jetdag"))
+    server = secure.server
+    stack = Stack(server.url, "jetdag", tmp_path / "logs", credentials=secure.keys)
     try:
         await stack.up()
         async with httpx.AsyncClient(timeout=15.0) as http:
             r = await http.post(f"{stack.url}/workers/register", json=WORKER)
             assert r.status_code == 201, r.text
-        nats = Cli(nats_cli, server.url, tmp_path / "home")
+        nats = Cli(nats_cli, server.url, secure.seed(Role.OPERATOR), tmp_path / "home")
+        await nats(CONTEXT_SAVE)
         await check_micro(nats)
         await check_kv(nats)
         await check_stream(nats)
@@ -171,6 +180,7 @@ async def test_nats_cli_output_matches_debugging_doc(nats_cli: str, tmp_path: Pa
             eid = r.json()["executionId"]
             assert (await wait_final(http, stack.url, eid))["status"] == "completed"
         await check_execution(nats, eid)
+        assert secure.violations() == []
     finally:
         try:
             stack.stop_all()
