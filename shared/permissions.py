@@ -134,6 +134,9 @@ def permissions(names: Names) -> dict[Role, Permissions]:
     def inbox(role: Role) -> str:
         return f"{names.inbox_prefix(role)}.>"
 
+    # Every service process answers the gateway's metrics scrape (GET /metrics), hence allow_responses for all.
+    scrape = names.metrics_scrape
+
     gateway = Permissions(
         publish=(
             f"{names.registry_prefix}.*",
@@ -141,6 +144,7 @@ def permissions(names: Names) -> dict[Role, Permissions]:
             f"{names.scheduler_prefix}.queue.*",
             names.service_ping(names.scheduler_service),
             names.service_ping(names.registry_service),
+            scrape,
             # /health looks at the job stream and the buckets.
             f"{JS_API}.STREAM.INFO.{jobs}",
             *(f"{JS_API}.STREAM.INFO.{_kv(b)}" for b in _buckets(names)),
@@ -152,7 +156,8 @@ def permissions(names: Names) -> dict[Role, Permissions]:
             *_stream_reader(events),
             *_ordered_reader(events),
         ),
-        subscribe=(inbox(Role.GATEWAY),),
+        subscribe=(inbox(Role.GATEWAY), scrape),
+        allow_responses=True,
     )
     registry = Permissions(
         publish=(
@@ -161,7 +166,12 @@ def permissions(names: Names) -> dict[Role, Permissions]:
             # It creates the event stream if it starts first (the scheduler owns it otherwise).
             *(f"{JS_API}.STREAM.{verb}.{events}" for verb in ("INFO", "CREATE", "UPDATE")),
         ),
-        subscribe=(inbox(Role.REGISTRY), f"{names.registry_prefix}.*", *_micro_service(names.registry_service)),
+        subscribe=(
+            inbox(Role.REGISTRY),
+            f"{names.registry_prefix}.*",
+            *_micro_service(names.registry_service),
+            scrape,
+        ),
         allow_responses=True,
     )
     scheduler = Permissions(
@@ -178,7 +188,12 @@ def permissions(names: Names) -> dict[Role, Permissions]:
             # nats-py's object store finds the stream of a subject by asking for stream names.
             f"{JS_API}.STREAM.NAMES",
         ),
-        subscribe=(inbox(Role.SCHEDULER), f"{names.scheduler_prefix}.>", *_micro_service(names.scheduler_service)),
+        subscribe=(
+            inbox(Role.SCHEDULER),
+            f"{names.scheduler_prefix}.>",
+            *_micro_service(names.scheduler_service),
+            scrape,
+        ),
         allow_responses=True,
     )
     worker = Permissions(
@@ -192,7 +207,10 @@ def permissions(names: Names) -> dict[Role, Permissions]:
             # Results of a job's parents too large to travel in its job message.
             *_stream_reader(_kv(names.executions_bucket)),
         ),
-        subscribe=(inbox(Role.WORKER), names.cancellations),
+        subscribe=(inbox(Role.WORKER), names.cancellations, scrape),
+        # For the scrape. It also lets a worker answer once to the reply subject of a message it receives, such
+        # as a cancellation event's JetStream-ack inbox (docs/security.md: what is not covered yet).
+        allow_responses=True,
     )
     operator = Permissions(publish=(">",), subscribe=(">",))
     return {
