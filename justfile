@@ -27,3 +27,7 @@ demo:
 # benchmark W1-W4 on a private embedded stack against the raw JetStream floor (`--quick`: CI smoke version)
 bench *args:
     python -m jetdag.bench {{args}}
+
+# copy the dashboard's browser libraries from node_modules (after `npm ci`) into the package data
+vendor:
+    npm run -s vendor

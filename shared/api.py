@@ -150,3 +150,22 @@ class StreamDropped(msgspec.Struct, rename="camel", kw_only=True):
 
     error: str
     last_event_id: int | None
+
+
+# --- the dashboard (GET /overview, GET /overview/events) ---------------------------------------------------------
+
+OVERVIEW_EVENT = "overview"
+"""SSE event of GET /overview/events: its data is a whole Overview."""
+
+
+class Overview(Response):
+    """What the dashboard's overview shows, computed in the gateway: every part the backing services answered;
+    a part that failed is null and `errors` says why (`{"queue": "the scheduler service is not running ..."}`)."""
+
+    at: str
+    health: HealthResponse | None
+    workers: list[WorkerView] | None
+    queue: QueueStatsResponse | None
+    executions: list[ExecutionView] | None
+    """The most recent executions, newest first."""
+    errors: dict[str, str] = msgspec.field(default_factory=dict)

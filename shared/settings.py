@@ -162,6 +162,12 @@ class GatewaySettings:
         "Last-Event-ID).",
     )
     sse_max_streams: int = env("JETDAG_SSE_MAX_STREAMS", 500, "Event streams (SSE) open at once; one more gets 503.")
+    dashboard_interval_s: float = env(
+        "JETDAG_DASHBOARD_INTERVAL_S",
+        1.0,
+        "How often the gateway recomputes the dashboard's overview while someone watches it (one computation "
+        "per gateway, shared by every open dashboard).",
+    )
 
 
 @dataclass(frozen=True, slots=True)

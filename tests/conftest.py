@@ -18,6 +18,7 @@ from jetdag.natsauth import RoleKey, authorization_block, ensure_credentials
 from jetdag.natsserver import NatsServer, NatsServerConfig, free_port
 from shared.permissions import Role
 from shared.subjects import Names
+from tests.chromium import Browser, require_browser
 from tests.helpers import ServiceProcess, service_argv
 
 
@@ -242,3 +243,15 @@ async def nc(nats_server: NatsServer, request: Any) -> AsyncIterator[Client]:
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=15.0) as client:
         yield client
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium with a fresh profile; the test fails if the page logged an error."""
+    require_browser()
+    b = await Browser.start()
+    try:
+        yield b
+        assert await b.errors() == [], "the page logged errors"
+    finally:
+        await b.close()

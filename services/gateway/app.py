@@ -14,11 +14,14 @@ from shared.settings import GatewaySettings
 from .backend import Backend
 from .errors import exception_handlers
 from .observe import RequestMetrics
+from .overview import OverviewHub
 from .routes.events import all_events, execution_events
 from .routes.executions import ExecutionController, list_executions
 from .routes.health import health
 from .routes.metrics import metrics
+from .routes.overview import OverviewController
 from .routes.queue import QueueController
+from .routes.ui import assets, page
 from .routes.workers import WorkerController
 from .streams import EventStreams
 
@@ -43,12 +46,16 @@ def cors(settings: GatewaySettings) -> CORSConfig | None:
 
 def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
     streams = EventStreams(backend, settings)
+    hub = OverviewHub(backend, settings.dashboard_interval_s, settings.sse_heartbeat_s)
 
     async def provide_backend() -> Backend:
         return backend
 
     async def provide_streams() -> EventStreams:
         return streams
+
+    async def provide_hub() -> OverviewHub:
+        return hub
 
     api = Router(
         path=API_PREFIX,
@@ -60,14 +67,16 @@ def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
             health,
             execution_events,
             all_events,
+            OverviewController,
         ],
     )
     config = AppConfig(
-        route_handlers=[api, metrics],
+        route_handlers=[api, metrics, page, assets],
         middleware=[RequestMetrics()],
         dependencies={
             "backend": Provide(provide_backend, use_cache=True),
             "streams": Provide(provide_streams, use_cache=True),
+            "overview_hub": Provide(provide_hub, use_cache=True),
         },
         cors_config=cors(settings),
         exception_handlers=exception_handlers,
@@ -83,4 +92,5 @@ def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
     )
     app = Litestar.from_config(config)
     app.state.max_body_bytes = settings.max_body_bytes
+    app.state.overview = hub
     return app

@@ -96,6 +96,8 @@ class GatewayService:
         log.info("gateway listening", url=f"http://{self.settings.host}:{self.settings.port}")
 
         async def shutdown() -> None:
+            # Live streams first: uvicorn's graceful shutdown waits for open responses to end.
+            await app.state.overview.close()
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await task

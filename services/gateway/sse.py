@@ -10,11 +10,28 @@ from dataclasses import dataclass
 
 from shared.commands import Invalid
 
-__all__ = ["HEARTBEAT", "RETRY", "Frame", "StreamBuffer", "comment", "control", "event", "parse_kinds", "parse_last_id"]
+__all__ = [
+    "HEADERS",
+    "HEARTBEAT",
+    "RETRY",
+    "Frame",
+    "StreamBuffer",
+    "comment",
+    "control",
+    "event",
+    "parse_kinds",
+    "parse_last_id",
+]
 
 RETRY = b"retry: 2000\n\n"
 """Sent first: a browser's EventSource reconnects after 2 s (with Last-Event-ID) when a stream breaks."""
 HEARTBEAT = b": heartbeat\n\n"
+HEADERS = {
+    "Cache-Control": "no-cache",
+    # A reverse proxy (nginx) must pass each event on at once instead of buffering the response.
+    "X-Accel-Buffering": "no",
+}
+"""Response headers of every event stream."""
 KIND_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 MAX_KINDS = 32
 

@@ -13,16 +13,10 @@ from shared.ids import check_id
 
 from ..observe import STREAM_OPT
 from ..openapi import errors
-from ..sse import parse_kinds, parse_last_id
+from ..sse import HEADERS, parse_kinds, parse_last_id
 from ..streams import EventStreams, Feed
 
 __all__ = ["all_events", "execution_events"]
-
-_HEADERS = {
-    "Cache-Control": "no-cache",
-    # A reverse proxy (nginx) must pass each event on at once instead of buffering the response.
-    "X-Accel-Buffering": "no",
-}
 
 
 def _stream(feed: Feed, body: object) -> Stream:
@@ -31,7 +25,7 @@ def _stream(feed: Feed, body: object) -> Stream:
     return Stream(
         body,  # type: ignore[arg-type]
         media_type="text/event-stream",
-        headers=_HEADERS,
+        headers=HEADERS,
         background=BackgroundTask(feed.close),
     )
 

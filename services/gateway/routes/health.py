@@ -19,6 +19,12 @@ from ..backend import Backend
     responses={503: ResponseSpec(HealthResponse, description="A component failed: same body, `healthy: false`")},
 )
 async def health(backend: Backend) -> Response[HealthResponse]:
+    body = await check_health(backend)
+    return Response(body, status_code=HTTP_200_OK if body.healthy else HTTP_503_SERVICE_UNAVAILABLE)
+
+
+async def check_health(backend: Backend) -> HealthResponse:
+    """Every component checked now, and the workers' counts (the body of GET /health and of the overview)."""
     queue, registry, state, scheduler, summary = await backend.health()
     if summary is not None:
         capacity = summary.capacity
@@ -44,7 +50,7 @@ async def health(backend: Backend) -> Response[HealthResponse]:
         if not c.healthy
     ]
     healthy = not failed
-    body = HealthResponse(
+    return HealthResponse(
         success=healthy,
         healthy=healthy,
         components=components,
@@ -52,4 +58,3 @@ async def health(backend: Backend) -> Response[HealthResponse]:
         checked_at=now_iso(),
         error="; ".join(failed) if failed else None,
     )
-    return Response(body, status_code=HTTP_200_OK if healthy else HTTP_503_SERVICE_UNAVAILABLE)

@@ -1,0 +1,122 @@
+// One execution's jobs in the browser: the snapshot from GET /execute/{id}/jobs, moved forward by the live
+// events, and the condensed structure of a large DAG. Pure functions over plain objects.
+
+const TIMES = ["queuedAt", "startedAt", "completedAt"];
+
+function latest(job) {
+  let at = "";
+  for (const key of TIMES) if (job[key] && job[key] > at) at = job[key];
+  return at;
+}
+
+/** Jobs by id, in submission order, each with `_at` (its newest known change) and `_progress` (messages). */
+export function indexJobs(list) {
+  const jobs = new Map();
+  for (const job of list) {
+    const progress = job.progress ? [job.progress] : [];
+    jobs.set(job.id, { ...job, _at: latest(job), _progress: progress });
+  }
+  return jobs;
+}
+
+/**
+ * Apply one job change: a JobEvent (kind `job`, with `status`), a worker's JobStarted (kind `job`, with
+ * `workerId` and no `status`), or one entry of a JobsEvent (kind `jobs`). The stream replays an execution from
+ * its first event, so a change older than what the snapshot already shows is ignored: the order is (attempt,
+ * time). Returns true when the job changed.
+ */
+export function applyChange(jobs, change) {
+  const job = jobs.get(change.jobId);
+  if (!job) return false;
+  if ("ok" in change) return false; // a worker's raw result: the scheduler's verdict follows as its own event
+  const status = change.status ?? "running";
+  const attempt = change.attempt ?? job.attempts;
+  const at = change.at ?? "";
+  if (attempt < job.attempts || (attempt === job.attempts && at < job._at)) return false;
+  if (attempt === job.attempts && at === job._at && job.status === status && !change.progress) return false;
+  job.status = status;
+  job.attempts = attempt;
+  job._at = at;
+  if (change.workerId) job.workerId = change.workerId;
+  if (status === "queued") job.queuedAt = at;
+  // A progress report keeps the start time; a new start (a retry, a redelivery) replaces it.
+  if (status === "running" && (!job.startedAt || !change.progress)) job.startedAt = at;
+  if (["completed", "failed", "skipped", "cancelled"].includes(status)) job.completedAt = at;
+  if (status === "delayed") job.retryAt = change.retryAt ?? null;
+  if (change.error !== undefined) job.error = change.error;
+  if (change.waitingReason !== undefined) job.waitingReason = change.waitingReason;
+  if (change.progress) job._progress = [...job._progress, { ...change.progress, at: change.progress.at ?? at }];
+  return true;
+}
+
+/** Counts of jobs per state. */
+export function tally(jobs) {
+  const counts = {};
+  for (const job of jobs) counts[job.status] = (counts[job.status] ?? 0) + 1;
+  return counts;
+}
+
+/** Longest path from a root to each job (its layer); jobs on no path (a cycle cannot be submitted) get 0. */
+export function layers(jobs) {
+  const depth = new Map();
+  const remaining = new Map();
+  const dependents = new Map();
+  for (const job of jobs.values()) {
+    remaining.set(job.id, job.dependsOn.length);
+    for (const dep of job.dependsOn) {
+      if (!dependents.has(dep)) dependents.set(dep, []);
+      dependents.get(dep).push(job.id);
+    }
+  }
+  const ready = [];
+  for (const [id, n] of remaining) if (n === 0) ready.push(id);
+  for (const id of ready) depth.set(id, 0);
+  for (let i = 0; i < ready.length; i++) {
+    const id = ready[i];
+    for (const next of dependents.get(id) ?? []) {
+      depth.set(next, Math.max(depth.get(next) ?? 0, depth.get(id) + 1));
+      const left = remaining.get(next) - 1;
+      remaining.set(next, left);
+      if (left === 0) ready.push(next);
+    }
+  }
+  for (const id of jobs.keys()) if (!depth.has(id)) depth.set(id, 0);
+  return { depth, dependents };
+}
+
+/**
+ * The condensed view of a large DAG: jobs grouped by (layer range, type), with the edges between groups.
+ * At most `maxBands` layer ranges, so a long chain condenses too.
+ */
+export function condense(jobs, maxBands = 40) {
+  const { depth, dependents } = layers(jobs);
+  let deepest = 0;
+  for (const d of depth.values()) deepest = Math.max(deepest, d);
+  const width = Math.max(1, Math.ceil((deepest + 1) / maxBands));
+  const groups = new Map();
+  const groupOf = new Map();
+  for (const job of jobs.values()) {
+    const band = Math.floor(depth.get(job.id) / width);
+    const key = `${band}:${job.type}`;
+    let group = groups.get(key);
+    if (!group) {
+      const first = band * width;
+      const last = Math.min(deepest, first + width - 1);
+      group = { key, band, type: job.type, first, last, ids: [] };
+      groups.set(key, group);
+    }
+    group.ids.push(job.id);
+    groupOf.set(job.id, key);
+  }
+  const edges = new Map();
+  for (const [from, tos] of dependents) {
+    const a = groupOf.get(from);
+    for (const to of tos) {
+      const b = groupOf.get(to);
+      if (a === undefined || b === undefined || a === b) continue;
+      const key = `${a}>${b}`;
+      edges.set(key, { from: a, to: b, count: (edges.get(key)?.count ?? 0) + 1 });
+    }
+  }
+  return { groups: [...groups.values()], edges: [...edges.values()], groupOf, dependents };
+}

@@ -1,0 +1,184 @@
+// The overview: health of every component, the workers, the queue with pause and resume, recent executions.
+// Live from GET /overview/events (the gateway recomputes it once for every watcher and sends each change).
+import { useEffect, useState } from "preact/hooks";
+
+import { api, follow } from "./api.js";
+import { Badge, ErrorLine, Link, LiveState, html, notify, useNow } from "./components.js";
+import { ago, between, count, percent } from "./format.js";
+
+const COMPONENTS = [
+  ["queue", "Job queue"],
+  ["workerManager", "Worker registry"],
+  ["stateStore", "State store"],
+  ["scheduler", "Scheduler"],
+];
+const QUEUE_STATS = ["waiting", "active", "delayed", "paused", "completed", "failed", "total"];
+
+function Health({ health, error }) {
+  return html`
+    <section class="panel" aria-labelledby="health-title">
+      <h2 id="health-title">Health</h2>
+      <${ErrorLine} error=${error} />
+      <ul class="components">
+        ${COMPONENTS.map(([key, label]) => {
+          const c = health?.components?.[key];
+          const state = c ? (c.healthy ? "healthy" : "unhealthy") : "unknown";
+          return html`<li class="component component-${state}" data-component=${key}>
+            <span class="component-name">${label}</span>
+            <span class="component-state">${state}</span>
+            <span class="component-detail">${c ? (c.healthy ? `${c.latencyMs} ms` : c.error) : "no answer"}</span>
+          </li>`;
+        })}
+      </ul>
+    </section>
+  `;
+}
+
+function Queue({ queue, error }) {
+  const [busy, setBusy] = useState(false);
+  const act = async (what) => {
+    setBusy(true);
+    try {
+      const reply = await api(`/queue/${what}`, { method: "POST" });
+      notify(reply.message);
+    } catch (e) {
+      notify(e.message, "error");
+    } finally {
+      setBusy(false);
+    }
+  };
+  const paused = queue?.isPaused;
+  return html`
+    <section class="panel" aria-labelledby="queue-title">
+      <div class="panel-head">
+        <h2 id="queue-title">Queue</h2>
+        <span class="queue-state" data-queue-paused=${paused ? "true" : "false"}>
+          ${queue ? (paused ? "paused" : "delivering") : ""}
+        </span>
+        <div class="actions">
+          <button type="button" class="button" data-action="pause-queue" disabled=${busy || !queue || paused}
+            onClick=${() => act("pause")}>Pause</button>
+          <button type="button" class="button" data-action="resume-queue" disabled=${busy || !queue || !paused}
+            onClick=${() => act("resume")}>Resume</button>
+        </div>
+      </div>
+      <${ErrorLine} error=${error} />
+      <dl class="stats">
+        ${QUEUE_STATS.map(
+          (k) => html`<div class="stat" data-stat=${k}><dt>${k}</dt><dd>${count(queue?.stats?.[k])}</dd></div>`,
+        )}
+      </dl>
+    </section>
+  `;
+}
+
+function Workers({ workers, error, now }) {
+  return html`
+    <section class="panel wide" aria-labelledby="workers-title">
+      <h2 id="workers-title">Workers <span class="muted">${workers ? count(workers.length) : ""}</span></h2>
+      <${ErrorLine} error=${error} />
+      ${workers && workers.length === 0 && html`<p class="muted">No worker is registered.</p>`}
+      ${workers?.length > 0 &&
+      html`<div class="table-wrap"><table class="table">
+        <caption class="visually-hidden">Registered workers</caption>
+        <thead><tr>
+          <th scope="col">Worker</th><th scope="col">Host</th><th scope="col">Status</th>
+          <th scope="col">Load</th><th scope="col">Utilization</th><th scope="col">Last heartbeat</th>
+          <th scope="col">Capabilities</th><th scope="col">Up</th>
+        </tr></thead>
+        <tbody>
+          ${workers.map(
+            (w) => html`<tr data-worker-id=${w.workerId} data-status=${w.status}>
+              <th scope="row" class="mono">${w.workerId}</th>
+              <td>${w.hostname}${w.pid ? html`<span class="muted"> · pid ${w.pid}</span>` : ""}</td>
+              <td><${Badge} state=${w.status} /></td>
+              <td class="num">${w.currentLoad} / ${w.maxConcurrency}</td>
+              <td><span class="meter" role="meter" aria-valuemin="0" aria-valuemax="100"
+                aria-valuenow=${Math.round(w.utilization * 100)} aria-label=${`utilization of ${w.workerId}`}>
+                <span style=${`width:${Math.round(w.utilization * 100)}%`}></span></span>
+                <span class="num">${percent(w.utilization)}</span></td>
+              <td>${ago(w.lastHeartbeat, now)}</td>
+              <td>${w.capabilities.join(", ")}</td>
+              <td>${between(w.registeredAt, null, now)}</td>
+            </tr>`,
+          )}
+        </tbody>
+      </table></div>`}
+    </section>
+  `;
+}
+
+export function RecentExecutions({ executions, error, now }) {
+  return html`
+    <section class="panel wide" aria-labelledby="recent-title">
+      <div class="panel-head">
+        <h2 id="recent-title">Recent executions</h2>
+        <${Link} href="/ui/executions" class="button small">All executions</${Link}>
+      </div>
+      <${ErrorLine} error=${error} />
+      ${executions && executions.length === 0 && html`<p class="muted">No execution yet.</p>`}
+      ${executions?.length > 0 &&
+      html`<div class="table-wrap"><table class="table">
+        <caption class="visually-hidden">The most recent executions</caption>
+        <thead><tr>
+          <th scope="col">Execution</th><th scope="col">Workflow</th><th scope="col">Status</th>
+          <th scope="col">Progress</th><th scope="col">Started</th><th scope="col">Duration</th>
+        </tr></thead>
+        <tbody>
+          ${executions.map((e) => html`<${ExecutionRow} execution=${e} now=${now} />`)}
+        </tbody>
+      </table></div>`}
+    </section>
+  `;
+}
+
+export function Progress({ progress }) {
+  const total = progress?.total || 0;
+  const part = (n) => (total ? `${(n / total) * 100}%` : "0%");
+  const done = (progress?.completed || 0) + (progress?.failed || 0) + (progress?.skipped || 0) + (progress?.cancelled || 0);
+  return html`<span class="progress" role="img" aria-label=${`${done} of ${total} jobs finished`}>
+    <span class="progress-bar">
+      <span class="seg state-completed" style=${`width:${part(progress?.completed || 0)}`}></span>
+      <span class="seg state-failed" style=${`width:${part(progress?.failed || 0)}`}></span>
+      <span class="seg state-running" style=${`width:${part(progress?.running || 0)}`}></span>
+    </span>
+    <span class="num">${count(done)} / ${count(total)}</span>
+  </span>`;
+}
+
+export function ExecutionRow({ execution: e, now, actions }) {
+  return html`<tr data-execution-id=${e.executionId} data-status=${e.status}>
+    <th scope="row"><${Link} href=${`/ui/executions/${e.executionId}`} class="mono">${e.executionId}</${Link}></th>
+    <td>${e.workflowId}</td>
+    <td><${Badge} state=${e.status} /></td>
+    <td><${Progress} progress=${e.progress} /></td>
+    <td title=${e.startedAt}>${ago(e.startedAt, now)}</td>
+    <td>${between(e.startedAt, e.completedAt, now)}</td>
+    ${actions && html`<td class="row-actions">${actions}</td>`}
+  </tr>`;
+}
+
+export function OverviewPage() {
+  const [overview, setOverview] = useState(null);
+  const [stream, setStream] = useState("connecting");
+  const now = useNow();
+  useEffect(() => follow("/overview/events", { overview: setOverview }, setStream), []);
+  useEffect(() => {
+    document.title = "Overview · jetdag";
+  }, []);
+  const errors = overview?.errors ?? {};
+  return html`
+    <div class="page-head">
+      <h1>Overview</h1>
+      <${LiveState} state=${stream} />
+    </div>
+    ${!overview && html`<p class="muted">Waiting for the gateway…</p>`}
+    ${overview &&
+    html`<div class="grid">
+      <${Health} health=${overview.health} error=${errors.health} />
+      <${Queue} queue=${overview.queue} error=${errors.queue} />
+      <${Workers} workers=${overview.workers} error=${errors.workers} now=${now} />
+      <${RecentExecutions} executions=${overview.executions} error=${errors.executions} now=${now} />
+    </div>`}
+  `;
+}

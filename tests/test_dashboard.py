@@ -1,0 +1,54 @@
+"""The dashboard in a real browser (headless Chromium) against real services, as a person would use it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from tests.api import job, stats, submit
+from tests.chromium import Browser, base, shoot, text_of
+from tests.conftest import Stack
+
+
+async def test_overview_pause_and_resume_from_the_page(
+    stack: Stack, http: httpx.AsyncClient, browser: Browser, tmp_path: Path
+) -> None:
+    await stack.up(workers=1)
+    await browser.goto(f"{base(stack)}/")
+    await browser.wait("() => document.querySelector('[data-worker-id=\"w1\"]')", message="worker row w1")
+    await browser.wait(
+        "() => document.querySelectorAll('.component-healthy').length === 4", message="four healthy components"
+    )
+
+    await browser.click('[data-action="pause-queue"]')
+    await browser.wait("() => document.querySelector('[data-queue-paused=\"true\"]')", message="queue shown paused")
+    assert (await stats(http, stack.url))["isPaused"] is True
+
+    await submit(http, stack.url, [job(f"j{i}") for i in range(3)])
+    await browser.wait(text_of('[data-stat="paused"] dd') + " === '3'", message="3 jobs held by the pause")
+    await shoot(browser, "overview", tmp_path)
+
+    await browser.click('[data-action="resume-queue"]')
+    await browser.wait("() => document.querySelector('[data-queue-paused=\"false\"]')", message="queue shown resumed")
+    await browser.wait(text_of('[data-stat="completed"] dd') + " === '3'", message="the 3 jobs completed")
+    assert await browser.eval(text_of('[data-stat="paused"] dd')) == "0"
+    assert (await stats(http, stack.url))["isPaused"] is False
+
+    # The worker row is live too: its load and status follow its heartbeats.
+    row = await browser.eval("() => document.querySelector('[data-worker-id=\"w1\"]').dataset.status")
+    assert row in ("idle", "busy")
+
+    # A dropped stream is recovered: the gateway restarts, the page reconnects by itself and is live again.
+    gateway = next(p for p in stack.procs if p.name == "gateway")
+    await gateway.aterminate()
+    await browser.wait("() => document.querySelector('[data-stream=\"reconnecting\"]')", message="stream lost")
+    await gateway.start().wait_ready()
+    r = await http.post(
+        f"{stack.url}/workers/register",
+        json={"workerId": "rest-1", "hostname": "h", "capabilities": ["cpu"], "maxConcurrency": 2},
+    )
+    assert r.status_code == 201, r.text
+    await browser.wait(
+        "() => document.querySelector('[data-worker-id=\"rest-1\"]')", message="new worker after reconnect"
+    )
