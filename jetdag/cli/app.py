@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import click
 
+from jetdag.cli.api import COMMANDS as API_COMMANDS
 from jetdag.cli.stack import COMMANDS as STACK_COMMANDS
 from jetdag.cli.workflows import COMMANDS as WORKFLOW_COMMANDS
 
@@ -25,7 +26,7 @@ def cli() -> None:
     """jetdag: distributed DAG execution on NATS JetStream."""
 
 
-for command in [*STACK_COMMANDS, *WORKFLOW_COMMANDS]:
+for command in [*STACK_COMMANDS, *WORKFLOW_COMMANDS, *API_COMMANDS]:
     cli.add_command(command)
 
 

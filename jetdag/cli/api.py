@@ -1,0 +1,349 @@
+"""The commands that drive a running gateway: submit, watch, status, jobs, ls, cancel, retry, events, workers,
+queue, health. Each takes --url, --token and --json.
+
+Exit codes: 0 success (an execution that completed), 1 an execution that failed (or an unhealthy health
+check), 2 a usage or validation error, 3 an execution that was cancelled, 4 a request that failed (not found,
+conflict, unauthorized, unreachable), 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import click
+import msgspec
+
+from jetdag.cli.output import err, out, print_json, print_table
+from jetdag.cli.watchview import watch as watch_execution
+from jetdag.cli.workflows import EXIT_USAGE
+from jetdag.client import Client, Invalid, JetdagError, WorkflowError
+from jetdag.watch import exit_code
+from shared.messages import ExecutionStatus, ExecutionView, JobView
+
+__all__ = ["COMMANDS"]
+
+EXIT_REQUEST = 4
+F = TypeVar("F", bound=Callable[..., Any])
+STATUSES = click.Choice(["pending", "running", "completed", "failed", "cancelled"])
+
+
+def api_command(func: F) -> F:
+    """--url, --token and --json, a Client for the command, and API errors as one line and an exit code."""
+
+    # Unset, the Client takes JETDAG_URL / JETDAG_TOKEN (shared.settings.ClientSettings).
+    @click.option("--url", help="Gateway URL (default: JETDAG_URL, else http://127.0.0.1:8000).")
+    @click.option("--token", help="Bearer token (default: JETDAG_TOKEN).")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one JSON document.")
+    @functools.wraps(func)
+    def wrapper(url: str | None, token: str | None, as_json: bool, **kwargs: Any) -> None:
+        try:
+            with Client(url, token=token) as client:
+                code = func(client, as_json, **kwargs)
+        except WorkflowError as exc:
+            for problem in exc.problems:
+                err.print(problem, markup=False)
+            raise SystemExit(EXIT_USAGE) from None
+        except Invalid as exc:
+            err.print(f"jetdag: {exc}", markup=False)
+            raise SystemExit(EXIT_USAGE) from None
+        except JetdagError as exc:
+            err.print(f"jetdag: {exc}", markup=False)
+            raise SystemExit(EXIT_REQUEST) from None
+        raise SystemExit(code or 0)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _time(iso: str | None) -> str:
+    return iso.replace("T", " ").removesuffix("Z")[:19] if iso else "-"
+
+
+def _duration(start: str | None, end: str | None) -> str:
+    if not start:
+        return "-"
+    begin = datetime.fromisoformat(start)
+    finish = datetime.fromisoformat(end) if end else datetime.now(begin.tzinfo)
+    seconds = max(0.0, (finish - begin).total_seconds())
+    text = f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return text if end else f"{text}…"
+
+
+def _progress(view: ExecutionView) -> str:
+    p = view.progress
+    return f"{p.completed}/{p.total}" + (f" ({p.failed} failed)" if p.failed else "")
+
+
+def _jobs_table(jobs: list[JobView]) -> None:
+    rows = [
+        [
+            j.id,
+            j.type,
+            j.status,
+            str(j.attempts),
+            j.worker_id or "-",
+            _duration(j.started_at, j.completed_at) if j.started_at else "-",
+            (j.error or "").splitlines()[0][:80] if j.error else "",
+        ]
+        for j in jobs
+    ]
+    print_table(["job", "type", "status", "attempts", "worker", "duration", "error"], rows)
+
+
+# --- executions --------------------------------------------------------------------------------------------
+
+
+@click.command(short_help="Submit a workflow file; prints the execution id (--watch: follow it live).")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--watch", "follow", is_flag=True, help="Show live progress until it ends; exit 0/1/3 by outcome.")
+@click.option("--parallelism", type=click.IntRange(min=1), help="Override the file's parallelism.")
+@click.option("--workflow-id", help="Override the file's workflowId.")
+@click.option("--idempotency-key", help="Send Idempotency-Key: a retried submit never creates a second execution.")
+@api_command
+def submit(
+    client: Client,
+    as_json: bool,
+    *,
+    file: Path,
+    follow: bool,
+    parallelism: int | None,
+    workflow_id: str | None,
+    idempotency_key: str | None,
+) -> int:
+    """Check FILE locally (YAML or JSON workflow), submit it and print the execution id."""
+    run = client.submit(file, parallelism=parallelism, workflow_id=workflow_id, idempotency_key=idempotency_key)
+    if as_json and not follow:
+        print_json(run)
+        return 0
+    if follow:
+        print(run.execution_id, flush=True)
+        code = watch_execution(client, run.execution_id)
+        if as_json:
+            print_json(client.get(run.execution_id))
+        return code
+    print(run.execution_id)
+    return 0
+
+
+@click.command(short_help="Follow an execution live until it ends (exit 0 completed, 1 failed, 3 cancelled).")
+@click.argument("execution_id")
+@api_command
+def watch(client: Client, as_json: bool, execution_id: str) -> int:
+    """Show the live progress of EXECUTION_ID; Ctrl-C stops the watching, not the execution."""
+    code = watch_execution(client, execution_id)
+    if as_json:
+        print_json(client.get(execution_id))
+    return code
+
+
+@click.command(short_help="An execution's state, progress and jobs.")
+@click.argument("execution_id")
+@api_command
+def status(client: Client, as_json: bool, execution_id: str) -> int:
+    """Status, progress, timing and error of EXECUTION_ID, then a table of its jobs."""
+    view = client.get(execution_id)
+    jobs = client.jobs(execution_id)
+    if as_json:
+        print_json({"execution": view, "jobs": jobs})
+        return 0
+    p = view.progress
+    facts = [
+        ("execution", view.execution_id),
+        ("workflow", view.workflow_id),
+        ("status", view.status),
+        ("round", str(view.round)),
+        ("started", _time(view.started_at)),
+        ("duration", _duration(view.started_at, view.completed_at)),
+        ("progress", f"{p.completed}/{p.total} completed, {p.failed} failed, {p.running} running, {p.queued} queued"),
+    ]
+    if view.error:
+        facts.append(("error", view.error))
+    width = max(len(k) for k, _ in facts)
+    for key, value in facts:
+        out.print(f"{key:<{width}}  {value}", markup=False, highlight=False)
+    out.print()
+    _jobs_table(jobs)
+    return exit_code(view.status) if view.status in ("failed", "cancelled") else 0
+
+
+@click.command(short_help="The jobs of an execution: status, attempts, worker, duration, error.")
+@click.argument("execution_id")
+@api_command
+def jobs(client: Client, as_json: bool, execution_id: str) -> int:
+    """Every job of EXECUTION_ID in submission order."""
+    found = client.jobs(execution_id)
+    if as_json:
+        print_json(found)
+    else:
+        _jobs_table(found)
+    return 0
+
+
+@click.command(name="ls", short_help="Executions, newest first.")
+@click.option("--status", "status_", type=STATUSES, help="Only executions in this status.")
+@click.option("--workflow", help="Only executions of this workflowId.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many.")
+@api_command
+def ls(client: Client, as_json: bool, status_: str | None, workflow: str | None, limit: int) -> int:
+    """List executions, newest first (following the API's cursor as far as --limit needs)."""
+    listing = client.list(status=cast(ExecutionStatus | None, status_), workflow_id=workflow, page_size=min(limit, 500))
+    found = list(islice(listing, limit))
+    if as_json:
+        print_json(found)
+        return 0
+    rows = [
+        [
+            e.execution_id,
+            e.workflow_id,
+            e.status,
+            _progress(e),
+            _time(e.started_at),
+            _duration(e.started_at, e.completed_at),
+        ]
+        for e in found
+    ]
+    print_table(["execution", "workflow", "status", "completed", "started", "duration"], rows)
+    return 0
+
+
+@click.command(short_help="Cancel a running execution.")
+@click.argument("execution_id")
+@api_command
+def cancel(client: Client, as_json: bool, execution_id: str) -> int:
+    """Cancel EXECUTION_ID: queued jobs are withdrawn, running handlers stopped."""
+    done = client.cancel(execution_id)
+    print_json(done) if as_json else out.print(f"{done.execution_id} {done.status}")
+    return 0
+
+
+@click.command(short_help="Re-run what did not complete of a failed or cancelled execution.")
+@click.argument("execution_id")
+@click.option("--watch", "follow", is_flag=True, help="Then follow it live (exit code by its outcome).")
+@api_command
+def retry(client: Client, as_json: bool, execution_id: str, follow: bool) -> int:
+    """Start a new round of EXECUTION_ID from its latest checkpoint."""
+    again = client.retry(execution_id)
+    if follow:
+        return watch_execution(client, execution_id)
+    print_json(again) if as_json else out.print(f"{again.execution_id} {again.status} (retried)")
+    return 0
+
+
+@click.command(short_help="Print live events over HTTP (SSE), like `nats sub` on the event stream.")
+@click.argument("execution_id", required=False)
+@click.option("--kinds", help="Comma-separated kinds (completed,failed,job,…); only without EXECUTION_ID.")
+@click.option("--since", "since", type=click.IntRange(min=0), help="Start after this event id (Last-Event-ID).")
+@api_command
+def events(client: Client, as_json: bool, execution_id: str | None, kinds: str | None, since: int | None) -> int:
+    """Every event of EXECUTION_ID from its first until it ends, or of every execution from now on.
+    --json prints one JSON document per line: {"id", "kind", "data"}."""
+    if kinds and execution_id:
+        raise click.UsageError("--kinds filters the stream of every execution; leave out EXECUTION_ID")
+    wanted = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
+    try:
+        for event in client.events(execution_id, kinds=wanted, last_event_id=since):
+            data = msgspec.json.encode(event.payload)
+            if as_json:
+                line = b'{"id":%d,"kind":%s,"data":%s}' % (event.id, msgspec.json.encode(event.kind), data)
+                sys.stdout.write(line.decode() + "\n")
+            else:
+                sys.stdout.write(f"[#{event.id}] {event.kind:<10} {data.decode()}\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+# --- workers, queue, health --------------------------------------------------------------------------------
+
+
+@click.command(short_help="Registered workers: status, load, capabilities.")
+@api_command
+def workers(client: Client, as_json: bool) -> int:
+    """Every registered worker with its derived status."""
+    found = client.workers()
+    if as_json:
+        print_json(found)
+        return 0
+    rows = [
+        [
+            w.worker_id,
+            w.hostname,
+            w.status,
+            f"{w.current_load}/{w.max_concurrency}",
+            ",".join(w.capabilities),
+            _time(w.last_heartbeat),
+        ]
+        for w in found
+    ]
+    print_table(["worker", "host", "status", "load", "capabilities", "last heartbeat"], rows)
+    return 0
+
+
+@click.group(short_help="Job queue: stats, pause, resume.")
+def queue() -> None:
+    """The job queue: counts, and pausing delivery to workers (running jobs finish)."""
+
+
+@queue.command(name="stats", short_help="Waiting, active, completed, failed, delayed, paused jobs.")
+@api_command
+def queue_stats(client: Client, as_json: bool) -> int:
+    """Job counts of the queue."""
+    reply = client.queue_stats()
+    if as_json:
+        print_json(reply)
+        return 0
+    stats = msgspec.structs.asdict(reply.stats)
+    print_table(["counter", "jobs"], [[k, str(v)] for k, v in stats.items()])
+    out.print("paused" if reply.is_paused else "delivering", markup=False)
+    return 0
+
+
+@queue.command(name="pause", short_help="Stop delivering jobs to workers (idempotent).")
+@api_command
+def queue_pause(client: Client, as_json: bool) -> int:
+    """Pause delivery; it survives restarts."""
+    reply = client.pause()
+    print_json(reply) if as_json else out.print(reply.message, markup=False)
+    return 0
+
+
+@queue.command(name="resume", short_help="Deliver jobs again (idempotent).")
+@api_command
+def queue_resume(client: Client, as_json: bool) -> int:
+    """Resume delivery."""
+    reply = client.resume()
+    print_json(reply) if as_json else out.print(reply.message, markup=False)
+    return 0
+
+
+@click.command(short_help="Health of every component (exit 1 when unhealthy).")
+@api_command
+def health(client: Client, as_json: bool) -> int:
+    """The gateway's checks of the job stream, the registry, the KV buckets and the scheduler."""
+    report = client.health()
+    if as_json:
+        print_json(report)
+    else:
+        # The API's names (workerManager, stateStore), as GET /health spells them.
+        components: dict[str, dict[str, Any]] = msgspec.to_builtins(report.components)
+        rows = [
+            [name, "ok" if c["healthy"] else "FAILED", f"{c['latencyMs']:.1f} ms", c.get("error") or ""]
+            for name, c in components.items()
+        ]
+        print_table(["component", "health", "latency", "error"], rows)
+        w = report.workers
+        out.print(
+            f"workers: {w.total} ({w.idle} idle, {w.busy} busy, {w.unhealthy} unhealthy), "
+            f"{w.utilization_percent:.0f}% utilised",
+            markup=False,
+        )
+    return 0 if report.healthy else 1
+
+
+COMMANDS = [submit, watch, status, jobs, ls, cancel, retry, events, workers, queue, health]
