@@ -21,6 +21,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from shared import tracing
 from shared.logging import get_logger
 
 __all__ = [
@@ -102,7 +103,8 @@ def _wrap(service: str, name: str, endpoint: Endpoint) -> Callable[[Request], Aw
             await _respond_error(req, 400, "malformed request: it nests too deeply")
             return
         try:
-            reply = await endpoint.handler(cmd)
+            with tracing.span(f"{service} {name}", headers=getattr(req, "headers", None), kind="server"):
+                reply = await endpoint.handler(cmd)
         except CommandError as exc:
             await _respond_error(req, exc.status, exc.message)
             return
@@ -148,7 +150,8 @@ async def request(
         raise Unavailable("NATS is not reachable; try again shortly")
     payload = command if isinstance(command, bytes) else _encoder.encode(command)
     try:
-        msg = await nc.request(subject, payload, timeout=timeout)
+        with tracing.span(f"request {subject}", kind="client", attributes={"messaging.destination.name": subject}):
+            msg = await nc.request(subject, payload, timeout=timeout, headers=tracing.inject())
     except NoRespondersError:
         raise Unavailable(f"the {service} service is not running (nothing answers on {subject})") from None
     except (TimeoutError, NatsTimeoutError):

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from shared import tracing
 from shared.logging import configure_logging, get_logger
 from shared.metrics import serve_scrapes
 from shared.nats_conn import connect
@@ -231,6 +232,7 @@ async def _close(nc: Client) -> None:
 def run_service(service: Service, ready: Callable[[ServiceContext], Awaitable[None]] | None = None) -> None:
     """Entry point of `python -m services.<name>`: configure logging, run until SIGTERM/SIGINT, exit."""
     configure_logging(service.name)
+    tracing.setup(service.name)
     loop_factory = None
     if load(LoggingSettings).uvloop:
         with contextlib.suppress(ImportError):

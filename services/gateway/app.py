@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Litestar, Router
 from litestar.config.app import AppConfig
 from litestar.config.cors import CORSConfig
@@ -9,6 +11,7 @@ from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
+from shared import tracing
 from shared.settings import GatewaySettings
 
 from .backend import Backend
@@ -42,6 +45,17 @@ def cors(settings: GatewaySettings) -> CORSConfig | None:
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
         max_age=600,
     )
+
+
+def _tracing_plugins() -> list[Any]:
+    """The server span of every request (W3C traceparent of the caller honoured), when tracing is on."""
+    if not tracing.enabled():
+        return []
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    # The dashboard's files and the scrapes would drown the spans that matter.
+    config = OpenTelemetryConfig(exclude=["/ui/assets", "/metrics"], exclude_spans=["receive", "send"])
+    return [OpenTelemetryPlugin(config)]
 
 
 def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
@@ -79,6 +93,7 @@ def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
             "overview_hub": Provide(provide_hub, use_cache=True),
         },
         cors_config=cors(settings),
+        plugins=_tracing_plugins(),
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
