@@ -28,6 +28,7 @@ from jetdag.client.calls import api_url
 from jetdag.natsserver import free_port
 from shared.messages import ExecuteRequest, JobConfig
 from tests.conftest import Stack
+from tests.helpers import ROOT
 
 WORKFLOW = """
 workflowId: client-test
@@ -250,3 +251,16 @@ def test_token_from_argument_or_environment(fake: type[Recorder], monkeypatch: p
 def test_nothing_listening_is_unavailable() -> None:
     with Client(f"http://127.0.0.1:{free_port()}", retries=1) as jd, pytest.raises(Unavailable, match="cannot reach"):
         jd.queue_stats()
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/client.md"])
+async def test_the_documented_client_example_runs(
+    doc: str, stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await stack.up(workers=1)
+    text = (ROOT / doc).read_text()
+    block = next(b for b in text.split("```python\n")[1:] if b.startswith("from jetdag.client import"))
+    monkeypatch.setenv("JETDAG_URL", stack.url)
+    monkeypatch.chdir(ROOT)
+    exec(compile(block.split("```", 1)[0], doc, "exec"), {})  # the reader's copy-paste, as is
+    assert "completed" in capsys.readouterr().out
