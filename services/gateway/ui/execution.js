@@ -301,7 +301,8 @@ export function ExecutionPage({ id }) {
                 selected=${selected} onSelect=${pickJob} label=${`jobs around ${focus}`} />
             </div>`}
             <${Graph} nodes=${graph.nodes} edges=${graph.edges} layoutKey=${graph.key} selected=${condensed ? group : selected}
-              onSelect=${pickNode} label=${condensed ? "groups of jobs" : "jobs and their dependencies"} />
+              onSelect=${pickNode} label=${condensed ? "groups of jobs" : "jobs and their dependencies"}
+              direction=${condensed ? "TB" : "LR"} />
             ${openGroup &&
             html`<div class="group-list" aria-label="Jobs of the group">
               <h3>${openGroup.type}, ${openGroup.first === openGroup.last ? `layer ${openGroup.first + 1}` : `layers ${openGroup.first + 1}–${openGroup.last + 1}`}</h3>

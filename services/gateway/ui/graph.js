@@ -1,4 +1,4 @@
-// The DAG as an SVG graph, laid out by dagre (layered, left to right). Nodes are jobs, or groups of jobs in the
+// The DAG as an SVG graph, laid out by dagre (layered: jobs left to right, condensed groups top to bottom). Nodes are jobs, or groups of jobs in the
 // condensed view; each job node carries data-job-id and data-state (the tests' contract).
 import { graphlib, layout } from "@dagrejs/dagre";
 import { useMemo, useState } from "preact/hooks";
@@ -10,10 +10,10 @@ const JOB_SIZE = { width: 168, height: 46 };
 const GROUP_SIZE = { width: 210, height: 64 };
 
 /** Positions of `nodes` and the routes of `edges`; recomputed only when the structure changes. */
-export function useLayout(nodes, edges, key) {
+export function useLayout(nodes, edges, key, direction = "LR") {
   return useMemo(() => {
     const g = new graphlib.Graph({ multigraph: false });
-    g.setGraph({ rankdir: "LR", nodesep: 18, ranksep: 56, marginx: 16, marginy: 16 });
+    g.setGraph({ rankdir: direction, nodesep: 18, ranksep: direction === "LR" ? 56 : 36, marginx: 16, marginy: 16 });
     g.setDefaultEdgeLabel(() => ({}));
     for (const node of nodes) g.setNode(node.id, { ...(node.kind === "group" ? GROUP_SIZE : JOB_SIZE) });
     for (const edge of edges) if (g.hasNode(edge.from) && g.hasNode(edge.to)) g.setEdge(edge.from, edge.to);
@@ -24,7 +24,7 @@ export function useLayout(nodes, edges, key) {
       .map((e) => ({ ...e, points: g.edge(e.from, e.to).points }));
     const { width, height } = g.graph();
     return { positions, routes, width: Math.max(width, 1), height: Math.max(height, 1) };
-  }, [key]);
+  }, [key, direction]);
 }
 
 function path(points) {
@@ -89,10 +89,11 @@ function GroupNode({ node, pos, selected, onSelect }) {
 }
 
 /** The graph: `nodes` [{id, kind: "job"|"group", label, sub, state | counts, total}], `edges` [{from, to}]. */
-export function Graph({ nodes, edges, layoutKey, selected, onSelect, label }) {
-  const laid = useLayout(nodes, edges, layoutKey);
+export function Graph({ nodes, edges, layoutKey, selected, onSelect, label, direction = "LR" }) {
+  const laid = useLayout(nodes, edges, layoutKey, direction);
   const [zoom, setZoom] = useState(1);
-  const fit = Math.min(1, 1100 / laid.width);
+  // Shrink a wide graph to the panel, but never below legibility: past that it scrolls.
+  const fit = Math.max(0.7, Math.min(1, 1100 / laid.width));
   const scale = zoom * fit;
   return html`<div class="graph">
     <div class="graph-tools" role="group" aria-label="Zoom">
