@@ -304,7 +304,8 @@ class Launcher:
                 self.say(
                     "jetdag",
                     f"ready: REST http://{self.gateway.host}:{self.gateway.port}/api/distributed "
-                    f"(OpenAPI at /schema), NATS {self.nats.url}. Ctrl-C stops everything.",
+                    f"(OpenAPI at /schema), dashboard http://{self.gateway.host}:{self.gateway.port}/, "
+                    f"NATS {self.nats.url}. Ctrl-C stops everything.",
                     "1;32",
                 )
             elif not self.stopping.is_set():

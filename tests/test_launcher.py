@@ -146,6 +146,9 @@ def test_up_runs_the_stack_and_stops_cleanly(up: Up) -> None:
     # A REST-registered worker is state in the KV store: it must survive a restart of the whole stack.
     reg = {"workerId": "remote-1", "hostname": "far", "capabilities": ["cpu"], "maxConcurrency": 1}
     assert httpx.post(f"{up.url}/workers/register", json=reg, timeout=5).status_code == 201
+    # The dashboard comes with the stack: its page, and the address in the ready line.
+    page = httpx.get(up.url.removesuffix("/api/distributed") + "/", timeout=5)
+    assert page.status_code == 200 and '<script type="module" src="/ui/assets/app.js">' in page.text
 
     started = time.monotonic()
     assert up.stop() == 0
@@ -154,6 +157,7 @@ def test_up_runs_the_stack_and_stops_cleanly(up: Up) -> None:
     assert not left, f"processes left behind: {left}"
     text = up.log.read_text()
     assert "ready: REST" in text and "stopped" in text
+    assert f"dashboard {up.url.removesuffix('/api/distributed')}/" in text
     # Our own workers deregistered on their way out, before the registry stopped.
     assert text.count('"event": "deregistered"') == 2, text[-3000:]
     # Issue 10 item 14: nats-server's banner stays in its log file, and a clean stop is no warning.
