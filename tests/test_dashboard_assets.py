@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -116,3 +117,16 @@ async def test_the_gateway_serves_the_page_and_a_live_overview(stack: Stack, htt
         # The next snapshot is sent because something changed, without the client asking.
         second = await next_overview()
         assert [w["workerId"] for w in second["workers"]] == ["rest-1"]
+
+
+def test_the_pages_job_logic() -> None:
+    """services/gateway/ui/jobs.js (event order, attempts, progress, layers, condensing) under node's test runner."""
+    if shutil.which("node") is None:
+        message = "node is not installed"
+        if os.environ.get("JETDAG_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    argv = ["node", "--test", "tests/browser/jobs.test.mjs"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "# fail 0" in done.stdout

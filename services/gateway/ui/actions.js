@@ -2,16 +2,11 @@
 import { api } from "./api.js";
 import { confirmAction, notify } from "./components.js";
 
-export async function cancelExecution(execution) {
-  const ok = await confirmAction(
-    "Cancel this execution?",
-    `${execution.executionId} (${execution.workflowId}): queued jobs are withdrawn and running handlers are stopped.`,
-    "Cancel execution",
-  );
-  if (!ok) return false;
+async function confirmed(execution, what, { title, text, action }) {
+  if (!(await confirmAction(title, text, action))) return false;
   try {
-    await api(`/execute/${execution.executionId}/cancel`, { method: "POST" });
-    notify(`${execution.executionId} cancelled`);
+    await api(`/execute/${execution.executionId}/${what}`, { method: "POST" });
+    notify(`${execution.executionId}: ${what === "cancel" ? "cancelled" : "retried"}`);
     return true;
   } catch (e) {
     notify(e.message, "error");
@@ -19,19 +14,18 @@ export async function cancelExecution(execution) {
   }
 }
 
-export async function retryExecution(execution) {
-  const ok = await confirmAction(
-    "Retry from the latest checkpoint?",
-    `${execution.executionId}: every job that did not complete runs again; completed jobs keep their results.`,
-    "Retry",
-  );
-  if (!ok) return false;
-  try {
-    await api(`/execute/${execution.executionId}/retry`, { method: "POST" });
-    notify(`${execution.executionId} retried`);
-    return true;
-  } catch (e) {
-    notify(e.message, "error");
-    return false;
-  }
+export function cancelExecution(execution) {
+  return confirmed(execution, "cancel", {
+    title: "Cancel this execution?",
+    text: `${execution.executionId} (${execution.workflowId}): queued jobs are withdrawn and running handlers are stopped.`,
+    action: "Cancel execution",
+  });
+}
+
+export function retryExecution(execution) {
+  return confirmed(execution, "retry", {
+    title: "Retry from the latest checkpoint?",
+    text: `${execution.executionId}: every job that did not complete runs again; completed jobs keep their results.`,
+    action: "Retry",
+  });
 }

@@ -9,7 +9,7 @@ import { Badge, ErrorLine, Link, LiveState, html, useNow } from "./components.js
 import { JobDetails } from "./details.js";
 import { FINAL_EXECUTION, FINAL_JOB, between, clock, count } from "./format.js";
 import { Graph } from "./graph.js";
-import { applyChange, condense, indexJobs, tally } from "./jobs.js";
+import { applyChange, condense, indexJobs, progressOf, tally } from "./jobs.js";
 import { Progress } from "./overview.js";
 import { Timeline } from "./timeline.js";
 
@@ -155,12 +155,16 @@ export function ExecutionPage({ id }) {
     let close = () => {};
     load().then(() => {
       if (closed || !jobsRef.current) return;
+      // In the stream's order: the replay from the execution's first event ends at its current status.
       const onExecution = (event) => {
-        setExecution((current) => {
-          if (!current || event.at < (current._at ?? "")) return current;
-          return { ...current, status: event.status, progress: event.progress, error: event.error ?? current.error,
-            checkpointId: event.checkpointId ?? current.checkpointId, _at: event.at };
-        });
+        setExecution((current) =>
+          current && {
+            ...current,
+            status: event.status,
+            error: event.error ?? current.error,
+            checkpointId: event.checkpointId ?? current.checkpointId,
+          },
+        );
         if (FINAL_EXECUTION.has(event.status)) settle();
       };
       const handlers = Object.fromEntries(EXECUTION_KINDS.map((k) => [k, onExecution]));
@@ -171,7 +175,6 @@ export function ExecutionPage({ id }) {
       handlers.jobs = (batch) => {
         let any = false;
         for (const change of batch.jobs) any = applyChange(jobsRef.current, change) || any;
-        if (batch.progress) setExecution((current) => (current ? { ...current, progress: batch.progress } : current));
         if (any) changed();
       };
       handlers.checkpoint = (cp) => {
@@ -271,7 +274,7 @@ export function ExecutionPage({ id }) {
           <div><dt>Duration</dt><dd>${between(e.startedAt, e.completedAt, now)}</dd></div>
           <div><dt>Round</dt><dd>${e.round ?? 1}</dd></div>
           <div><dt>Parallelism</dt><dd>${e.parallelism ?? "unlimited"}</dd></div>
-          <div><dt>Jobs</dt><dd><${Progress} progress=${e.progress} /></dd></div>
+          <div><dt>Jobs</dt><dd><${Progress} progress=${progressOf(list)} /></dd></div>
         </dl>
         ${e.error && html`<p class="error-line">${e.error}</p>`}
       </section>

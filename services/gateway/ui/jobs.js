@@ -1,29 +1,19 @@
-// One execution's jobs in the browser: the snapshot from GET /execute/{id}/jobs, moved forward by the live
+// One execution's jobs in the browser: the listing from GET /execute/{id}/jobs, moved forward by the live
 // events, and the condensed structure of a large DAG. Pure functions over plain objects.
 
-const TIMES = ["queuedAt", "startedAt", "completedAt"];
-
-function latest(job) {
-  let at = "";
-  for (const key of TIMES) if (job[key] && job[key] > at) at = job[key];
-  return at;
-}
-
-/** Jobs by id, in submission order, each with `_at` (its newest known change) and `_progress` (messages). */
+/** Jobs by id, in submission order, each with `_progress` (the handler's progress messages seen). */
 export function indexJobs(list) {
   const jobs = new Map();
-  for (const job of list) {
-    const progress = job.progress ? [job.progress] : [];
-    jobs.set(job.id, { ...job, _at: latest(job), _progress: progress });
-  }
+  for (const job of list) jobs.set(job.id, { ...job, _progress: job.progress ? [job.progress] : [] });
   return jobs;
 }
 
 /**
  * Apply one job change: a JobEvent (kind `job`, with `status`), a worker's JobStarted (kind `job`, with
- * `workerId` and no `status`), or one entry of a JobsEvent (kind `jobs`). The stream replays an execution from
- * its first event, so a change older than what the snapshot already shows is ignored: the order is (attempt,
- * time). Returns true when the job changed.
+ * `workerId` and no `status`), or one entry of a JobsEvent (kind `jobs`). Changes are applied in the stream's
+ * order, never by comparing their times (the scheduler's and the workers' clocks differ): the stream replays the
+ * execution from its first event, so the job passes again through states it already left and ends where it is.
+ * Changes of an attempt older than the one shown are skipped. Returns true when the job changed.
  */
 export function applyChange(jobs, change) {
   const job = jobs.get(change.jobId);
@@ -31,12 +21,10 @@ export function applyChange(jobs, change) {
   if ("ok" in change) return false; // a worker's raw result: the scheduler's verdict follows as its own event
   const status = change.status ?? "running";
   const attempt = change.attempt ?? job.attempts;
-  const at = change.at ?? "";
-  if (attempt < job.attempts || (attempt === job.attempts && at < job._at)) return false;
-  if (attempt === job.attempts && at === job._at && job.status === status && !change.progress) return false;
+  const at = change.at ?? null;
+  if (attempt < job.attempts) return false;
   job.status = status;
   job.attempts = attempt;
-  job._at = at;
   if (change.workerId) job.workerId = change.workerId;
   if (status === "queued") job.queuedAt = at;
   // A progress report keeps the start time; a new start (a retry, a redelivery) replaces it.
@@ -54,6 +42,12 @@ export function tally(jobs) {
   const counts = {};
   for (const job of jobs) counts[job.status] = (counts[job.status] ?? 0) + 1;
   return counts;
+}
+
+/** The execution's progress as its jobs on the page say (the same shape as the API's `progress`). */
+export function progressOf(jobs) {
+  const counts = tally(jobs);
+  return { total: jobs.length, completed: 0, failed: 0, running: 0, skipped: 0, cancelled: 0, ...counts };
 }
 
 /** Longest path from a root to each job (its layer); jobs on no path (a cycle cannot be submitted) get 0. */
