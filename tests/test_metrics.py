@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from prometheus_client.samples import Sample
 
 from shared.messages import MetricsExposition
 from shared.metrics import HttpMetrics, NatsMetrics, RegistryMetrics, SchedulerMetrics, merge, render
-from tests.conftest import Stack
+from tests.conftest import Stack, start_nats
 from tests.helpers import ROOT, wait_for
 
 
@@ -148,3 +149,28 @@ def test_dashboard_and_alerts_name_only_defined_metrics() -> None:
             assert name in defined, f"{name} in {expr!r} is not a jetdag metric"
     alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
     assert {"JetdagStuckExecutions", "JetdagNoLiveWorkers", "JetdagQueueGrowing"} <= alerts
+
+
+async def test_nats_reconnects_are_counted(tmp_path: Path, namespace: str, http: httpx.AsyncClient) -> None:
+    server = start_nats(tmp_path, "flaky")
+    stack = Stack(server.url, namespace, tmp_path / "logs")
+    try:
+        await stack.up()
+        base = stack.url.removesuffix("/api/distributed")
+        server.kill()
+        server.start()
+        server.wait_ready()
+
+        async def counted() -> list[Sample] | None:
+            r = await http.get(f"{base}/metrics")
+            if r.status_code != 200:
+                return None
+            found = samples(r.text)
+            reconnects = {s.labels["service"]: s.value for s in found if s.name == "jetdag_nats_reconnects_total"}
+            done = all(reconnects.get(name, 0) >= 1 for name in ("gateway", "registry", "scheduler"))
+            return found if done else None
+
+        await wait_for(counted, timeout=60, message="one reconnect counted by every service")
+    finally:
+        stack.stop_all()
+        server.stop()
