@@ -109,10 +109,6 @@ class OverviewHub:
         finally:
             self._watchers.discard(mailbox)
 
-    @property
-    def watchers(self) -> int:
-        return len(self._watchers)
-
     async def close(self) -> None:
         """End every stream (the gateway is stopping: HTTP shutdown would otherwise wait for them)."""
         self._closed = True

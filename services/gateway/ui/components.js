@@ -7,7 +7,7 @@ export const html = htm.bind(h);
 
 const routeListeners = new Set();
 
-export function navigate(href) {
+function navigate(href) {
   if (href === location.pathname + location.search) return;
   history.pushState(null, "", href);
   for (const listener of routeListeners) listener();

@@ -13,7 +13,7 @@ import { applyChange, condense, indexJobs, progressOf, tally } from "./jobs.js";
 import { Progress } from "./overview.js";
 import { Timeline } from "./timeline.js";
 
-export const CONDENSE_ABOVE = 300;
+const CONDENSE_ABOVE = 300;
 const NEIGHBOURS = 40;
 const GROUP_LIST = 200;
 const EXECUTION_KINDS = ["created", "running", "completed", "failed", "cancelled", "retried"];

@@ -10,7 +10,7 @@ const JOB_SIZE = { width: 168, height: 46 };
 const GROUP_SIZE = { width: 210, height: 64 };
 
 /** Positions of `nodes` and the routes of `edges`; recomputed only when the structure changes. */
-export function useLayout(nodes, edges, key, direction = "LR") {
+function useLayout(nodes, edges, key, direction = "LR") {
   return useMemo(() => {
     const g = new graphlib.Graph({ multigraph: false });
     g.setGraph({ rankdir: direction, nodesep: 18, ranksep: direction === "LR" ? 56 : 36, marginx: 16, marginy: 16 });

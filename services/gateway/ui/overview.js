@@ -108,7 +108,7 @@ function Workers({ workers, error, now }) {
   `;
 }
 
-export function RecentExecutions({ executions, error, now }) {
+function RecentExecutions({ executions, error, now }) {
   return html`
     <section class="panel wide" aria-labelledby="recent-title">
       <div class="panel-head">
