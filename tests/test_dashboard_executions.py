@@ -53,6 +53,9 @@ async def test_diamond_completes_live_without_a_reload(
     details = await browser.eval("() => document.querySelector('[data-details=\"b\"]').textContent")
     assert "w1" in details or "w2" in details
     await shoot(browser, "execution", tmp_path)
+    # The keyboard reaches every node: focus, Enter.
+    await browser.press('.graph [data-job-id="c"]', "Enter")
+    await browser.wait("() => document.querySelector('[data-details=\"c\"]')", message="details of c by keyboard")
     await browser.click("#tab-timeline")
     await browser.wait("() => document.querySelectorAll('.tl-run').length === 4", message="four bars in the timeline")
     await shoot(browser, "timeline", tmp_path)
