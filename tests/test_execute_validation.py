@@ -90,3 +90,18 @@ async def test_queue_and_execute_answer_503_without_a_scheduler(stack: Stack, ht
         assert "scheduler service is not running" in r.json()["error"]
     r = await http.post(f"{stack.url}/execute", json={"workflowId": "w", "jobs": [job("a")]})
     assert r.status_code == 503 and "scheduler" in r.json()["error"]
+
+
+async def test_parameter_errors_are_sentences_naming_the_parameter(gw: Stack, http: httpx.AsyncClient) -> None:
+    """Issue 10 item 14: `?status=bogus` answered "ParamType.QUERY parameter status: Invalid enum value"."""
+    cases = {
+        "status=bogus": "query parameter status must be one of pending, running, completed, failed, cancelled "
+        "(got 'bogus')",
+        "limit=0": "query parameter limit must be at least 1 (got '0')",
+        "limit=501": "query parameter limit must be at most 500 (got '501')",
+        "limit=ten": "query parameter limit must be an integer (got 'ten')",
+    }
+    for query, error in cases.items():
+        r = await http.get(f"{gw.url}/executions?{query}")
+        assert r.status_code == 400, r.text
+        assert r.json() == {"success": False, "error": f"invalid request: {error}"}

@@ -5,7 +5,9 @@ The client never sees a traceback: unexpected exceptions are logged with theirs 
 
 from __future__ import annotations
 
-from typing import Any
+import re
+import typing
+from typing import Any, Literal
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -26,7 +28,47 @@ def _error(status: int, message: str) -> Response[ErrorResponse]:
     return Response(ErrorResponse(error=message), status_code=status)
 
 
-def _validation_message(exc: ValidationException) -> str:
+_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+_WRONG_TYPE = re.compile(r"^Expected `(?P<type>\w+)(?: \| null)?`, got `\w+`$")
+_BOUND = re.compile(r"^Expected `\w+(?: \| null)?` (?P<op>>=|<=|>|<) (?P<bound>\S+)$")
+_BOUND_WORDS = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than"}
+_FORM = re.compile(r"^Expected `str` (?P<form>of .*)$")
+
+
+def _literal_values(annotation: Any) -> list[str]:
+    """The allowed values of a `Literal[...]` parameter (also inside `X | None` and type aliases)."""
+    if typing.get_origin(annotation) is Literal:
+        return [str(v) for v in typing.get_args(annotation)]
+    for arg in typing.get_args(annotation):
+        values = _literal_values(arg)
+        if values:
+            return values
+    return []
+
+
+def _parameter_message(request: Request[Any, Any, Any], key: str, source: str, message: str) -> str:
+    """`query parameter status must be one of pending, running (got 'bogus')`: the public name of the
+    parameter, what it must be, and what it was."""
+    field = request.route_handler.parsed_fn_signature.parameters.get(key)
+    public = key
+    if field is not None and field.kwarg_definition is not None:
+        public = getattr(field.kwarg_definition, "query", None) or key
+    values = _literal_values(field.annotation) if field is not None else []
+    if values and message.startswith("Invalid enum value"):
+        rule = f"must be one of {', '.join(values)}"
+    elif match := _WRONG_TYPE.match(message):
+        rule = f"must be {_TYPES.get(match['type'], match['type'])}"
+    elif match := _BOUND.match(message):
+        rule = f"must be {_BOUND_WORDS[match['op']]} {match['bound']}"
+    elif match := _FORM.match(message):
+        rule = f"must be {match['form']}"
+    else:
+        rule = f"is invalid: {message}"
+    given = request.path_params.get(key) if source == "path" else request.query_params.get(public)
+    return f"{source} parameter {public} {rule}" + (f" (got {given!r})" if given is not None else "")
+
+
+def _validation_message(request: Request[Any, Any, Any], exc: ValidationException) -> str:
     """Turn Litestar's validation detail into one sentence that names the field."""
     extra = exc.extra
     items: list[Any] = extra if isinstance(extra, list) else [extra] if extra else []
@@ -36,14 +78,15 @@ def _validation_message(exc: ValidationException) -> str:
             continue
         message = humanize(str(item.get("message", "")).strip())
         key = item.get("key")
-        source = item.get("source")
+        raw_source = item.get("source")
+        source = getattr(raw_source, "value", raw_source)  # a ParamType (str enum) for parameters
         if key == "data" and source == "body":
             # An empty body reaches us as a KeyError on the parameter name.
             parts.append("the body is empty; a JSON object is required" if message == "'data'" else message)
         elif key and source == "body":
             parts.append(f"{key}: {message}")
         elif key and source in ("path", "query") and message:
-            parts.append(f"{source} parameter {key}: {message}")
+            parts.append(_parameter_message(request, str(key), str(source), message))
         elif message:
             parts.append(message)
     if not parts:
@@ -59,8 +102,8 @@ def _on_command_error(_: Request[Any, Any, Any], exc: CommandError) -> Response[
     return _error(exc.status, exc.message)
 
 
-def _on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorResponse]:
-    return _error(400, _validation_message(exc))
+def _on_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorResponse]:
+    return _error(400, _validation_message(request, exc))
 
 
 def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
