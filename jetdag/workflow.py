@@ -277,6 +277,9 @@ def _cycles(jobs: Sequence[tuple[str, Sequence[str]]], index_of: dict[str, int])
     return sorted(cycles)
 
 
+_STAND_IN_JOB = {"id": "stand-in", "name": "", "type": "noop"}
+
+
 def _build(located: _Located, filename: str) -> ExecuteRequest:
     problems = _Problems(filename, located)
     data = located.data
@@ -291,7 +294,9 @@ def _build(located: _Located, filename: str) -> ExecuteRequest:
         problems.add(("jobs",), "jobs must be a list of jobs")
     elif not raw_jobs:
         problems.add(("jobs",), "jobs must not be empty: a workflow needs at least one job")
-    header = _convert(problems, {**top, "jobs": []}, ExecuteRequest, (), "workflow")
+    # The jobs are converted one by one below (each problem with its line); one stand-in job satisfies the
+    # request's `minItems: 1` while the header alone is checked.
+    header = _convert(problems, {**top, "jobs": [_STAND_IN_JOB]}, ExecuteRequest, (), "workflow")
     jobs: list[JobConfig] = []
     graph: list[tuple[str, Sequence[str]]] = []
     for index, raw in enumerate(raw_jobs if isinstance(raw_jobs, list) else []):
@@ -354,7 +359,6 @@ def workflow_schema() -> dict[str, Any]:
         "A DAG of jobs for `jetdag submit` and jetdag.client (docs/client.md). A job's name defaults to its id."
     )
     top["properties"] = {SCHEMA_KEY: {"type": "string", "description": "the schema, for editors"}, **top["properties"]}
-    top["properties"]["jobs"]["minItems"] = 1
     job = defs["JobConfig"]
     job["required"] = [name for name in job["required"] if name != "name"]
     job["properties"]["name"]["description"] = "shown in listings; default: the id"

@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from shared.ids import ID_RE, NAME_RE, WORKFLOW_RE
+from shared.timeutil import Timestamp
 
 __all__ = [
     "ApiRequest",
@@ -130,9 +131,9 @@ class WorkerView(Message):
     current_load: int
     max_concurrency: int
     utilization: float
-    last_heartbeat: str
+    last_heartbeat: Timestamp
     uptime: float
-    registered_at: str
+    registered_at: Timestamp
     heartbeat_interval_s: float
     metadata: dict[str, Any]
 
@@ -213,7 +214,7 @@ class ExecuteRequest(ApiRequest):
     """POST /execute body."""
 
     workflow_id: WorkflowId
-    jobs: list[JobConfig]
+    jobs: Annotated[list[JobConfig], Meta(min_length=1)]
     parallelism: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
 
 
@@ -243,8 +244,8 @@ class ExecutionView(Message):
     execution_id: str
     workflow_id: str
     status: ExecutionStatus
-    started_at: str
-    completed_at: str | None
+    started_at: Timestamp
+    completed_at: Timestamp | None
     progress: Progress
     checkpoint_id: str | None
     job_count: int
@@ -262,9 +263,9 @@ class JobView(Message):
     status: JobStatus
     attempts: int
     worker_id: str | None
-    queued_at: str | None
-    started_at: str | None
-    completed_at: str | None
+    queued_at: Timestamp | None
+    started_at: Timestamp | None
+    completed_at: Timestamp | None
     error: str | None
     result: Any = None
     depends_on: list[str] = msgspec.field(default_factory=list)

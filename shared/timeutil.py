@@ -5,8 +5,21 @@ from __future__ import annotations
 import functools
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
-__all__ = ["iso_from_ms", "ms_from_iso", "now_iso", "now_ms"]
+from msgspec import Meta
+
+__all__ = ["Timestamp", "iso_from_ms", "ms_from_iso", "now_iso", "now_ms"]
+
+Timestamp = Annotated[
+    str,
+    Meta(
+        description="ISO-8601 UTC time with milliseconds",
+        examples=["2026-11-27T21:09:31.123Z"],
+        extra_json_schema={"format": "date-time"},
+    ),
+]
+"""A time field on the wire: a string (exactly what `now_iso` writes), documented as `format: date-time`."""
 
 
 def now_ms() -> int:

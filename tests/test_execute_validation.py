@@ -13,7 +13,7 @@ from tests.api import job
 from tests.conftest import Stack
 
 CASES: list[tuple[str, Any, str]] = [
-    ("empty jobs", {"workflowId": "w", "jobs": []}, "jobs must not be empty"),
+    ("empty jobs", {"workflowId": "w", "jobs": []}, "invalid request: jobs: must not be empty"),
     ("duplicate ids", {"workflowId": "w", "jobs": [job("a"), job("a")]}, "duplicate job id 'a'"),
     ("dangling dependsOn", {"workflowId": "w", "jobs": [job("a", deps=["ghost"])]}, "'ghost', which is not a job"),
     ("self dependency", {"workflowId": "w", "jobs": [job("a", deps=["a"])]}, "depends on itself"),

@@ -35,6 +35,7 @@ def humanize(message: str) -> str:
     """msgspec's `Expected ... - at `$.a[0].b`` → `a[0].b: Expected ...`, regexes replaced by their meaning."""
     for raw, nice in _PATTERNS.items():
         message = message.replace(raw, nice)
+    message = message.replace("Expected `array` of length >= 1", "must not be empty")
     match = _AT.match(message)
     if match:
         path = match["path"].lstrip(".")
