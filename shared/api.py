@@ -8,7 +8,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from shared.messages import ExecutionView, JobView, QueueStats, WorkerStatus, WorkerView
+from shared.messages import ExecutionStatus, ExecutionView, JobView, QueueStats, WorkerStatus, WorkerView
+from shared.timeutil import Timestamp
 
 __all__ = [
     "ComponentHealth",
@@ -36,14 +37,14 @@ class ErrorResponse(Response, kw_only=True):
 
 class RegisterResponse(Response):
     worker_id: str
-    registered_at: str
+    registered_at: Timestamp
 
 
 class HeartbeatResponse(Response):
     worker_id: str
     status: WorkerStatus
     current_load: int
-    last_heartbeat: str
+    last_heartbeat: Timestamp
 
 
 class DeregisterResponse(Response):
@@ -87,7 +88,7 @@ class HealthResponse(Response):
     healthy: bool
     components: HealthComponents
     workers: HealthWorkers
-    checked_at: str
+    checked_at: Timestamp
     error: str | None = None
     """Present when unhealthy: which components failed."""
 
@@ -96,9 +97,9 @@ class ExecuteResponse(Response):
     """POST /execute (201) — also the body of cancel and retry."""
 
     execution_id: str
-    status: str
-    started_at: str
-    completed_at: str | None
+    status: ExecutionStatus
+    started_at: Timestamp
+    completed_at: Timestamp | None
     job_count: int
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Litestar, Router
+from litestar import Litestar, Request, Response, Router
 from litestar.config.app import AppConfig
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.routes import HTTPRoute
+from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from shared import tracing
 from shared.settings import GatewaySettings
@@ -17,6 +18,7 @@ from shared.settings import GatewaySettings
 from .backend import Backend
 from .errors import exception_handlers
 from .observe import RequestMetrics
+from .openapi import StrictStructSchemaPlugin, explorer, explorer_assets
 from .overview import OverviewHub
 from .routes.events import all_events, execution_events
 from .routes.executions import ExecutionController, list_executions
@@ -84,8 +86,18 @@ def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
             OverviewController,
         ],
     )
+    allowed: dict[str, str] = {}
+
+    async def answer_options(request: Request[Any, Any, Any]) -> Response[None] | None:
+        # Litestar's own OPTIONS answer lists the methods of the first handler registered on a path only
+        # (`OPTIONS /workers/{workerId}` said DELETE, not GET): answer it from the app's merged routes.
+        if request.method != "OPTIONS":
+            return None
+        methods = allowed.get(request.scope.get("path_template", ""))
+        return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": methods} if methods else None)
+
     config = AppConfig(
-        route_handlers=[api, metrics, page, assets],
+        route_handlers=[api, metrics, page, assets, explorer_assets()],
         middleware=[RequestMetrics()],
         dependencies={
             "backend": Provide(provide_backend, use_cache=True),
@@ -93,19 +105,23 @@ def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
             "overview_hub": Provide(provide_hub, use_cache=True),
         },
         cors_config=cors(settings),
-        plugins=_tracing_plugins(),
+        plugins=[StrictStructSchemaPlugin(), *_tracing_plugins()],
         exception_handlers=exception_handlers,
+        before_request=answer_options,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="jetdag",
             version="0.1.0",
             description="REST API of jetdag, distributed DAG execution on NATS JetStream.",
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=[explorer()],
         ),
         debug=False,
     )
     app = Litestar.from_config(config)
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            allowed[route.path_format] = ", ".join(sorted(route.methods))
     app.state.max_body_bytes = settings.max_body_bytes
     app.state.overview = hub
     return app

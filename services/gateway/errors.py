@@ -24,8 +24,8 @@ __all__ = ["exception_handlers"]
 log = get_logger(__name__)
 
 
-def _error(status: int, message: str) -> Response[ErrorResponse]:
-    return Response(ErrorResponse(error=message), status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response[ErrorResponse]:
+    return Response(ErrorResponse(error=message), status_code=status, headers=headers)
 
 
 _TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
@@ -61,7 +61,7 @@ def _parameter_message(request: Request[Any, Any, Any], key: str, source: str, m
     elif match := _BOUND.match(message):
         rule = f"must be {_BOUND_WORDS[match['op']]} {match['bound']}"
     elif match := _FORM.match(message):
-        rule = f"must be {match['form']}"
+        rule = f"must be {match['form'].removeprefix('of ')}"
     else:
         rule = f"is invalid: {message}"
     given = request.path_params.get(key) if source == "path" else request.query_params.get(public)
@@ -123,7 +123,11 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Er
         message = f"malformed JSON body: {exc.detail}"
     else:
         message = exc.detail or "bad request"
-    return _error(status, message)
+    # A 405 carries the methods the path allows (`Allow`), as HTTP requires: sorted, as OPTIONS lists them.
+    headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+    if "allow" in headers:
+        headers["allow"] = ", ".join(sorted(m.strip() for m in headers["allow"].split(",")))
+    return _error(status, message, headers=headers or None)
 
 
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:

@@ -9,12 +9,12 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from shared.api import ExecuteResponse, ExecutionListResponse, ExecutionResponse, JobListResponse
-from shared.ids import check_id, check_workflow_id
+from shared.ids import ID_RE, WORKFLOW_RE
 from shared.messages import ExecuteRequest, ExecutionStatus, ExecutionView, ListExecutions
 
 from ..backend import Backend
 from ..body import strict_body
-from ..openapi import errors
+from ..openapi import PathId, errors
 
 
 def summary(view: ExecutionView) -> ExecuteResponse:
@@ -35,6 +35,9 @@ class ExecutionController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         summary="Start an execution of a DAG; 201 means it is persisted",
+        description="Validates the DAG (ids, dependencies, cycles, limits: a 400 names the problem), persists "
+        "it and queues every job without dependencies. A status query right after the 201 finds it, and it "
+        "survives any restart. 503 while the open jobs of all executions would exceed `JETDAG_MAX_OPEN_JOBS`.",
         responses=errors(400, 413),
         before_request=strict_body(
             ExecuteRequest, lambda body: ((f"jobs[{i}].config", job.config) for i, job in enumerate(body.jobs))
@@ -43,46 +46,65 @@ class ExecutionController(Controller):
     async def execute(self, data: ExecuteRequest, backend: Backend) -> ExecuteResponse:
         return summary(await backend.execute(data))
 
-    @get("/{execution_id:str}", summary="Status and progress of an execution", responses=errors(400, 404))
-    async def status(self, execution_id: str, backend: Backend) -> ExecutionResponse:
-        return ExecutionResponse(execution=await backend.get_execution(check_id("executionId", execution_id)))
+    @get(
+        "/{executionId:str}",
+        summary="Status and progress of an execution",
+        description="`status` is pending, running, completed, failed or cancelled; the last three are final.",
+        responses=errors(400, 404),
+    )
+    async def status(self, executionId: PathId, backend: Backend) -> ExecutionResponse:
+        return ExecutionResponse(execution=await backend.get_execution(executionId))
 
-    @get("/{execution_id:str}/jobs", summary="Every job of an execution", responses=errors(400, 404))
-    async def jobs(self, execution_id: str, backend: Backend) -> JobListResponse:
-        reply = await backend.execution_jobs(check_id("executionId", execution_id))
+    @get(
+        "/{executionId:str}/jobs",
+        summary="Every job of an execution",
+        description="Each job's status, attempts, worker, times, error and result.",
+        responses=errors(400, 404),
+    )
+    async def jobs(self, executionId: PathId, backend: Backend) -> JobListResponse:
+        reply = await backend.execution_jobs(executionId)
         return JobListResponse(execution_id=reply.execution_id, count=len(reply.jobs), jobs=reply.jobs)
 
     @post(
-        "/{execution_id:str}/cancel",
+        "/{executionId:str}/cancel",
         status_code=HTTP_200_OK,
         summary="Cancel a running execution (409 if it already ended)",
+        description="Jobs not yet finished end `cancelled`; running handlers see `ctx.cancelled`.",
         responses=errors(400, 404, 409),
     )
-    async def cancel(self, execution_id: str, backend: Backend) -> ExecuteResponse:
-        return summary(await backend.cancel(check_id("executionId", execution_id)))
+    async def cancel(self, executionId: PathId, backend: Backend) -> ExecuteResponse:
+        return summary(await backend.cancel(executionId))
 
     @post(
-        "/{execution_id:str}/retry",
+        "/{executionId:str}/retry",
         status_code=HTTP_200_OK,
         summary="Re-run, from the latest checkpoint, every job of a finished execution that did not complete",
+        description="Completed jobs keep their results; failed, skipped and cancelled ones run again in a new "
+        "round. 409 while the execution is still open.",
         responses=errors(400, 404, 409),
     )
-    async def retry(self, execution_id: str, backend: Backend) -> ExecuteResponse:
-        return summary(await backend.retry(check_id("executionId", execution_id)))
+    async def retry(self, executionId: PathId, backend: Backend) -> ExecuteResponse:
+        return summary(await backend.retry(executionId))
 
 
-@get("/executions", tags=["executions"], summary="Executions, newest first", responses=errors(400))
+@get(
+    "/executions",
+    tags=["executions"],
+    summary="Executions, newest first",
+    description="Filtered by `status` and `workflowId`, `limit` per page; `nextCursor` fetches the next page.",
+    responses=errors(400),
+)
 async def list_executions(
     backend: Backend,
     status: ExecutionStatus | None = None,
-    workflow_id: Annotated[str | None, Parameter(query="workflowId")] = None,
+    workflow_id: Annotated[
+        str | None, Parameter(query="workflowId", pattern=WORKFLOW_RE.pattern, description="only this workflow")
+    ] = None,
     limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[
+        str | None, Parameter(pattern=ID_RE.pattern, description="`nextCursor` of the previous page")
+    ] = None,
 ) -> Response[ExecutionListResponse]:
-    if workflow_id is not None:
-        check_workflow_id(workflow_id)
-    if cursor is not None:
-        check_id("cursor", cursor)
     reply = await backend.list_executions(
         ListExecutions(status=status, workflow_id=workflow_id, limit=limit, cursor=cursor)
     )

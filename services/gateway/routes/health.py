@@ -16,6 +16,8 @@ from ..backend import Backend
     "/health",
     tags=["health"],
     summary="200 when every component answers, 503 (same body) when one does not",
+    description="Checks the job stream, the registry, the KV buckets and the scheduler for real, each within "
+    "`JETDAG_HEALTH_TIMEOUT_S`, and counts the workers.",
     responses={503: ResponseSpec(HealthResponse, description="A component failed: same body, `healthy: false`")},
 )
 async def health(backend: Backend) -> Response[HealthResponse]:

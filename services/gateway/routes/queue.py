@@ -15,18 +15,35 @@ class QueueController(Controller):
     path = "/queue"
     tags = ["queue"]
 
-    @get("/stats", summary="Job counts: waiting, active, completed, failed, delayed, paused", responses=errors())
+    @get(
+        "/stats",
+        summary="Job counts: waiting, active, completed, failed, delayed, paused",
+        description="`completed` and `failed` count every job that finished, once, across restarts.",
+        responses=errors(),
+    )
     async def stats(self, backend: Backend) -> QueueStatsResponse:
         reply = await backend.queue_stats()
         return QueueStatsResponse(healthy=reply.healthy, stats=reply.stats, is_paused=reply.is_paused)
 
-    @post("/pause", status_code=HTTP_200_OK, summary="Stop delivering jobs to workers (idempotent)", responses=errors())
+    @post(
+        "/pause",
+        status_code=HTTP_200_OK,
+        summary="Stop delivering jobs to workers (idempotent)",
+        description="Suspends the JetStream consumers that feed workers; running jobs finish. Survives restarts.",
+        responses=errors(),
+    )
     async def pause(self, backend: Backend) -> MessageResponse:
         reply = await backend.pause()
         message = "queue paused" if reply.changed else "queue was already paused"
         return MessageResponse(message=f"{message} ({reply.consumers} consumers)", is_paused=True)
 
-    @post("/resume", status_code=HTTP_200_OK, summary="Deliver jobs again (idempotent)", responses=errors())
+    @post(
+        "/resume",
+        status_code=HTTP_200_OK,
+        summary="Deliver jobs again (idempotent)",
+        description="Resumes every consumer paused by `POST /queue/pause`.",
+        responses=errors(),
+    )
     async def resume(self, backend: Backend) -> MessageResponse:
         reply = await backend.resume()
         message = "queue resumed" if reply.changed else "queue was not paused"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, delete, get, post
+from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from shared.api import (
@@ -12,12 +13,11 @@ from shared.api import (
     WorkerListResponse,
     WorkerResponse,
 )
-from shared.ids import check_id
 from shared.messages import HeartbeatRequest, RegisterWorker
 
 from ..backend import Backend
 from ..body import strict_body
-from ..openapi import errors
+from ..openapi import PathId, errors
 
 
 class WorkerController(Controller):
@@ -28,7 +28,13 @@ class WorkerController(Controller):
         "/register",
         status_code=HTTP_201_CREATED,
         summary="Register a worker (201), or replace the record of a known id (200)",
-        responses=errors(400, 413),
+        description="A worker announces its capabilities and capacity. Registering an id that exists again "
+        "replaces its record (a restarted worker re-registers) and answers 200. It is `unhealthy` after three "
+        "missed heartbeat intervals and removed after `JETDAG_WORKER_REAP_AFTER_S` of silence.",
+        responses={
+            200: ResponseSpec(RegisterResponse, description="The id was known: its record was replaced"),
+            **errors(400, 413),
+        },
         before_request=strict_body(RegisterWorker, lambda body: [("metadata", body.metadata)]),
     )
     async def register(self, data: RegisterWorker, backend: Backend) -> Response[RegisterResponse]:
@@ -36,24 +42,35 @@ class WorkerController(Controller):
         body = RegisterResponse(worker_id=reply.worker.worker_id, registered_at=reply.worker.registered_at)
         return Response(body, status_code=HTTP_201_CREATED if reply.created else HTTP_200_OK)
 
-    @get("/", summary="List every registered worker with its derived status", responses=errors())
+    @get(
+        "/",
+        summary="List every registered worker with its derived status",
+        description="Every worker in the registry, with `status` derived from its heartbeat age and load.",
+        responses=errors(),
+    )
     async def list_workers(self, backend: Backend) -> WorkerListResponse:
         reply = await backend.list_workers()
         return WorkerListResponse(count=len(reply.workers), workers=reply.workers)
 
-    @get("/{worker_id:str}", summary="One worker", responses=errors(400, 404))
-    async def get_worker(self, worker_id: str, backend: Backend) -> WorkerResponse:
-        return WorkerResponse(worker=await backend.get_worker(check_id("workerId", worker_id)))
+    @get(
+        "/{workerId:str}",
+        summary="One worker",
+        description="The registry's record of one worker, with its derived status.",
+        responses=errors(400, 404),
+    )
+    async def get_worker(self, workerId: PathId, backend: Backend) -> WorkerResponse:
+        return WorkerResponse(worker=await backend.get_worker(workerId))
 
     @post(
-        "/{worker_id:str}/heartbeat",
+        "/{workerId:str}/heartbeat",
         status_code=HTTP_200_OK,
         summary="Heartbeat with the current load",
+        description="Keeps a registered worker healthy and updates its `currentLoad` (at most its `maxConcurrency`).",
         responses=errors(400, 404, 413),
         before_request=strict_body(HeartbeatRequest),
     )
-    async def heartbeat(self, worker_id: str, data: HeartbeatRequest, backend: Backend) -> HeartbeatResponse:
-        worker = await backend.heartbeat(check_id("workerId", worker_id), data.current_load)
+    async def heartbeat(self, workerId: PathId, data: HeartbeatRequest, backend: Backend) -> HeartbeatResponse:
+        worker = await backend.heartbeat(workerId, data.current_load)
         return HeartbeatResponse(
             worker_id=worker.worker_id,
             status=worker.status,
@@ -61,7 +78,13 @@ class WorkerController(Controller):
             last_heartbeat=worker.last_heartbeat,
         )
 
-    @delete("/{worker_id:str}", status_code=HTTP_200_OK, summary="Deregister a worker", responses=errors(400, 404))
-    async def deregister(self, worker_id: str, backend: Backend) -> DeregisterResponse:
-        reply = await backend.deregister(check_id("workerId", worker_id))
+    @delete(
+        "/{workerId:str}",
+        status_code=HTTP_200_OK,
+        summary="Deregister a worker",
+        description="Removes the worker from the registry; it disappears from every listing at once.",
+        responses=errors(400, 404),
+    )
+    async def deregister(self, workerId: PathId, backend: Backend) -> DeregisterResponse:
+        reply = await backend.deregister(workerId)
         return DeregisterResponse(worker_id=reply.worker_id, message=f"worker {reply.worker_id} deregistered")
