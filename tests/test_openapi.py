@@ -92,3 +92,29 @@ async def test_options_and_405_name_the_allowed_methods(stack: Stack, http: http
         r = await http.put(f"{stack.url}{path}", json={})
         assert r.status_code == 405 and r.headers["allow"] == allowed, (path, r.headers)
         assert r.json() == {"success": False, "error": f"method PUT is not allowed on /api/distributed{path}"}
+
+
+async def test_the_document_describes_every_operation(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.gateway()
+    spec = (await http.get(f"{stack.url.removesuffix('/api/distributed')}/schema/openapi.json")).json()
+    for path, operations in spec["paths"].items():
+        assert "_" not in "".join(re.findall(r"\{(\w+)\}", path)), path  # {workerId}, not {worker_id}
+        for method, operation in operations.items():
+            assert operation.get("description"), f"{method.upper()} {path} has no description"
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path":
+                    assert parameter["schema"]["pattern"], (path, parameter)
+    schemas = spec["components"]["schemas"]
+    for body in ("RegisterWorker", "HeartbeatRequest", "ExecuteRequest", "JobConfig"):
+        assert schemas[body]["additionalProperties"] is False, body
+    assert schemas["ExecuteRequest"]["properties"]["jobs"]["minItems"] == 1
+    assert schemas["ExecuteResponse"]["properties"]["startedAt"]["format"] == "date-time"
+    assert schemas["ExecuteResponse"]["properties"]["status"]["enum"] == [
+        "pending",
+        "running",
+        "completed",
+        "failed",
+        "cancelled",
+    ]
+    register = spec["paths"]["/api/distributed/workers/register"]["post"]["responses"]
+    assert {"200", "201"} <= set(register)
