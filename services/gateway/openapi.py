@@ -22,12 +22,31 @@ if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
     from litestar.typing import FieldDefinition
 
-__all__ = ["ASSETS_PATH", "PathId", "StrictStructSchemaPlugin", "errors", "explorer", "explorer_assets"]
+__all__ = [
+    "ASSETS_PATH",
+    "PathId",
+    "ServerSentEvent",
+    "StrictStructSchemaPlugin",
+    "errors",
+    "explorer",
+    "explorer_assets",
+]
 
 ASSETS_PATH = "/schema/assets"
 
 PathId = Annotated[str, Parameter(pattern=ID_RE.pattern, description="1-128 characters of A-Z, a-z, 0-9, '_' or '-'")]
 """An id in a URL path (`{workerId}`, `{executionId}`): validated, and documented with its pattern."""
+
+
+class ServerSentEvent(msgspec.Struct, kw_only=True):
+    """One event of a `text/event-stream` answer, as OpenAPI 3.1 documents a stream: its fields. `data` is
+    the JSON of a jetdag event (docs/events.md); a first event carries only `retry`."""
+
+    data: str | None = None
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+
 
 _DESCRIPTIONS = {
     400: "Malformed or invalid request; `error` names the field",

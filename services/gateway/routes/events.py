@@ -6,17 +6,23 @@ from typing import Annotated
 
 from litestar import Request, get
 from litestar.background_tasks import BackgroundTask
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from shared.ids import check_id
-
 from ..observe import STREAM_OPT
-from ..openapi import errors
+from ..openapi import PathId, ServerSentEvent, errors
 from ..sse import HEADERS, parse_kinds, parse_last_id
 from ..streams import EventStreams, Feed
 
 __all__ = ["all_events", "execution_events"]
+
+
+_EVENTS = {
+    200: ResponseSpec(
+        ServerSentEvent, media_type="text/event-stream", description="Server-sent events, one per jetdag event"
+    )
+}
 
 
 def _stream(feed: Feed, body: object) -> Stream:
@@ -31,20 +37,23 @@ def _stream(feed: Feed, body: object) -> Stream:
 
 
 @get(
-    "/execute/{execution_id:str}/events",
+    "/execute/{executionId:str}/events",
     tags=["events"],
     summary="Live events of one execution (text/event-stream), from its first; ends after its final event",
-    responses=errors(400, 404),
+    description="Every event of the execution from its first (or after `Last-Event-ID` / `lastEventId`), "
+    "then live; the stream ends after the execution's final event.",
+    media_type="text/event-stream",
+    responses={**_EVENTS, **errors(400, 404)},
     opt={STREAM_OPT: True},
 )
 async def execution_events(
     request: Request,  # type: ignore[type-arg]
-    execution_id: str,
+    executionId: PathId,
     streams: EventStreams,
     last_event_id: Annotated[str | None, Parameter(query="lastEventId")] = None,
 ) -> Stream:
     after = parse_last_id(request.headers.get("last-event-id"), last_event_id)
-    feed, body = await streams.execution(check_id("executionId", execution_id), after)
+    feed, body = await streams.execution(executionId, after)
     return _stream(feed, body)
 
 
@@ -52,7 +61,10 @@ async def execution_events(
     "/events",
     tags=["events"],
     summary="Live events of every execution and worker (text/event-stream), from now; `kinds` filters",
-    responses=errors(400),
+    description="Every event from now (or after `Last-Event-ID` / `lastEventId`), live, until the client "
+    "disconnects; `kinds` (comma-separated) keeps only those kinds.",
+    media_type="text/event-stream",
+    responses={**_EVENTS, **errors(400)},
     opt={STREAM_OPT: True},
 )
 async def all_events(
