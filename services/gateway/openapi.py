@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASSETS_PATH",
+    "SSE_RESPONSE",
     "PathId",
     "ServerSentEvent",
     "StrictStructSchemaPlugin",
@@ -46,6 +47,14 @@ class ServerSentEvent(msgspec.Struct, kw_only=True):
     event: str | None = None
     id: str | None = None
     retry: int | None = None
+
+
+SSE_RESPONSE = {
+    200: ResponseSpec(
+        ServerSentEvent, media_type="text/event-stream", description="Server-sent events, one per jetdag event"
+    )
+}
+"""`responses=` of a route answering `text/event-stream`."""
 
 
 _DESCRIPTIONS = {

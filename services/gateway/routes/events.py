@@ -6,23 +6,15 @@ from typing import Annotated
 
 from litestar import Request, get
 from litestar.background_tasks import BackgroundTask
-from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 
 from ..observe import STREAM_OPT
-from ..openapi import PathId, ServerSentEvent, errors
+from ..openapi import SSE_RESPONSE, PathId, errors
 from ..sse import HEADERS, parse_kinds, parse_last_id
 from ..streams import EventStreams, Feed
 
 __all__ = ["all_events", "execution_events"]
-
-
-_EVENTS = {
-    200: ResponseSpec(
-        ServerSentEvent, media_type="text/event-stream", description="Server-sent events, one per jetdag event"
-    )
-}
 
 
 def _stream(feed: Feed, body: object) -> Stream:
@@ -43,7 +35,7 @@ def _stream(feed: Feed, body: object) -> Stream:
     description="Every event of the execution from its first (or after `Last-Event-ID` / `lastEventId`), "
     "then live; the stream ends after the execution's final event.",
     media_type="text/event-stream",
-    responses={**_EVENTS, **errors(400, 404)},
+    responses={**SSE_RESPONSE, **errors(400, 404)},
     opt={STREAM_OPT: True},
 )
 async def execution_events(
@@ -64,7 +56,7 @@ async def execution_events(
     description="Every event from now (or after `Last-Event-ID` / `lastEventId`), live, until the client "
     "disconnects; `kinds` (comma-separated) keeps only those kinds.",
     media_type="text/event-stream",
-    responses={**_EVENTS, **errors(400)},
+    responses={**SSE_RESPONSE, **errors(400)},
     opt={STREAM_OPT: True},
 )
 async def all_events(

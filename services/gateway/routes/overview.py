@@ -8,7 +8,7 @@ from litestar.response import Stream
 from shared.api import Overview
 
 from ..observe import STREAM_OPT
-from ..openapi import errors
+from ..openapi import SSE_RESPONSE, errors
 from ..overview import OverviewHub
 from ..sse import HEADERS
 
@@ -20,6 +20,7 @@ class OverviewController(Controller):
     @get(
         "/",
         summary="Health, workers, queue statistics and the most recent executions, in one body",
+        description="What the dashboard's overview shows, gathered in one call.",
         responses=errors(),
     )
     async def overview(self, overview_hub: OverviewHub) -> Overview:
@@ -28,6 +29,9 @@ class OverviewController(Controller):
     @get(
         "/events",
         summary="The overview as server-sent events: `event: overview` at once and whenever it changes",
+        description="`data` is the body of `GET /overview`, sent at once and then whenever it changes.",
+        media_type="text/event-stream",
+        responses=SSE_RESPONSE,
         opt={STREAM_OPT: True},
     )
     async def overview_events(self, overview_hub: OverviewHub) -> Stream:
