@@ -40,6 +40,7 @@ async def test_overview_pause_and_resume_from_the_page(
     assert row in ("idle", "busy")
 
     # A dropped stream is recovered: the gateway restarts, the page reconnects by itself and is live again.
+    assert await browser.errors() == []
     gateway = next(p for p in stack.procs if p.name == "gateway")
     await gateway.aterminate()
     await browser.wait("() => document.querySelector('[data-stream=\"reconnecting\"]')", message="stream lost")
@@ -52,3 +53,6 @@ async def test_overview_pause_and_resume_from_the_page(
     await browser.wait(
         "() => document.querySelector('[data-worker-id=\"rest-1\"]')", message="new worker after reconnect"
     )
+    # While the gateway was down, the browser logged its refused reconnects; nothing else.
+    outage = await browser.errors()
+    assert all("ERR_CONNECTION_REFUSED" in e and "/overview/events" in e for e in outage), outage
