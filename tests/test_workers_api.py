@@ -96,14 +96,27 @@ async def test_reregistration_replaces_record(stack: Stack, http: httpx.AsyncCli
     assert r.status_code == 201
     first = r.json()["registeredAt"]
     await http.post(f"{stack.url}/workers/worker-1/heartbeat", json={"currentLoad": 2})
-    changed = {**W1, "capabilities": ["cpu"], "maxConcurrency": 8, "hostname": "node-b"}
+    # The worker restarted on its host with another configuration: its new record replaces the old one.
+    changed = {**W1, "capabilities": ["cpu"], "maxConcurrency": 8}
     r = await http.post(f"{stack.url}/workers/register", json=changed)
     assert r.status_code == 200, r.text
     assert r.json()["registeredAt"] >= first
     worker = (await http.get(f"{stack.url}/workers/worker-1")).json()["worker"]
     assert worker["capabilities"] == ["cpu"] and worker["maxConcurrency"] == 8
-    assert worker["hostname"] == "node-b" and worker["currentLoad"] == 0
+    assert worker["hostname"] == W1["hostname"] and worker["currentLoad"] == 0
     assert (await http.get(f"{stack.url}/workers")).json()["count"] == 1
+    # Issue 11: another host may not take the id of a live worker (no admin token: auth is off here).
+    r = await http.post(f"{stack.url}/workers/register", json={**W1, "hostname": "node-b"})
+    assert r.status_code == 409, r.text
+    assert r.json() == {
+        "success": False,
+        "error": f"worker id worker-1 is held by a live worker on {W1['hostname']}; deregister it first, or "
+        "register with an admin API token",
+    }
+    assert (await http.get(f"{stack.url}/workers/worker-1")).json()["worker"]["hostname"] == W1["hostname"]
+    # Deregistered first, the id is free for the other host.
+    assert (await http.delete(f"{stack.url}/workers/worker-1")).status_code == 200
+    assert (await http.post(f"{stack.url}/workers/register", json={**W1, "hostname": "node-b"})).status_code == 201
 
 
 async def test_status_turns_unhealthy_then_recovers(stack: Stack, http: httpx.AsyncClient, nc: Client) -> None:

@@ -84,8 +84,10 @@ class Backend:
 
     # --- workers -------------------------------------------------------------------------------------
 
-    async def register_worker(self, cmd: RegisterWorker) -> RegisterReply:
-        return await self._registry("register", cmd, RegisterReply)
+    async def register_worker(self, cmd: RegisterWorker, *, takeover: bool = False) -> RegisterReply:
+        """`takeover`: may replace the record of a live worker on another host (the registry's `takeover`
+        command, which only the gateway's NATS credential may send)."""
+        return await self._registry("takeover" if takeover else "register", cmd, RegisterReply)
 
     async def heartbeat(self, worker_id: str, current_load: int) -> WorkerView:
         cmd = HeartbeatCommand(worker_id=worker_id, current_load=current_load)

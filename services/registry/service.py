@@ -44,7 +44,7 @@ from shared.service import ServiceContext
 from shared.settings import RegistrySettings, load
 from shared.timeutil import now_iso, now_ms
 
-from .status import derive_status, silence_ms, view
+from .status import derive_status, held_by_other, silence_ms, view
 
 __all__ = ["RegistryService"]
 
@@ -90,6 +90,9 @@ class RegistryService:
             prefix=ctx.names.registry_prefix,
             endpoints={
                 "register": Endpoint(RegisterWorker, self.register),
+                # The same, and it may replace a live worker's record: only the gateway's NATS credential may
+                # send it, for an admin token (shared/permissions.py).
+                "takeover": Endpoint(RegisterWorker, self.takeover),
                 "heartbeat": Endpoint(HeartbeatCommand, self.heartbeat),
                 "deregister": Endpoint(WorkerRef, self.deregister),
                 "get": Endpoint(WorkerRef, self.get),
@@ -103,6 +106,12 @@ class RegistryService:
     # --- commands ------------------------------------------------------------------------------------
 
     async def register(self, cmd: RegisterWorker) -> RegisterReply:
+        return await self._register(cmd, takeover=False)
+
+    async def takeover(self, cmd: RegisterWorker) -> RegisterReply:
+        return await self._register(cmd, takeover=True)
+
+    async def _register(self, cmd: RegisterWorker, *, takeover: bool) -> RegisterReply:
         if len(_encode(cmd.metadata)) > MAX_METADATA_BYTES:
             raise Invalid(f"metadata must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
         if cmd.current_load > cmd.max_concurrency:
@@ -121,13 +130,36 @@ class RegistryService:
             heartbeat_interval_s=cmd.heartbeat_interval_s or self.settings.rest_heartbeat_interval_s,
         )
         payload = _encode(record)
-        try:
-            await self.kv.create(cmd.worker_id, payload)
-            created = True
-        except KeyWrongLastSequenceError:
-            # A restarted worker registers again under its id: its new record replaces the old one.
-            await self.kv.put(cmd.worker_id, payload)
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                await self.kv.create(cmd.worker_id, payload)
+                created = True
+                break
+            except KeyWrongLastSequenceError:
+                pass
+            # A restarted worker registers again under its id: its new record replaces the old one, unless the
+            # id belongs to a live worker on another host (forged registrations must not hijack its record).
+            try:
+                entry, held = await self._load(cmd.worker_id)
+            except NotFound:
+                continue  # deregistered meanwhile: create it
+            holder = held_by_other(held, record, now_ms())
+            if holder is not None and not takeover:
+                log.warning("registration refused", workerId=cmd.worker_id, hostname=cmd.hostname, holder=holder)
+                raise Conflict(
+                    f"worker id {cmd.worker_id} is held by a live worker on {holder}; deregister it first, or "
+                    "register with an admin API token"
+                )
+            try:
+                await self.kv.update(cmd.worker_id, payload, last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            if holder is not None:
+                log.warning("worker taken over", workerId=cmd.worker_id, hostname=cmd.hostname, holder=holder)
             created = False
+            break
+        else:
+            raise Conflict(f"worker {cmd.worker_id} is being updated concurrently; retry the registration")
         log.info("worker registered", workerId=cmd.worker_id, created=created)
         await self._event(record, "registered")
         return RegisterReply(worker=view(record, now_ms()), created=created)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from shared.messages import WorkerRecord, WorkerStatus, WorkerView
 from shared.timeutil import ms_from_iso
 
-__all__ = ["MISSED_HEARTBEATS", "derive_status", "silence_ms", "view"]
+__all__ = ["MISSED_HEARTBEATS", "derive_status", "held_by_other", "silence_ms", "view"]
 
 # A worker is unhealthy after this many heartbeat intervals without a heartbeat.
 MISSED_HEARTBEATS = 3
@@ -20,6 +20,14 @@ def derive_status(record: WorkerRecord, now_ms: int) -> WorkerStatus:
     if silence_ms(record, now_ms) > MISSED_HEARTBEATS * record.heartbeat_interval_s * 1000:
         return "unhealthy"
     return "busy" if record.current_load > 0 else "idle"
+
+
+def held_by_other(existing: WorkerRecord, incoming: WorkerRecord, now_ms: int) -> str | None:
+    """The host of a live worker that holds the id `incoming` wants, or None when it may be replaced: the same
+    host re-registering (a restart), or a holder that stopped heartbeating."""
+    if existing.hostname == incoming.hostname or derive_status(existing, now_ms) == "unhealthy":
+        return None
+    return existing.hostname
 
 
 def view(record: WorkerRecord, now_ms: int) -> WorkerView:
