@@ -27,6 +27,7 @@ from pathlib import Path
 from jetdag.datalock import DataDirInUse, DataDirLock
 from jetdag.natsauth import RoleKey, authorization_block, ensure_credentials
 from jetdag.natsserver import NatsServer, NatsServerConfig, find_nats_server, port_in_use
+from services.gateway.auth import AuthConfigError, AuthPolicy
 from shared.permissions import Role
 from shared.settings import GatewaySettings, NatsSettings, SettingsError, StackSettings, load
 from shared.subjects import Names
@@ -337,7 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         gateway = load(GatewaySettings)
         embedded = not os.environ.get("NATS_URL")
         nats = load(NatsSettings)
-    except SettingsError as exc:
+        # The gateway would refuse to start in a moment; say why before anything starts.
+        AuthPolicy.from_settings(gateway)
+    except (SettingsError, AuthConfigError) as exc:
         print(f"jetdag: {exc}", file=sys.stderr)
         return 2
     if embedded:

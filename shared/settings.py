@@ -147,7 +147,29 @@ class GatewaySettings:
     cors_origins: str = env(
         "JETDAG_CORS_ORIGINS",
         "",
-        "Comma-separated origins a browser page may call the API from (`*`: any); empty: CORS off.",
+        "Comma-separated origins a browser page may call the API from (`*`: any, only with API tokens); empty: "
+        "CORS off. Requests carrying another `Origin` get 403.",
+    )
+    api_tokens: str = env(
+        "JETDAG_API_TOKENS",
+        "",
+        "REST API tokens: comma-separated `name:scope:secret` entries, scope `read`, `write` or `admin`, secret "
+        "the token itself or `sha256:<hex>` of it (`jetdag api-token` makes one). None: no auth on a loopback "
+        "address; any other address refuses to start. See docs/security.md.",
+        secret=True,
+    )
+    api_tokens_file: str = env(
+        "JETDAG_API_TOKENS_FILE",
+        "",
+        "A file of API tokens, one `name:scope:secret` entry a line (`#` comments), read at start; adds to "
+        "JETDAG_API_TOKENS.",
+    )
+    api_auth: str = env(
+        "JETDAG_API_AUTH",
+        "auto",
+        "`auto`: tokens required when any are configured, and a non-loopback address refuses to start without "
+        "them; `off`: no tokens on any address (only behind a proxy that authenticates, or a container published "
+        "on loopback as in compose.yaml).",
     )
     sse_heartbeat_s: float = env(
         "JETDAG_SSE_HEARTBEAT_S", 15.0, "Interval of the comment heartbeat on an idle event stream (SSE)."

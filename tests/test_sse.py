@@ -220,7 +220,9 @@ async def test_a_slow_client_is_dropped_and_resumes(stack: Stack, http: httpx.As
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.connect(("127.0.0.1", stack.gateway_port))
-    request = "GET /api/distributed/events?lastEventId=0 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    request = (
+        "GET /api/distributed/events?lastEventId=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    )
     slow.sendall(request.encode())
     await wait_for(lambda: gateway.has_logged("sse client too slow; stream dropped"), timeout=60)
 

@@ -130,4 +130,29 @@ def nats_config(directory: Path | None, as_json: bool, out: Path | None) -> None
     click.echo(f"jetdag nats-config: the seeds (NATS_NKEY of each role): {seeds}", err=True)
 
 
-COMMANDS = [up, registry, scheduler, gateway, worker, settings, nats_config]
+@click.command(
+    "api-token",
+    short_help="Make a REST API token and the entry that configures it.",
+    help="Make a new random REST API token for NAME with a scope (read: every GET; write: also submit, cancel, "
+    "retry; admin: also the queue and worker registration). Prints the token, which only you keep, and the "
+    "entry for JETDAG_API_TOKENS or a line of JETDAG_API_TOKENS_FILE, which holds only its SHA-256.",
+)
+@click.argument("name")
+@click.option(
+    "--scope", type=click.Choice(["read", "write", "admin"]), default="read", show_default=True, help="What it may do."
+)
+def api_token(name: str, scope: str) -> None:
+    from services.gateway.auth import AuthConfigError, hash_token, new_token, parse_tokens
+
+    token = new_token()
+    entry = f"{name}:{scope}:{hash_token(token)}"
+    try:
+        parse_tokens(entry, "NAME")
+    except AuthConfigError as exc:
+        err.print(f"jetdag api-token: {exc}")
+        raise SystemExit(2) from None
+    click.echo(f"token: {token}")
+    click.echo(f"entry: {entry}")
+
+
+COMMANDS = [up, registry, scheduler, gateway, worker, settings, nats_config, api_token]

@@ -9,14 +9,17 @@ from litestar.config.app import AppConfig
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from shared import tracing
 from shared.settings import GatewaySettings
 
+from .auth import AuthPolicy
 from .backend import Backend
 from .errors import exception_handlers
+from .guard import api_guard
 from .observe import RequestMetrics
 from .openapi import StrictStructSchemaPlugin, explorer, explorer_assets
 from .overview import OverviewHub
@@ -60,8 +63,13 @@ def _tracing_plugins() -> list[Any]:
     return [OpenTelemetryPlugin(config)]
 
 
-def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
+SECURITY_SCHEME = "bearerToken"
+
+
+def create_app(backend: Backend, settings: GatewaySettings, policy: AuthPolicy | None = None) -> Litestar:
     streams = EventStreams(backend, settings)
+    policy = policy or AuthPolicy.from_settings(settings)
+    guard = api_guard(policy)
     hub = OverviewHub(backend, settings.dashboard_interval_s, settings.sse_heartbeat_s)
 
     async def provide_backend() -> Backend:
@@ -85,6 +93,7 @@ def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
             all_events,
             OverviewController,
         ],
+        guards=[guard],
     )
     allowed: dict[str, str] = {}
 
@@ -97,7 +106,14 @@ def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
         return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": methods} if methods else None)
 
     config = AppConfig(
-        route_handlers=[api, metrics, page, assets, explorer_assets()],
+        # The dashboard's page and files load without a token (the page asks for one); its API calls do not.
+        route_handlers=[
+            api,
+            Router(path="/", route_handlers=[metrics], guards=[guard]),
+            page,
+            assets,
+            explorer_assets(),
+        ],
         middleware=[RequestMetrics()],
         dependencies={
             "backend": Provide(provide_backend, use_cache=True),
@@ -112,7 +128,17 @@ def create_app(backend: Backend, settings: GatewaySettings) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="jetdag",
             version="0.1.0",
-            description="REST API of jetdag, distributed DAG execution on NATS JetStream.",
+            description="REST API of jetdag, distributed DAG execution on NATS JetStream. With API tokens "
+            "configured, every route but /health needs `Authorization: Bearer <token>`: `read` for GETs, `write` "
+            "to submit, cancel and retry, `admin` for the queue and worker registration (docs/security.md).",
+            components=Components(
+                security_schemes={
+                    SECURITY_SCHEME: SecurityScheme(
+                        type="http", scheme="bearer", description="A jetdag API token (scopes read, write, admin)."
+                    )
+                }
+            ),
+            security=[{SECURITY_SCHEME: []}],
             path="/schema",
             render_plugins=[explorer()],
         ),

@@ -59,6 +59,9 @@ SSE_RESPONSE = {
 
 _DESCRIPTIONS = {
     400: "Malformed or invalid request; `error` names the field",
+    401: "API tokens are configured and the request has none, or an unknown one",
+    403: "The token's scope does not allow this, or the request's Origin or Host is not allowed",
+    415: "A request that changes something must be `Content-Type: application/json`",
     404: "The worker or execution does not exist",
     409: "The request conflicts with the resource's state",
     413: "The body is larger than the configured limit",
@@ -69,7 +72,8 @@ _DESCRIPTIONS = {
 def errors(*statuses: int) -> dict[int, ResponseSpec]:
     """`responses=` for a route: each status with the `{success: false, error}` body."""
     return {
-        s: ResponseSpec(ErrorResponse, description=_DESCRIPTIONS[s], generate_examples=False) for s in (*statuses, 503)
+        s: ResponseSpec(ErrorResponse, description=_DESCRIPTIONS[s], generate_examples=False)
+        for s in (*statuses, 401, 403, 503)
     }
 
 

@@ -15,6 +15,7 @@ from shared.service import ServiceContext
 from shared.settings import GatewaySettings, load
 
 from .app import create_app
+from .auth import AuthConfigError, AuthPolicy
 from .backend import Backend
 
 __all__ = ["GatewayService", "bind_socket"]
@@ -58,6 +59,11 @@ class GatewayService:
 
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or load(GatewaySettings)
+        try:
+            self.policy = AuthPolicy.from_settings(self.settings)
+        except AuthConfigError as exc:
+            # Before anything starts, one line: an exposed gateway without tokens would let anyone steer it.
+            raise SystemExit(f"gateway: {exc}") from None
 
     async def ensure(self, ctx: ServiceContext) -> None:
         """The gateway owns no stream or bucket."""
@@ -71,7 +77,8 @@ class GatewayService:
             health_timeout=self.settings.health_timeout_s,
             metrics_window=self.settings.metrics_window_s,
         )
-        app = create_app(backend, self.settings)
+        app = create_app(backend, self.settings, self.policy)
+        log.info("api auth", enabled=self.policy.enabled, tokens=[t.name for t in self.policy.tokens])
         config = uvicorn.Config(
             app,
             log_config=None,

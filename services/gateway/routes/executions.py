@@ -38,7 +38,7 @@ class ExecutionController(Controller):
         description="Validates the DAG (ids, dependencies, cycles, limits: a 400 names the problem), persists "
         "it and queues every job without dependencies. A status query right after the 201 finds it, and it "
         "survives any restart. 503 while the open jobs of all executions would exceed `JETDAG_MAX_OPEN_JOBS`.",
-        responses=errors(400, 413),
+        responses=errors(400, 413, 415),
         before_request=strict_body(
             ExecuteRequest, lambda body: ((f"jobs[{i}].config", job.config) for i, job in enumerate(body.jobs))
         ),
@@ -70,7 +70,7 @@ class ExecutionController(Controller):
         status_code=HTTP_200_OK,
         summary="Cancel a running execution (409 if it already ended)",
         description="Jobs not yet finished end `cancelled`; running handlers see `ctx.cancelled`.",
-        responses=errors(400, 404, 409),
+        responses=errors(400, 404, 409, 415),
     )
     async def cancel(self, executionId: PathId, backend: Backend) -> ExecuteResponse:
         return summary(await backend.cancel(executionId))
@@ -81,7 +81,7 @@ class ExecutionController(Controller):
         summary="Re-run, from the latest checkpoint, every job of a finished execution that did not complete",
         description="Completed jobs keep their results; failed, skipped and cancelled ones run again in a new "
         "round. 409 while the execution is still open.",
-        responses=errors(400, 404, 409),
+        responses=errors(400, 404, 409, 415),
     )
     async def retry(self, executionId: PathId, backend: Backend) -> ExecuteResponse:
         return summary(await backend.retry(executionId))

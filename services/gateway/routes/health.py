@@ -19,6 +19,9 @@ from ..backend import Backend
     description="Checks the job stream, the registry, the KV buckets and the scheduler for real, each within "
     "`JETDAG_HEALTH_TIMEOUT_S`, and counts the workers.",
     responses={503: ResponseSpec(HealthResponse, description="A component failed: same body, `healthy: false`")},
+    # Open to load balancers and probes: counts and component errors only, no ids or payloads.
+    opt={"public": True},
+    security=[{}],
 )
 async def health(backend: Backend) -> Response[HealthResponse]:
     body = await check_health(backend)

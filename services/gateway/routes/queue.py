@@ -7,6 +7,7 @@ from litestar.status_codes import HTTP_200_OK
 
 from shared.api import MessageResponse, QueueStatsResponse
 
+from ..auth import Scope
 from ..backend import Backend
 from ..openapi import errors
 
@@ -28,9 +29,10 @@ class QueueController(Controller):
     @post(
         "/pause",
         status_code=HTTP_200_OK,
-        summary="Stop delivering jobs to workers (idempotent)",
+        summary="Stop delivering jobs to workers (idempotent; admin)",
         description="Suspends the JetStream consumers that feed workers; running jobs finish. Survives restarts.",
-        responses=errors(),
+        responses=errors(415),
+        opt={"scope": Scope.ADMIN},
     )
     async def pause(self, backend: Backend) -> MessageResponse:
         reply = await backend.pause()
@@ -40,9 +42,10 @@ class QueueController(Controller):
     @post(
         "/resume",
         status_code=HTTP_200_OK,
-        summary="Deliver jobs again (idempotent)",
+        summary="Deliver jobs again (idempotent; admin)",
         description="Resumes every consumer paused by `POST /queue/pause`.",
-        responses=errors(),
+        responses=errors(415),
+        opt={"scope": Scope.ADMIN},
     )
     async def resume(self, backend: Backend) -> MessageResponse:
         reply = await backend.resume()

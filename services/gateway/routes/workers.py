@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, delete, get, post
+from typing import Any
+
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -15,8 +17,10 @@ from shared.api import (
 )
 from shared.messages import HeartbeatRequest, RegisterWorker
 
+from ..auth import Scope
 from ..backend import Backend
 from ..body import strict_body
+from ..guard import TOKEN_STATE
 from ..openapi import PathId, errors
 
 
@@ -29,16 +33,22 @@ class WorkerController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Register a worker (201), or replace the record of a known id (200)",
         description="A worker announces its capabilities and capacity. Registering an id that exists again "
-        "replaces its record (a restarted worker re-registers) and answers 200. It is `unhealthy` after three "
+        "replaces its record (a restarted worker re-registers) and answers 200; an id a live worker on another "
+        "host holds answers 409 unless the token is admin (auth on). Needs admin. It is `unhealthy` after three "
         "missed heartbeat intervals and removed after `JETDAG_WORKER_REAP_AFTER_S` of silence.",
         responses={
             200: ResponseSpec(RegisterResponse, description="The id was known: its record was replaced"),
-            **errors(400, 413),
+            **errors(400, 409, 413, 415),
         },
         before_request=strict_body(RegisterWorker, lambda body: [("metadata", body.metadata)]),
+        opt={"scope": Scope.ADMIN},
     )
-    async def register(self, data: RegisterWorker, backend: Backend) -> Response[RegisterResponse]:
-        reply = await backend.register_worker(data)
+    async def register(
+        self, data: RegisterWorker, request: Request[Any, Any, Any], backend: Backend
+    ) -> Response[RegisterResponse]:
+        # Only an admin token may take over an id a live worker holds; without tokens nobody may (deregister it
+        # first). The route needs admin already, so a token here is an admin's.
+        reply = await backend.register_worker(data, takeover=TOKEN_STATE in request.state)
         body = RegisterResponse(worker_id=reply.worker.worker_id, registered_at=reply.worker.registered_at)
         return Response(body, status_code=HTTP_201_CREATED if reply.created else HTTP_200_OK)
 
@@ -64,10 +74,11 @@ class WorkerController(Controller):
     @post(
         "/{workerId:str}/heartbeat",
         status_code=HTTP_200_OK,
-        summary="Heartbeat with the current load",
+        summary="Heartbeat with the current load (admin)",
         description="Keeps a registered worker healthy and updates its `currentLoad` (at most its `maxConcurrency`).",
-        responses=errors(400, 404, 413),
+        responses=errors(400, 404, 413, 415),
         before_request=strict_body(HeartbeatRequest),
+        opt={"scope": Scope.ADMIN},
     )
     async def heartbeat(self, workerId: PathId, data: HeartbeatRequest, backend: Backend) -> HeartbeatResponse:
         worker = await backend.heartbeat(workerId, data.current_load)
@@ -81,9 +92,10 @@ class WorkerController(Controller):
     @delete(
         "/{workerId:str}",
         status_code=HTTP_200_OK,
-        summary="Deregister a worker",
+        summary="Deregister a worker (admin)",
         description="Removes the worker from the registry; it disappears from every listing at once.",
-        responses=errors(400, 404),
+        responses=errors(400, 404, 415),
+        opt={"scope": Scope.ADMIN},
     )
     async def deregister(self, workerId: PathId, backend: Backend) -> DeregisterResponse:
         reply = await backend.deregister(workerId)
