@@ -16,7 +16,10 @@ RUN pip install --no-cache-dir . \
     && cd / \
     && rm -rf /src
 
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin jetdag
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin jetdag \
+    && mkdir /home/jetdag/auth && chown jetdag:jetdag /home/jetdag/auth
+# compose.yaml mounts its nats-auth volume here: a new volume takes this directory's owner, so the services
+# (this user) can write and read their 0600 credentials in it.
 USER jetdag
 WORKDIR /home/jetdag
 

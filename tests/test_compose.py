@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 from jetdag.launcher import stack_specs
-from shared.settings import SettingsError, all_settings_classes, load
+from jetdag.natsauth import seed_path
+from services.gateway.auth import AuthPolicy
+from shared.settings import GatewaySettings, SettingsError, all_settings_classes, load
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
@@ -26,6 +28,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 NATS_SERVICE = "nats"
+AUTH_SERVICE = "nats-auth"
 MIN_NATS = (2, 11)  # consumer pause
 # Keys compose accepts at the top level; `x-*` extension fields (our anchors) are ignored by compose.
 TOP_LEVEL_KEYS = {"version", "name", "services", "volumes", "networks", "configs", "secrets", "include"}
@@ -45,8 +48,8 @@ def services() -> dict[str, dict[str, Any]]:
 
 
 def jetdag_services() -> dict[str, dict[str, Any]]:
-    """Every service built from the project's Dockerfile (all but nats)."""
-    return {name: svc for name, svc in services().items() if name != NATS_SERVICE}
+    """The services `jetdag up` runs too (all but nats and the one-shot that writes its credentials)."""
+    return {name: svc for name, svc in services().items() if name not in (NATS_SERVICE, AUTH_SERVICE)}
 
 
 def command(name: str, svc: dict[str, Any]) -> list[str]:
@@ -240,3 +243,51 @@ def test_dockerfile_installs_the_project() -> None:
     ignored = {line.strip().strip("/") for line in DOCKERIGNORE.read_text().splitlines()}
     for entry in (".venv", ".git", ".jetdag"):
         assert entry in ignored, f".dockerignore must exclude {entry}"
+
+
+def mounts(svc: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """target → (source, read-only) of a service's volumes."""
+    out = {}
+    for volume in svc.get("volumes", []):
+        source, target, *mode = str(volume).split(":")
+        out[target] = (source, mode == ["ro"])
+    return out
+
+
+def test_only_loopback_ports_are_published() -> None:
+    """Issue 11: 4222, 8222 and 8000 were published on every interface, unauthenticated."""
+    for name, svc in services().items():
+        for port in svc.get("ports", []):
+            host, _, rest = str(port).partition(":")
+            assert host == "127.0.0.1" and ":" in rest, f"service {name!r} publishes {port} beyond loopback"
+    assert all(not str(p).endswith(":8222") for p in services()[NATS_SERVICE].get("ports", [])), "monitoring published"
+
+
+def test_nats_runs_with_the_generated_authorization_and_each_service_with_its_role() -> None:
+    auth, nats = services()[AUTH_SERVICE], services()[NATS_SERVICE]
+    cmd = command(AUTH_SERVICE, auth)
+    assert cmd[:2] == ["jetdag", "nats-config"], cmd
+    seeds, block = Path(cmd[cmd.index("--dir") + 1]), Path(cmd[cmd.index("--out") + 1])
+    volume, read_only = mounts(auth)[str(block.parent)]
+    assert not read_only and seeds.parent == block.parent, "nats-auth writes seeds and block into its volume"
+    # nats loads the block from the same volume, and starts only once it was written.
+    nats_cmd = command(NATS_SERVICE, nats)
+    loaded = Path(nats_cmd[nats_cmd.index("-c") + 1])
+    assert mounts(nats)[str(loaded.parent)] == (volume, True) and loaded.name == block.name
+    assert nats["depends_on"][AUTH_SERVICE] == {"condition": "service_completed_successfully"}
+    # Every service: the seed of the role `jetdag up` gives it, from that volume, read-only.
+    roles = {spec.name: spec.role for spec in stack_specs(2)}
+    for name, svc in jetdag_services().items():
+        role = roles[name]
+        assert role is not None
+        assert environment(name, svc).get("NATS_NKEY") == str(seed_path(seeds, role)), name
+        assert mounts(svc)[str(block.parent)] == (volume, True), name
+    assert (
+        environment(AUTH_SERVICE, auth).get("JETDAG_NAMESPACE")
+        == environment("registry", services()["registry"])["JETDAG_NAMESPACE"]
+    ), "the block must be written for the namespace the services use"
+
+
+def test_the_gateway_would_start_with_its_settings() -> None:
+    env = environment("gateway", services()["gateway"])
+    AuthPolicy.from_settings(load(GatewaySettings, env))  # raises for an exposed gateway without tokens
