@@ -201,7 +201,7 @@ async def check_micro(nats: Cli) -> None:
     endpoints = re.findall(r"^\s*Name: (\S+)\n\s*Subject: (\S+)\n\s*Queue Group: q$", out, re.MULTILINE)
     assert endpoints == [
         (command, f"jetdag.registry.{command}")
-        for command in ("register", "heartbeat", "deregister", "get", "list", "summary")
+        for command in ("register", "heartbeat", "deregister", "get", "list", "summary", "takeover")
     ], out
     # The REST registration above reached the registry over NATS: one request on `register`.
     stats = re.search(r"register Endpoint Statistics:\n\n\s*Requests: (\d+) in group \"q\"", out)

@@ -90,14 +90,14 @@ class RegistryService:
             prefix=ctx.names.registry_prefix,
             endpoints={
                 "register": Endpoint(RegisterWorker, self.register),
-                # The same, and it may replace a live worker's record: only the gateway's NATS credential may
-                # send it, for an admin token (shared/permissions.py).
-                "takeover": Endpoint(RegisterWorker, self.takeover),
                 "heartbeat": Endpoint(HeartbeatCommand, self.heartbeat),
                 "deregister": Endpoint(WorkerRef, self.deregister),
                 "get": Endpoint(WorkerRef, self.get),
                 "list": Endpoint(ListWorkers, self.list_workers),
                 "summary": Endpoint(ListWorkers, self.summary),
+                # The same, and it may replace a live worker's record: only the gateway's NATS credential may
+                # send it, for an admin token (shared/permissions.py).
+                "takeover": Endpoint(RegisterWorker, self.takeover),
             },
         )
         stack.push_async_callback(svc.stop)
