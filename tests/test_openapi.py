@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from services.gateway.auth import new_token
 from tests.conftest import Stack
 from tests.helpers import ROOT
 
@@ -22,8 +23,10 @@ async def test_schemathesis_finds_no_server_error_and_no_spec_violation(
     stack: Stack, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     # The stack's namespace is this test's own: whatever the state-changing operations create is thrown away
-    # with it. One worker, so executions run and cancel/retry see every state.
-    await stack.up(workers=1)
+    # with it. One worker, so executions run and cancel/retry see every state. With API tokens on, as the
+    # document declares them: schemathesis also checks that requests without a valid token get 401.
+    token = new_token()
+    await stack.up(workers=1, JETDAG_API_TOKENS=f"schemathesis:admin:{token}")
     origin = stack.url.removesuffix("/api/distributed")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JETDAG_", "NATS_"))}
     result = await asyncio.to_thread(
@@ -36,6 +39,8 @@ async def test_schemathesis_finds_no_server_error_and_no_spec_violation(
             f"{origin}/schema/openapi.json",
             "--url",
             origin,
+            "--header",
+            f"Authorization: Bearer {token}",
             "--checks",
             "all",
             "--max-examples",

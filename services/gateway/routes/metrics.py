@@ -10,6 +10,7 @@ from litestar.openapi import ResponseSpec
 from shared.metrics import render
 
 from ..backend import Backend
+from ..openapi import errors
 
 
 @get(
@@ -19,7 +20,7 @@ from ..backend import Backend
     description="One scrape target for the whole stack: every process's metrics, labelled with its service and "
     "process. Prometheus text format; OpenMetrics when the Accept header asks for it.",
     media_type="text/plain",
-    responses={200: ResponseSpec(str, media_type="text/plain", description="Prometheus text exposition")},
+    responses={200: ResponseSpec(str, media_type="text/plain", description="Prometheus text exposition"), **errors()},
 )
 async def metrics(request: Request[Any, Any, Any], backend: Backend) -> Response[bytes]:
     answers = await backend.metrics_answers()

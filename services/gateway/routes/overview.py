@@ -31,7 +31,7 @@ class OverviewController(Controller):
         summary="The overview as server-sent events: `event: overview` at once and whenever it changes",
         description="`data` is the body of `GET /overview`, sent at once and then whenever it changes.",
         media_type="text/event-stream",
-        responses=SSE_RESPONSE,
+        responses={**SSE_RESPONSE, **errors()},
         opt={STREAM_OPT: True},
     )
     async def overview_events(self, overview_hub: OverviewHub) -> Stream:
