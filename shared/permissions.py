@@ -22,7 +22,7 @@ from enum import StrEnum
 
 from shared.subjects import Names
 
-__all__ = ["Permissions", "Role", "permissions", "role_of_service"]
+__all__ = ["Permissions", "Role", "permissions"]
 
 JS_API = "$JS.API"
 
@@ -48,11 +48,6 @@ class Permissions:
         # The grammar helpers overlap (an owner is also a reader): each subject once, in first-seen order.
         object.__setattr__(self, "publish", tuple(dict.fromkeys(self.publish)))
         object.__setattr__(self, "subscribe", tuple(dict.fromkeys(self.subscribe)))
-
-
-def role_of_service(service: str) -> Role:
-    """The credential a service connects with (`shared.service` names services by role)."""
-    return Role(service)
 
 
 # --- JetStream API grammar --------------------------------------------------------------------------------
