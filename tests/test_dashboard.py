@@ -56,3 +56,38 @@ async def test_overview_pause_and_resume_from_the_page(
     # While the gateway was down, the browser logged its refused reconnects; nothing else.
     outage = await browser.errors()
     assert all("ERR_CONNECTION_REFUSED" in e and "/overview/events" in e for e in outage), outage
+
+
+READ_TOKEN = "viewer-token-0123456789"
+ADMIN_TOKEN = "admin-token-0123456789ab"
+
+
+async def test_sign_in_with_a_token_and_its_scope_is_enforced(
+    stack: Stack, http: httpx.AsyncClient, browser: Browser
+) -> None:
+    await stack.up(workers=1, JETDAG_API_TOKENS=f"viewer:read:{READ_TOKEN},ops:admin:{ADMIN_TOKEN}")
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    await browser.goto(f"{base(stack)}/")
+    # The page itself loads without a token; its first request gets 401 and it asks for one.
+    await browser.wait("() => document.querySelector('dialog[open] input[type=password]')", message="the token form")
+    await browser.fill("dialog[open] input[type=password]", READ_TOKEN)
+    await browser.click("dialog[open] button[type=submit]")
+    await browser.wait("() => document.querySelector('[data-worker-id=\"w1\"]')", message="the overview, signed in")
+
+    # A read token may look, not steer: the queue stays as it was and the page says why.
+    await browser.click('[data-action="pause-queue"]')
+    await browser.wait("() => document.querySelector('.notice-error')", message="the refusal shown")
+    r = await http.get(f"{stack.url}/queue/stats", headers=admin)
+    assert r.json()["isPaused"] is False
+
+    await browser.click('[data-action="sign-in"]')
+    await browser.fill("dialog[open] input[type=password]", ADMIN_TOKEN)
+    await browser.click("dialog[open] button[type=submit]")
+    await browser.wait("() => document.querySelector('[data-worker-id=\"w1\"]')", message="the overview again")
+    await browser.click('[data-action="pause-queue"]')
+    await browser.wait("() => document.querySelector('[data-queue-paused=\"true\"]')", message="paused by the admin")
+    assert (await http.get(f"{stack.url}/queue/stats", headers=admin)).json()["isPaused"] is True
+
+    # The refusals the browser logged are the two expected ones, nothing else.
+    logged = await browser.errors()
+    assert logged and all("status of 401" in e or "status of 403" in e for e in logged), logged
