@@ -44,6 +44,12 @@ export function JobDetails({ job, now, onClose }) {
     ${job.name !== job.id && html`<p>${job.name}</p>`}
     ${job.waitingReason && html`<p class="notice notice-info">${job.waitingReason}</p>`}
     <dl class="facts">${rows.map(([k, v]) => html`<div><dt>${k}</dt><dd>${v}</dd></div>`)}</dl>
+    ${job.deliveries?.length > 1 &&
+    html`<h3>Runs</h3><ol class="progress-log">
+      ${job.deliveries.map(
+        (d) => html`<li>${d.workerId} <span class="muted">${clock(d.at)} · attempt ${d.attempt}${d.delivery > 1 ? `, delivery ${d.delivery}` : ""}</span></li>`,
+      )}
+    </ol>`}
     ${job.error && html`<h3>Error</h3><pre class="error-text">${job.error}</pre>`}
     ${job.errorInfo?.traceback && html`<details><summary>Traceback</summary><pre>${job.errorInfo.traceback}</pre></details>`}
     ${job._progress?.length > 0 &&
