@@ -208,6 +208,8 @@ class JobConfig(ApiRequest):
     """An attempt running longer than this fails (and may be retried)."""
     capability: Capability | None = None
     """Only workers that registered this capability receive the job; default: any worker."""
+    schedule_timeout_s: Annotated[float, Meta(gt=0, le=7 * 24 * 3600)] | None = None
+    """A job no worker has started this long after it was queued fails (default: the scheduler's setting)."""
 
 
 class ExecuteRequest(ApiRequest):
@@ -254,6 +256,32 @@ class ExecutionView(Message):
     error: str | None = None
 
 
+class ErrorInfo(Message):
+    """Why an attempt failed: the exception's type and message, and a bounded traceback when there is one."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class Delivery(Message):
+    """One run of a job on a worker (a job runs more than once when its worker dies or freezes mid-run)."""
+
+    worker_id: str
+    at: str
+    attempt: int
+    delivery: int = 1
+    """JetStream's delivery count of the message that carried it (2+: a redelivery)."""
+
+
+class JobProgress(Message):
+    """What a handler last said about its progress (`ctx.progress`)."""
+
+    fraction: float | None = None
+    message: str | None = None
+    at: str | None = None
+
+
 class JobView(Message):
     """One job of an execution (GET /execute/{id}/jobs)."""
 
@@ -270,12 +298,25 @@ class JobView(Message):
     result: Any = None
     depends_on: list[str] = msgspec.field(default_factory=list)
     capability: str | None = None
+    error_info: ErrorInfo | None = None
+    deliveries: list[Delivery] = msgspec.field(default_factory=list)
+    progress: JobProgress | None = None
+    waiting_reason: str | None = None
+    retry_at: str | None = None
 
 
 class ExecutionRef(Message):
-    """`scheduler.get`, `.jobs`, `.cancel`, `.retry` command."""
+    """`scheduler.get`, `.cancel`, `.retry` command."""
 
     execution_id: str
+
+
+class JobsQuery(Message):
+    """`scheduler.jobs`: one page of an execution's jobs, in submission order."""
+
+    execution_id: str
+    offset: int = 0
+    limit: int = 1000
 
 
 class ListExecutions(Message):
@@ -293,6 +334,8 @@ class ExecutionList(Message):
 class JobList(Message):
     execution_id: str
     jobs: list[JobView]
+    total: int = 0
+    """Jobs of the execution; a page holds `jobs[offset:offset+limit]` of them."""
 
 
 class QueueStats(Message):
@@ -332,21 +375,21 @@ class ConsumerRef(Message):
     subject: str
     ack_wait_s: float
     max_deliveries: int = 5
-    """A message delivered more often than this without a result fails its job as a poison job."""
+    """A message delivered more often than this without a result fails its jobs as poison jobs."""
 
 
 # --- the job stream and worker reports ---------------------------------------------------------------------
 
 
-class JobMessage(Message):
-    """Payload of `<ns>.jobs.<capability>.<type>`: one attempt of one job."""
+class JobItem(Message):
+    """One attempt of one job, inside a JobBundle."""
 
-    execution_id: str
     job_id: str
     name: str
-    type: str
     attempt: int
-    round: int
+    token: str
+    """Issued by the scheduler for this dispatch: a report counts only with the token of the job's current
+    dispatch, so a stale, duplicated or forged report changes nothing."""
     config: dict[str, Any]
     dependencies: dict[str, Any] = msgspec.field(default_factory=dict)
     """Results of the jobs this one depends on, by job id (when they fit in the message)."""
@@ -355,37 +398,76 @@ class JobMessage(Message):
     timeout_s: float | None = None
 
 
-class JobStarted(Message):
-    """Worker report `<ns>.events.job.<exec>.<job>.started`."""
+class JobBundle(Message):
+    """Payload of `<ns>.jobs.<capability>.<type>.<executionId>`: jobs of one type of one execution, dispatched
+    together (one job when they run long; several when they are quick, see services/scheduler/dispatch.py)."""
+
+    execution_id: str
+    workflow_id: str
+    round: int
+    type: str
+    shard: int
+    """Where the worker reports: `<ns>.reports.<shard>`."""
+    jobs: list[JobItem]
+
+
+class JobReport(Message, tag_field="kind", kw_only=True):
+    """Base of the worker's reports about one job; `kind` tells which."""
 
     execution_id: str
     job_id: str
-    attempt: int
-    round: int
-    worker_id: str
+    token: str
     at: str
 
 
-class JobResult(Message):
-    """Worker report `<ns>.events.job.<exec>.<job>.result`: the outcome of one attempt."""
+class JobStartedReport(JobReport, tag="started"):
+    """The handler started (sent only for a job still running when the worker's report window closes)."""
 
-    execution_id: str
-    job_id: str
     attempt: int
-    round: int
-    worker_id: str
+    delivery: int = 1
+
+
+class JobFinishedReport(JobReport, tag="finished"):
+    """The outcome of one attempt."""
+
+    attempt: int
     ok: bool
-    at: str
+    started_at: str
     duration_ms: float
     result: Any = None
-    error: str | None = None
+    error: ErrorInfo | None = None
+    retryable: bool = True
+    """False when the handler raised NonRetryable: the job fails without using up its retries."""
     cancelled: bool = False
+    delivery: int = 1
+    logs: list[str] = msgspec.field(default_factory=list)
 
 
-class JobEvent(Message):
-    """Scheduler event `<ns>.events.job.<exec>.<job>.<status>` after a recorded state change."""
+class JobProgressReport(JobReport, tag="progress"):
+    progress: JobProgress
 
-    execution_id: str
+
+class JobReturnedReport(JobReport, tag="returned"):
+    """The worker hands a job back unrun: its bundle came back after a worker died (it is split so that one
+    poison job cannot fail its neighbours), or the worker is stopping."""
+
+    reason: str
+    delivery: int = 1
+
+
+AnyJobReport = JobStartedReport | JobFinishedReport | JobProgressReport | JobReturnedReport
+
+
+class ReportBatch(Message):
+    """Payload of `<ns>.reports.<shard>`: what one worker reports within its report window, in order."""
+
+    worker_id: str
+    reports: list[AnyJobReport]
+
+
+class JobChange(Message, omit_defaults=True):
+    """One job's state change as subscribers see it (inside JobsEvent)."""
+
     job_id: str
     status: JobStatus
     attempt: int
@@ -393,6 +475,18 @@ class JobEvent(Message):
     worker_id: str | None = None
     error: str | None = None
     retry_at: str | None = None
+    progress: JobProgress | None = None
+    waiting_reason: str | None = None
+
+
+class JobsEvent(Message):
+    """Scheduler event `<ns>.events.execution.<exec>.jobs`: the job changes one step of the scheduler recorded."""
+
+    execution_id: str
+    round: int
+    at: str
+    jobs: list[JobChange]
+    progress: Progress
 
 
 class ExecutionEvent(Message):
@@ -405,13 +499,14 @@ class ExecutionEvent(Message):
     progress: Progress
     checkpoint_id: str | None = None
     error: str | None = None
+    round: int = 1
 
 
-# --- scheduler state in the executions bucket ---------------------------------------------------------------
+# --- scheduler state: the journal, records and snapshots ---------------------------------------------------
 
 
 class Counts(Message):
-    """Jobs of one execution per status; kept in the execution record, updated with each state change."""
+    """Jobs of one execution per status."""
 
     pending: int = 0
     ready: int = 0
@@ -434,8 +529,90 @@ class Counts(Message):
         return self.pending + self.ready + self.queued + self.running + self.delayed
 
 
+class JobPatch(Message, omit_defaults=True):
+    """What one scheduler step changed about one job: the fields present are set (UNSET ones keep their value).
+    Replaying an execution's patches in order rebuilds its jobs exactly."""
+
+    job: str
+    status: JobStatus | msgspec.UnsetType = msgspec.UNSET
+    round: int | msgspec.UnsetType = msgspec.UNSET
+    attempt: int | msgspec.UnsetType = msgspec.UNSET
+    """The retry-policy attempt the current dispatch runs (1 first); it has started once `startedAt` is set."""
+    token: str | msgspec.UnsetType | None = msgspec.UNSET
+    bundle: str | msgspec.UnsetType | None = msgspec.UNSET
+    """Message id of the job message that carries this dispatch."""
+    placed: bool | msgspec.UnsetType = msgspec.UNSET
+    """The job stream stored that message (a takeover publishes again only what was not)."""
+    solo: bool | msgspec.UnsetType = msgspec.UNSET
+    worker_id: str | msgspec.UnsetType | None = msgspec.UNSET
+    queued_at: str | msgspec.UnsetType | None = msgspec.UNSET
+    started_at: str | msgspec.UnsetType | None = msgspec.UNSET
+    completed_at: str | msgspec.UnsetType | None = msgspec.UNSET
+    retry_at: str | msgspec.UnsetType | None = msgspec.UNSET
+    error: str | msgspec.UnsetType | None = msgspec.UNSET
+    error_info: ErrorInfo | msgspec.UnsetType | None = msgspec.UNSET
+    result: Any | msgspec.UnsetType = msgspec.UNSET
+    result_ref: str | msgspec.UnsetType | None = msgspec.UNSET
+    """KV key holding a result too large to keep in the journal (the result field is then left out)."""
+    progress: JobProgress | msgspec.UnsetType | None = msgspec.UNSET
+    waiting_reason: str | msgspec.UnsetType | None = msgspec.UNSET
+    delivery: Delivery | msgspec.UnsetType = msgspec.UNSET
+    """A run to add to the job's deliveries."""
+    logs: list[str] | msgspec.UnsetType = msgspec.UNSET
+
+
+class ExecutionPatch(Message, omit_defaults=True):
+    status: ExecutionStatus | msgspec.UnsetType = msgspec.UNSET
+    round: int | msgspec.UnsetType = msgspec.UNSET
+    completed_at: str | msgspec.UnsetType | None = msgspec.UNSET
+    error: str | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class JournalEntry(Message, tag_field="kind", kw_only=True):
+    """Base of the entries of `<ns>.journal.<executionId>`, the owner's log of its decisions. Every append is
+    fenced by the subject's last sequence, so only the current owner's appends land."""
+
+    at: str
+
+
+class JournalCreated(JournalEntry, tag="created"):
+    """The submitted DAG (in parts when large: `part` of `parts`)."""
+
+    execution_id: str
+    workflow_id: str
+    parallelism: int | None
+    part: int
+    parts: int
+    jobs: list[JobConfig]
+
+
+class JournalAdopted(JournalEntry, tag="adopted"):
+    """A scheduler replica took the execution over (or created it): later appends of earlier owners fail."""
+
+    owner: str
+    epoch: int
+
+
+class JournalStep(JournalEntry, tag="step"):
+    """One step of the owner: every job change it decided, in order, and the execution's own change."""
+
+    jobs: list[JobPatch] = msgspec.field(default_factory=list)
+    execution: ExecutionPatch | None = None
+
+
+class JournalReopened(JournalEntry, tag="reopened"):
+    """A finished execution was retried: its state is the snapshot `generation`, then the steps that follow."""
+
+    generation: int
+    round: int
+
+
+AnyJournalEntry = JournalCreated | JournalAdopted | JournalStep | JournalReopened
+
+
 class ExecutionRecord(Message):
-    """Value of key `<executionId>` in the executions bucket."""
+    """Value of key `<executionId>` in the executions bucket: the execution as of its last status change (and at
+    most a second old while it runs). Listings, retention and the stats counters follow these."""
 
     execution_id: str
     workflow_id: str
@@ -448,44 +625,55 @@ class ExecutionRecord(Message):
     counts: Counts
     updated_at: str
     round: int = 1
-    ready_cursor: int = 0
-    """Sequence in the event stream of the last `ready` event taken off this execution's ready queue."""
+    shard: int = 0
+    journal_seq: int = 0
+    """The owner's last journal append when this was written: a write with an older one is a stale owner's."""
     checkpoint_id: str | None = None
     checkpoint_seq: int = 0
     error: str | None = None
+    snapshot: int = 0
+    """Generation of the job snapshot written when the execution last ended (0: none yet)."""
+    snapshot_parts: int = 0
 
 
 class JobRecord(Message):
-    """Value of key `<executionId>.job.<jobId>` in the executions bucket."""
+    """One job inside a snapshot: everything needed to show it and to run it again."""
 
     id: str
     name: str
     type: str
-    capability: str
+    capability: str | None
     depends_on: list[str]
-    dependents: list[str]
     config: dict[str, Any]
     retries: int
     backoff_ms: int
     timeout_s: float | None
     status: JobStatus
-    remaining: int
-    """Dependencies not completed yet; the job is ready at 0."""
-    index: int = 0
-    """Position in the submitted `jobs` list (listings keep the user's order)."""
-    attempt: int = 0
+    schedule_timeout_s: float | None = None
     round: int = 1
-    depends_on_chunks: int = 0
-    dependents_chunks: int = 0
-    """Very wide fan-in/fan-out: ids beyond the inline ones live in `<exec>.links.<job>.<kind>.<n>` keys."""
+    attempt: int = 0
     worker_id: str | None = None
     queued_at: str | None = None
     started_at: str | None = None
     completed_at: str | None = None
     retry_at: str | None = None
     error: str | None = None
+    error_info: ErrorInfo | None = None
     result: Any = None
-    requested_capability: str | None = None
+    result_ref: str | None = None
+    deliveries: list[Delivery] = msgspec.field(default_factory=list)
+    progress: JobProgress | None = None
+    logs: list[str] = msgspec.field(default_factory=list)
+
+
+class SnapshotPart(Message):
+    """Value of key `<executionId>.snapshot.<generation>.<part>`: jobs of an ended execution, in order."""
+
+    execution_id: str
+    generation: int
+    part: int
+    parts: int
+    jobs: list[JobRecord]
 
 
 class Checkpoint(Message):
@@ -526,6 +714,43 @@ class QueueState(Message):
 
     paused: bool
     changed_at: str
+
+
+# --- scheduler replicas -------------------------------------------------------------------------------------
+
+
+class ShardLease(Message):
+    """Value of key `shard.<n>` in the schedulers bucket: the replica that owns the shard's executions. The key
+    has a TTL its owner renews; its revision when taken is the owner's epoch."""
+
+    owner: str
+    since: str
+
+
+class ReplicaPresence(Message):
+    """Value of key `replica.<id>` in the schedulers bucket (with a TTL): a live scheduler replica."""
+
+    replica_id: str
+    hostname: str
+    pid: int
+    started_at: str
+    shards: list[int] = msgspec.field(default_factory=list)
+
+
+class SchedulerLayout(Message):
+    """Value of key `layout` in the schedulers bucket: fixed when the namespace is first used."""
+
+    shards: int
+
+
+class CancelNotice(Message):
+    """Core NATS `<ns>.workers.cancel`: workers stop these jobs' handlers (the scheduler withdrew their queued
+    messages from the job stream already)."""
+
+    execution_id: str
+    round: int
+    tokens: list[str] = msgspec.field(default_factory=list)
+    """Dispatch tokens of the jobs to stop; empty: every job of the execution's round."""
 
 
 # --- observability -----------------------------------------------------------------------------------------

@@ -51,6 +51,21 @@ class Names:
         return f"{self.namespace.replace('-', '_')}_checkpoints"
 
     @property
+    def journal_stream(self) -> str:
+        """Limits-retention stream of the executions' journals: each owner's log of its decisions."""
+        return f"{self._upper}_JOURNAL"
+
+    @property
+    def reports_stream(self) -> str:
+        """Work-queue stream of worker reports (job started / finished / progress / returned), per shard."""
+        return f"{self._upper}_REPORTS"
+
+    @property
+    def schedulers_bucket(self) -> str:
+        """KV bucket of scheduler replicas, the shard layout and the shard leases."""
+        return f"{self.namespace.replace('-', '_')}_schedulers"
+
+    @property
     def submissions_bucket(self) -> str:
         """Object store where the gateway stages DAGs too large for one NATS message."""
         return f"{self.namespace.replace('-', '_')}_submissions"
@@ -83,6 +98,18 @@ class Names:
         """Subject of a scheduler command, e.g. `jetdag.scheduler.execute`."""
         return f"{self.scheduler_prefix}.{command}"
 
+    def scheduler_shard(self, shard: int, command: str) -> str:
+        """A command for the owner of one shard of executions, e.g. `jetdag.scheduler.shard.3.cancel`; any
+        replica forwards `scheduler.<command>` here when it does not own the execution."""
+        return f"{self.scheduler_prefix}.shard.{shard}.{command}"
+
+    def scheduler_shard_all(self, shard: int) -> str:
+        return f"{self.scheduler_prefix}.shard.{shard}.*"
+
+    def scheduler_replica(self, replica_id: str) -> str:
+        """Each scheduler replica answers here while it lives (no responders: it is gone)."""
+        return f"{self.scheduler_prefix}.replica.{replica_id}"
+
     def service_ping(self, service: str) -> str:
         """nats.micro PING subject of every instance of `service`."""
         return f"$SRV.PING.{service}"
@@ -97,9 +124,52 @@ class Names:
     def jobs_all(self) -> str:
         return f"{self.jobs_prefix}.>"
 
-    def jobs(self, capability: str, job_type: str) -> str:
-        """Subject a job of `job_type` needing `capability` is published on."""
-        return f"{self.jobs_prefix}.{capability}.{job_type}"
+    def jobs(self, capability: str, job_type: str, execution_id: str) -> str:
+        """Subject of a bundle of `job_type` jobs of one execution needing `capability`."""
+        return f"{self.jobs_prefix}.{capability}.{job_type}.{execution_id}"
+
+    def jobs_filter(self, capability: str, job_type: str) -> str:
+        """What the (capability, type) consumer takes: that pool's jobs of every execution."""
+        return f"{self.jobs_prefix}.{capability}.{job_type}.*"
+
+    def jobs_of_execution(self, execution_id: str) -> str:
+        """Every queued job message of one execution (withdrawn with one purge when it is cancelled)."""
+        return f"{self.jobs_prefix}.*.*.{execution_id}"
+
+    # --- the journal and worker reports ---------------------------------------------------------------
+
+    @property
+    def journal_prefix(self) -> str:
+        return f"{self.namespace}.journal"
+
+    @property
+    def journal_all(self) -> str:
+        return f"{self.journal_prefix}.>"
+
+    def journal(self, execution_id: str) -> str:
+        """The journal of one execution."""
+        return f"{self.journal_prefix}.{execution_id}"
+
+    @property
+    def reports_prefix(self) -> str:
+        return f"{self.namespace}.reports"
+
+    @property
+    def reports_all(self) -> str:
+        return f"{self.reports_prefix}.>"
+
+    def reports(self, shard: int) -> str:
+        """Where workers report on jobs of executions of `shard`."""
+        return f"{self.reports_prefix}.{shard}"
+
+    def reports_consumer(self, shard: int) -> str:
+        """Durable consumer of one shard's reports, pulled by the shard's owner."""
+        return f"shard-{shard}"
+
+    @property
+    def workers_cancel(self) -> str:
+        """Core NATS: the scheduler tells workers to stop handlers of a cancelled execution (CancelNotice)."""
+        return f"{self.namespace}.workers.cancel"
 
     def jobs_consumer(self, capability: str, job_type: str) -> str:
         """Durable consumer shared by every worker able to run (capability, type)."""
@@ -118,18 +188,9 @@ class Names:
     def execution_event(self, execution_id: str, what: str) -> str:
         return f"{self.events_prefix}.execution.{execution_id}.{what}"
 
-    def job_event(self, execution_id: str, job_id: str, what: str) -> str:
-        return f"{self.events_prefix}.job.{execution_id}.{job_id}.{what}"
-
-    @property
-    def scheduler_reports(self) -> list[str]:
-        """Worker reports the scheduler consumes: job started and job result."""
-        return [f"{self.events_prefix}.job.*.*.started", f"{self.events_prefix}.job.*.*.result"]
-
-    @property
-    def cancellations(self) -> str:
-        """Workers follow these to stop the handlers of a cancelled execution."""
-        return f"{self.events_prefix}.execution.*.cancelled"
+    def execution_events(self, execution_id: str) -> str:
+        """Every event of one execution: its own changes and its batched job changes (`.jobs`)."""
+        return f"{self.events_prefix}.execution.{execution_id}.*"
 
     def worker_event(self, worker_id: str, what: str) -> str:
         return f"{self.events_prefix}.worker.{worker_id}.{what}"
