@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.micro import add_service
@@ -25,6 +27,8 @@ from shared import tracing
 from shared.logging import get_logger
 
 __all__ = [
+    "ERROR_CODE_HEADER",
+    "ERROR_HEADER",
     "CommandError",
     "Conflict",
     "Endpoint",
@@ -32,7 +36,9 @@ __all__ = [
     "NotFound",
     "Unavailable",
     "add_endpoints",
+    "forward",
     "request",
+    "subscribe_endpoints",
 ]
 
 log = get_logger(__name__)
@@ -83,14 +89,26 @@ class Endpoint:
 _encoder = msgspec.json.Encoder()
 
 
-async def _respond_error(req: Request, status: int, message: str) -> None:
+async def _respond_error(req: Request | _Responder, status: int, message: str) -> None:
     await req.respond(b"", headers={ERROR_CODE_HEADER: str(status), ERROR_HEADER: message})
 
 
-def _wrap(service: str, name: str, endpoint: Endpoint) -> Callable[[Request], Awaitable[None]]:
+class _Responder:
+    """What `_wrap` needs of a request: nats.micro's Request, or a plain core NATS message."""
+
+    def __init__(self, nc: Client, msg: Msg) -> None:
+        self.nc = nc
+        self.reply = msg.reply
+        self.data = msg.data
+
+    async def respond(self, data: bytes, headers: dict[str, str] | None = None) -> None:
+        await self.nc.publish(self.reply, data, headers=headers)
+
+
+def _wrap(service: str, name: str, endpoint: Endpoint) -> Callable[[Any], Awaitable[None]]:
     bound = log.bind(endpoint=f"{service}.{name}")
 
-    async def handle(req: Request) -> None:
+    async def handle(req: Any) -> None:
         try:
             cmd = endpoint.decoder.decode(req.data)
         except msgspec.ValidationError as exc:
@@ -133,6 +151,36 @@ async def add_endpoints(
         # `queue.stats` → endpoint name `queue-stats` (micro names allow no dots) on subject `<prefix>.queue.stats`.
         await group.add_endpoint(name=name.replace(".", "-"), subject=name, handler=_wrap(service, name, endpoint))
     return svc
+
+
+async def subscribe_endpoints(
+    nc: Client, *, service: str, subject_prefix: str, endpoints: Mapping[str, Endpoint]
+) -> Subscription:
+    """Serve `<subject_prefix>.<name>` for each endpoint on a plain subscription (for subjects that come and go
+    at run time, such as one shard's commands, which nats.micro cannot remove again)."""
+    handlers = {name: _wrap(service, name, endpoint) for name, endpoint in endpoints.items()}
+    cut = len(subject_prefix) + 1
+
+    async def on_msg(msg: Msg) -> None:
+        handler = handlers.get(msg.subject[cut:])
+        if handler is None:
+            await _respond_error(_Responder(nc, msg), 404, f"no command {msg.subject[cut:]!r}")
+            return
+        await handler(_Responder(nc, msg))
+
+    return await nc.subscribe(f"{subject_prefix}.*", cb=on_msg)
+
+
+async def forward(nc: Client, subject: str, data: bytes, *, service: str, timeout: float) -> Msg:
+    """Send an encoded command on and return the raw reply (errors travel in its headers, as from the owner)."""
+    try:
+        return await nc.request(subject, data, timeout=timeout)
+    except NoRespondersError:
+        raise Unavailable(
+            f"the {service} owning this is not available right now (nothing answers on {subject})"
+        ) from None
+    except (TimeoutError, NatsTimeoutError):
+        raise Unavailable(f"the {service} did not answer within {timeout:g} s") from None
 
 
 async def request(

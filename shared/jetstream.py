@@ -41,8 +41,10 @@ __all__ = [
     "events_stream_config",
     "is_wrong_last_sequence",
     "jobs_stream_config",
+    "journal_stream_config",
     "kv_config",
     "kv_entries",
+    "reports_stream_config",
 ]
 
 log = get_logger(__name__)
@@ -59,7 +61,7 @@ def jobs_stream_config(names: Names, storage: StorageSettings) -> StreamConfig:
     """The work queue: each job message is removed once a worker acks it."""
     return StreamConfig(
         name=names.jobs_stream,
-        description="jetdag job messages, one per job attempt; consumed by workers",
+        description="jetdag job messages (bundles of job attempts of one execution); consumed by workers",
         subjects=[names.jobs_all],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=_storage(storage),
@@ -86,6 +88,37 @@ def events_stream_config(names: Names, storage: StorageSettings) -> StreamConfig
         duplicate_window=600.0,
         # The scheduler reads an execution's ready queue (its `ready` events) by subject.
         allow_direct=True,
+    )
+
+
+def journal_stream_config(names: Names, storage: StorageSettings) -> StreamConfig:
+    """Each open execution's journal (services/scheduler/journal.py). Limits retention without an age limit:
+    a journal is purged by its owner when the execution ends (its jobs are snapshotted first)."""
+    return StreamConfig(
+        name=names.journal_stream,
+        description="jetdag execution journals: each owner's log of its decisions",
+        subjects=[names.journal_all],
+        retention=RetentionPolicy.LIMITS,
+        storage=_storage(storage),
+        num_replicas=storage.replicas,
+        max_msg_size=MAX_MESSAGE_BYTES,
+        allow_direct=True,
+    )
+
+
+def reports_stream_config(names: Names, storage: StorageSettings) -> StreamConfig:
+    """Worker reports, one subject per shard of executions; a report is removed once its shard's owner has
+    committed it (work queue)."""
+    return StreamConfig(
+        name=names.reports_stream,
+        description="jetdag worker reports (job started, finished, progress, handed back), per shard",
+        subjects=[names.reports_all],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=_storage(storage),
+        num_replicas=storage.replicas,
+        max_msg_size=MAX_MESSAGE_BYTES,
+        # A worker re-sends a batch it got no answer for; its message id makes the copy a no-op.
+        duplicate_window=600.0,
     )
 
 

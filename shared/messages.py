@@ -601,10 +601,20 @@ class JournalStep(JournalEntry, tag="step"):
 
 
 class JournalReopened(JournalEntry, tag="reopened"):
-    """A finished execution was retried: its state is the snapshot `generation`, then the steps that follow."""
+    """A finished execution was retried: its state is the snapshot `generation` (as it ended, described here),
+    then the steps that follow (the first one starts the new round)."""
 
-    generation: int
+    execution_id: str
+    workflow_id: str
+    parallelism: int | None
+    created_at: str
+    started_at: str
+    status: ExecutionStatus
     round: int
+    completed_at: str | None
+    error: str | None
+    generation: int
+    parts: int
 
 
 AnyJournalEntry = JournalCreated | JournalAdopted | JournalStep | JournalReopened

@@ -110,6 +110,30 @@ class Pipeline:
             return None
         return msg.data, int(headers["Nats-Sequence"])
 
+    async def last_of_subject(self, stream: str, subject: str) -> int | None:
+        """Sequence of the last message on `subject` (a direct get; the stream must allow direct access)."""
+        msg = await self.request(f"$JS.API.DIRECT.GET.{stream}", b'{"last_by_subj":"' + subject.encode() + b'"}')
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            return None
+        if status is not None:
+            raise JetStreamError(int(status), 0, headers.get("Description", "direct get failed"))
+        return int(headers["Nats-Sequence"])
+
+    async def kv_entry(self, bucket: str, key: str) -> tuple[bytes | None, int, dict[str, str]] | None:
+        """The key's last message: (value, revision, headers), value None for a delete marker; None when the
+        subject holds no message at all (never written, purged, or expired by its TTL)."""
+        msg = await self.request(f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key}", b"")
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            return None
+        if status is not None:
+            raise JetStreamError(int(status), 0, headers.get("Description", "direct get failed"))
+        deleted = headers.get("KV-Operation") in ("DEL", "PURGE")
+        return (None if deleted else msg.data), int(headers["Nats-Sequence"]), headers
+
     async def kv_write(self, bucket: str, key: str, value: bytes, *, last: int | None) -> int:
         """Write a key; with `last`, only if its revision is still `last` (0: only if it does not exist)."""
         headers = None if last is None else {"Nats-Expected-Last-Subject-Sequence": str(last)}

@@ -215,9 +215,33 @@ class ExecutionSettings:
         "exceed this.",
     )
     stall_after_s: float = env(
-        "JETDAG_STALL_AFTER_S", 15.0, "An open execution unchanged this long is re-checked against its job records."
+        "JETDAG_STALL_AFTER_S",
+        15.0,
+        "A queued job no worker has started this long is audited: why it waits (`waitingReason`), and whether "
+        "its job message is still in the job stream (it is dispatched again if not).",
     )
-    sweep_interval_s: float = env("JETDAG_SWEEP_INTERVAL_S", 1.0, "How often the scheduler looks for such executions.")
+    sweep_interval_s: float = env("JETDAG_SWEEP_INTERVAL_S", 1.0, "How often the scheduler runs that audit.")
+    schedule_timeout_s: float = env(
+        "JETDAG_SCHEDULE_TIMEOUT_S",
+        0.0,
+        "Default of a job's `scheduleTimeoutS`: a job no worker started this long after it was queued fails; 0: "
+        "it waits as long as it takes.",
+    )
+    shards: int = env(
+        "JETDAG_SCHEDULER_SHARDS",
+        8,
+        "Shards executions are spread over; each is owned by one scheduler replica at a time. Fixed by the "
+        "first scheduler that starts in a namespace.",
+    )
+    lease_s: float = env(
+        "JETDAG_SCHEDULER_LEASE_S",
+        10.0,
+        "A shard's lease: a replica that stops renewing it (frozen, cut off) loses its shards after this long; "
+        "one whose connection closed loses them within a second.",
+    )
+    replica_id: str = env(
+        "JETDAG_SCHEDULER_ID", "", "Id of this scheduler replica (`[A-Za-z0-9_-]`); empty: `<hostname>-<pid>`."
+    )
     checkpoint_every: int = env(
         "JETDAG_CHECKPOINT_EVERY", 50, "A checkpoint is written every this many completed jobs (and at the end)."
     )

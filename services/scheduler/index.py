@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
+from shared.keys import ARCHIVE_KEY
 from shared.logging import get_logger
 from shared.messages import FINAL_EXECUTION_STATES, Archive, Counts, ExecutionRecord
 from shared.timeutil import ms_from_iso
@@ -33,8 +34,6 @@ __all__ = ["ExecutionIndex"]
 
 log = get_logger(__name__)
 CHECK_EVERY_S = 5.0
-ARCHIVE_KEY = "archive"
-"""Key of the Archive record in the executions bucket (single-token, so the index follows it too)."""
 RECENT_FINISHED = 256
 
 
@@ -111,6 +110,8 @@ class _View:
         t.completed += sign * counts.completed
         t.failed += sign * counts.failed
         t.delayed += sign * counts.delayed
+        t.queued += sign * counts.queued
+        t.running += sign * counts.running
         t.pending += sign * counts.open  # "pending" of the totals holds every open job
 
 
@@ -150,6 +151,15 @@ class ExecutionIndex:
     @property
     def delayed(self) -> int:
         return self._view.totals.delayed
+
+    @property
+    def queued(self) -> int:
+        """Jobs dispatched and not started yet, over all open executions (as of their records)."""
+        return self._view.totals.queued
+
+    @property
+    def running(self) -> int:
+        return self._view.totals.running
 
     @property
     def open_jobs(self) -> int:

@@ -57,11 +57,13 @@ __all__ = [
     "on_cancel",
     "on_placed",
     "on_report",
+    "on_requeue",
     "on_resume",
     "on_retry",
     "on_schedule_timeout",
     "on_start",
     "on_waiting",
+    "record_of",
     "state_from_records",
 ]
 
@@ -582,6 +584,8 @@ def _current(state: ExecutionState, report: AnyJobReport) -> Job | str:
 def _record_start(b: _Builder, job: Job, worker_id: str, started_at: str, delivery: int) -> dict[str, Any]:
     """The fields that record a run starting (a delivery, once per worker and delivery)."""
     fields: dict[str, Any] = {"worker_id": worker_id}
+    if job.waiting_reason is not None:
+        fields["waiting_reason"] = None
     last = job.deliveries[-1] if job.deliveries else None
     if last is None or (last.worker_id, last.delivery, last.attempt) != (worker_id, delivery, job.attempt):
         fields["delivery"] = Delivery(worker_id=worker_id, at=started_at, attempt=job.attempt, delivery=delivery)
@@ -698,6 +702,27 @@ def on_schedule_timeout(state: ExecutionState, env: Env, job_id: str, why: str) 
     _skip_dependents(b, job)
     _fill(b)
     _settle(b)
+    return b.done()
+
+
+def on_requeue(state: ExecutionState, env: Env, job_ids: Iterable[str]) -> Step:
+    """Queued jobs whose message is gone from the job stream (never stored, or lost): dispatched again under a
+    new token, so a copy of the old message that turns up after all is ignored."""
+    b = _Builder(state, env)
+    for job_id in job_ids:
+        job = state.job(job_id)
+        if job is None or job.status != "queued" or state.final:
+            continue
+        token = env.token()
+        b.job(
+            job,
+            "handed back",
+            token=token,
+            bundle=bundle_msg_id(state.execution_id, state.round, token),
+            placed=False,
+            queued_at=env.now,
+        )
+        b.step.dispatched.append(job.index)
     return b.done()
 
 

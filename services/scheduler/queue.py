@@ -17,6 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from shared.keys import QUEUE_KEY
 from shared.logging import get_logger
 from shared.messages import ConsumerRef, QueueState
 from shared.subjects import Names
@@ -28,7 +29,6 @@ log = get_logger(__name__)
 
 # JetStream pauses until a time; "until resumed" is a time far enough away.
 PAUSE_FOREVER = "2999-12-31T23:59:59Z"
-QUEUE_KEY = "control.queue"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ class JobQueue:
         return ConsumerConfig(
             durable_name=self.names.jobs_consumer(capability, job_type),
             description=f"workers able to run {job_type!r} jobs needing capability {capability!r}",
-            filter_subject=self.names.jobs(capability, job_type),
+            filter_subject=self.names.jobs_filter(capability, job_type),
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             # Short: a dead worker's jobs come back quickly; live workers extend it with in-progress acks.
@@ -90,7 +90,7 @@ class JobQueue:
         ref = ConsumerRef(
             stream=self.names.jobs_stream,
             consumer=name,
-            subject=self.names.jobs(capability, job_type),
+            subject=self.names.jobs_filter(capability, job_type),
             ack_wait_s=self.ack_wait_s,
             max_deliveries=self.max_deliver,
         )
@@ -146,11 +146,3 @@ class JobQueue:
             paused=await self.is_paused(),
             consumers=len(consumers),
         )
-
-    async def pending_for(self, capability: str, job_type: str) -> int | None:
-        """Messages of one consumer not yet acked (None: no such consumer)."""
-        try:
-            info = await self.js.consumer_info(self.names.jobs_stream, self.names.jobs_consumer(capability, job_type))
-        except NotFoundError:
-            return None
-        return (info.num_pending or 0) + (info.num_ack_pending or 0)

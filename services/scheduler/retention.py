@@ -22,12 +22,14 @@ import asyncio
 import msgspec
 from nats.js import JetStreamContext
 
+from shared.keys import ARCHIVE_KEY, execution_key, execution_keys, kv_subject
 from shared.logging import get_logger
 from shared.messages import FINAL_EXECUTION_STATES, Archive, ExecutionRecord, Removal
 from shared.pipeline import JetStreamError, Pipeline
+from shared.subjects import Names
 from shared.timeutil import ms_from_iso, now_ms
 
-from .index import ARCHIVE_KEY, ExecutionIndex
+from .index import ExecutionIndex
 
 __all__ = ["Retention"]
 
@@ -50,15 +52,15 @@ class Retention:
         pipeline: Pipeline,
         index: ExecutionIndex,
         *,
-        bucket: str,
-        checkpoints_bucket: str,
+        names: Names,
         retention_s: float,
     ) -> None:
         self.js = js
         self.pipeline = pipeline
         self.index = index
-        self.bucket = bucket
-        self.checkpoints_bucket = checkpoints_bucket
+        self.names = names
+        self.bucket = names.executions_bucket
+        self.checkpoints_bucket = names.checkpoints_bucket
         self.retention_s = retention_s
 
     async def sweep(self) -> int:
@@ -138,7 +140,7 @@ class Retention:
 
     async def _delete_record(self, execution_id: str, revision: int) -> bool:
         """Delete the execution record if it is still at `revision`; True if it is gone (now or before)."""
-        found = await self.pipeline.kv_get(self.bucket, execution_id)
+        found = await self.pipeline.kv_get(self.bucket, execution_key(execution_id))
         if found is None:
             return True
         if found[1] != revision:
@@ -151,7 +153,7 @@ class Retention:
             "Nats-TTL": str(MARKER_TTL_S),
         }
         try:
-            await self.pipeline.publish(f"$KV.{self.bucket}.{execution_id}", b"", headers)
+            await self.pipeline.publish(kv_subject(self.bucket, execution_key(execution_id)), b"", headers)
         except JetStreamError as exc:
             if exc.wrong_last_sequence:
                 return False
@@ -159,8 +161,9 @@ class Retention:
         return True
 
     async def _purge_rest(self, execution_id: str) -> None:
-        """Job records, dependency links and checkpoints: stream purges, which leave no marker behind."""
-        await self.js.purge_stream(f"KV_{self.bucket}", subject=f"$KV.{self.bucket}.{execution_id}.>")
+        """Job snapshots, large results, checkpoints and any journal left: stream purges, which leave no marker."""
+        await self.js.purge_stream(f"KV_{self.bucket}", subject=kv_subject(self.bucket, execution_keys(execution_id)))
         await self.js.purge_stream(
-            f"KV_{self.checkpoints_bucket}", subject=f"$KV.{self.checkpoints_bucket}.{execution_id}"
+            f"KV_{self.checkpoints_bucket}", subject=kv_subject(self.checkpoints_bucket, execution_key(execution_id))
         )
+        await self.js.purge_stream(self.names.journal_stream, subject=self.names.journal(execution_id))

@@ -1,0 +1,165 @@
+"""The audit: what keeps an open execution from hanging silently.
+
+Every sweep interval, for the executions this replica owns:
+- a job queued for longer than the stall time and not started gets a `waitingReason` ("no live worker has
+  capability 'tpu' and a handler for 'preprocessing'"), from what the registry knows of live workers and their
+  handlers; it shows in the job listing and the job events, and is logged once as a warning;
+- such a job whose message is no longer in the job stream (lost with a node, purged by hand) is dispatched again
+  (seen missing twice in a row, so a message acked a moment ago whose result is on its way is not);
+- an open execution of a shard this replica owns that is not in memory (its adoption failed) is adopted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from shared.commands import CommandError, request
+from shared.logging import get_logger
+from shared.messages import ListWorkers, WorkerList, WorkerView
+from shared.timeutil import ms_from_iso, now_ms
+
+from .lifecycle import Context, Owned
+from .machine import Job
+from .queue import JobQueue
+from .shards import ShardManager
+
+__all__ = ["Audit", "waiting_reason"]
+
+log = get_logger(__name__)
+
+
+def waiting_reason(job_type: str, capability: str | None, workers: list[WorkerView], paused: bool) -> str:
+    """Why a queued job is not picked up, in one sentence (pure: tested without NATS)."""
+    if paused:
+        return "the queue is paused"
+    live = [w for w in workers if w.status in ("idle", "busy") and isinstance(w.metadata.get("handlers"), list)]
+    if not live:
+        return "no live worker is connected"
+    able = [w for w in live if capability is None or capability in w.capabilities]
+    handlers = [w for w in able if job_type in w.metadata["handlers"]]
+    if not able and not any(job_type in w.metadata["handlers"] for w in live):
+        return f"no live worker has capability {capability!r} and a handler for {job_type!r}"
+    if not able:
+        return f"no live worker has capability {capability!r}"
+    if not handlers:
+        where = f" with capability {capability!r}" if capability else ""
+        return f"no live worker{where} has a handler for {job_type!r}"
+    busy = sum(min(w.current_load, w.max_concurrency) for w in handlers)
+    slots = sum(w.max_concurrency for w in handlers)
+    if busy >= slots:
+        return f"every worker able to run it is busy ({busy} of {slots} slots)"
+    return f"waiting for one of {len(handlers)} able workers to take it"
+
+
+@dataclass
+class Audit:
+    ctx: Context
+    manager: ShardManager
+    queue: JobQueue
+    stall_after_s: float
+    _missing: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(execution, job) → the token seen without a message at the previous audit."""
+    _warned: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    async def run(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.once()
+            except Exception as exc:
+                log.warning("audit failed; retrying", error=repr(exc))
+
+    async def once(self) -> None:
+        await self._stragglers()
+        stalled: list[tuple[Owned, list[Job]]] = []
+        cutoff = now_ms() - int(self.stall_after_s * 1000)
+        for owned in list(self.manager.owned.values()):
+            if owned.gone or owned.state.final:
+                continue
+            jobs = [
+                j
+                for j in owned.state.jobs
+                if j.status == "queued" and j.queued_at is not None and ms_from_iso(j.queued_at) < cutoff
+            ]
+            if jobs:
+                stalled.append((owned, jobs))
+        if not stalled:
+            self._missing.clear()
+            return
+        workers = await self._workers()
+        paused = await self.queue.is_paused()
+        for owned, jobs in stalled:
+            reasons: dict[str, str | None] = {}
+            for job in jobs:
+                reason = waiting_reason(job.type, job.requested_capability, workers, paused)
+                key = (owned.execution_id, job.id)
+                if self._warned.get(key) != reason:
+                    self._warned[key] = reason
+                    owned.log.warning("job waiting", jobId=job.id, type=job.type, reason=reason)
+                if job.waiting_reason != reason:
+                    reasons[job.id] = reason
+            if reasons:
+                owned.waiting(reasons)
+            lost = await self._lost_messages(owned, [j for j in jobs if j.placed and not paused])
+            if lost:
+                owned.log.warning(
+                    "job messages missing from the job stream; dispatched again", jobs=[j.id for j in lost]
+                )
+                owned.requeue([j.id for j in lost])
+        live = {(o.execution_id, j.id) for o, js in stalled for j in js}
+        self._missing = {k: v for k, v in self._missing.items() if k in live}
+        self._warned = {k: v for k, v in self._warned.items() if k in live}
+
+    async def _workers(self) -> list[WorkerView]:
+        try:
+            reply = await request(
+                self.ctx.nc,
+                self.ctx.names.registry("list"),
+                ListWorkers(),
+                WorkerList,
+                service="registry",
+                timeout=2.0,
+            )
+        except CommandError:
+            return []
+        return reply.workers
+
+    async def _lost_messages(self, owned: Owned, jobs: list[Job]) -> list[Job]:
+        """Jobs seen twice in a row queued under the same token while their execution has no message of their
+        (capability, type) left in the job stream."""
+        if not jobs:
+            return []
+        names = self.ctx.names
+        info = await self.ctx.js.stream_info(
+            names.jobs_stream, subjects_filter=names.jobs_of_execution(owned.execution_id)
+        )
+        present = set((info.state.subjects or {}).keys())
+        lost = []
+        for job in jobs:
+            key = (owned.execution_id, job.id)
+            if names.jobs(job.capability, job.type, owned.execution_id) in present:
+                self._missing.pop(key, None)
+                continue
+            if self._missing.get(key) == job.token:
+                lost.append(job)
+                self._missing.pop(key, None)
+            elif job.token is not None:
+                self._missing[key] = job.token
+        return lost
+
+    async def _stragglers(self) -> None:
+        cutoff = now_ms() - int(self.stall_after_s * 1000)
+        for record in self.manager.index.open_executions():
+            shard = self.manager.held.get(record.shard)
+            if shard is None or shard.adopting:
+                continue
+            execution_id = record.execution_id
+            if execution_id in self.manager.owned or execution_id in self.manager.reloading:
+                continue
+            if ms_from_iso(record.updated_at) > cutoff:
+                continue  # just written: its creator is registering it
+            log.warning("open execution not in memory; adopting it", executionId=execution_id)
+            with contextlib.suppress(Exception):
+                await self.manager.adopt_straggler(execution_id, shard)

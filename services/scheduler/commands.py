@@ -1,0 +1,398 @@
+"""The scheduler's commands. Any replica answers `<ns>.scheduler.<command>` (queue group); a command about one
+execution is carried out by the replica owning the execution's shard, so a replica that does not own it sends it
+on to `<ns>.scheduler.shard.<n>.<command>`, which only the owner serves. Reads of ended executions are answered
+by any replica (every replica's index holds the final records)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from shared.commands import (
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+    CommandError,
+    Conflict,
+    Endpoint,
+    Invalid,
+    NotFound,
+    Unavailable,
+    forward,
+)
+from shared.ids import check_id, check_name
+from shared.keys import execution_key
+from shared.logging import get_logger
+from shared.messages import (
+    FINAL_EXECUTION_STATES,
+    ConsumerRef,
+    EnsureConsumer,
+    ExecuteCommand,
+    ExecuteRequest,
+    ExecutionList,
+    ExecutionRecord,
+    ExecutionRef,
+    ExecutionView,
+    JobList,
+    JobsQuery,
+    JobView,
+    ListExecutions,
+    QueueControl,
+    QueueStats,
+    QueueStatsReply,
+)
+from shared.subjects import Names
+
+from . import machine
+from .dag import validate
+from .ids import new_execution_id
+from .index import ExecutionIndex
+from .lifecycle import Context, Owned
+from .queue import JobQueue, QueueCounts
+from .recovery import create, load_snapshot, reopen
+from .shards import ShardManager
+from .views import job_view, record_view
+
+__all__ = ["Commands"]
+
+log = get_logger(__name__)
+
+T = TypeVar("T", bound=msgspec.Struct)
+_encode = msgspec.json.Encoder().encode
+_record_decoder = msgspec.json.Decoder(ExecutionRecord)
+OWNER_WAIT_S = 5.0
+"""How long a command waits for its shard to get an owner (a takeover in progress) before answering 503."""
+STATS_CACHE_S = 0.25
+MAX_JOBS_PAGE = 5000
+
+
+@dataclass
+class Commands:
+    ctx: Context
+    manager: ShardManager
+    index: ExecutionIndex
+    queue: JobQueue
+    names: Names
+    submissions: ObjectStore
+    max_jobs: int
+    max_open_jobs: int
+    timeout_s: float
+    _counts: tuple[float, QueueCounts] | None = None
+
+    def endpoints(self) -> dict[str, Endpoint]:
+        """The queue-grouped endpoints every replica serves."""
+        return {
+            "execute": Endpoint(ExecuteCommand, self.execute),
+            "get": Endpoint(ExecutionRef, self.get),
+            "jobs": Endpoint(JobsQuery, self.jobs),
+            "list": Endpoint(ListExecutions, self.list_executions),
+            "cancel": Endpoint(ExecutionRef, self.cancel),
+            "retry": Endpoint(ExecutionRef, self.retry),
+            "queue.stats": Endpoint(ExecutionRef, self.stats),
+            "queue.pause": Endpoint(ExecutionRef, self.pause),
+            "queue.resume": Endpoint(ExecutionRef, self.resume),
+            "consumer": Endpoint(EnsureConsumer, self.consumer),
+        }
+
+    def owner_endpoints(self) -> dict[str, Endpoint]:
+        """What the owner of a shard serves on `<ns>.scheduler.shard.<n>.*`."""
+        return {
+            "get": Endpoint(ExecutionRef, self.local_get),
+            "jobs": Endpoint(JobsQuery, self.local_jobs),
+            "cancel": Endpoint(ExecutionRef, self.local_cancel),
+            "retry": Endpoint(ExecutionRef, self.local_retry),
+        }
+
+    # --- routing ----------------------------------------------------------------------------------------------
+
+    async def _routed(self, command: str, payload: msgspec.Struct, execution_id: str, reply: type[T]) -> T:
+        """Carry out here if this replica owns the execution's shard, else send it to the owner."""
+        shard = self.manager.shard_of(execution_id)
+        deadline = time.monotonic() + OWNER_WAIT_S
+        while True:
+            if shard in self.manager.held:
+                local = self.owner_endpoints()[command]
+                return await local.handler(payload)  # type: ignore[return-value]
+            try:
+                msg = await forward(
+                    self.ctx.nc,
+                    self.names.scheduler_shard(shard, command),
+                    _encode(payload),
+                    service="scheduler replica",
+                    timeout=self.timeout_s,
+                )
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"no scheduler replica owns execution {execution_id} right now (shard {shard} is being "
+                        "taken over); try again"
+                    ) from None
+                await asyncio.sleep(0.1)
+                continue
+            headers = msg.headers or {}
+            if ERROR_CODE_HEADER in headers:
+                raise CommandError(
+                    headers.get(ERROR_HEADER) or "the owning scheduler failed", int(headers[ERROR_CODE_HEADER])
+                )
+            return msgspec.json.decode(msg.data, type=reply)
+
+    def _finished_record(self, execution_id: str) -> ExecutionRecord | None:
+        found = self.index.get(execution_id)
+        if found is not None and found[0].status in FINAL_EXECUTION_STATES:
+            return found[0]
+        return None
+
+    async def _record(self, execution_id: str) -> tuple[ExecutionRecord, int] | None:
+        """From the index (open executions and the last finished ones), else from the bucket."""
+        indexed = self.index.get(execution_id)
+        if indexed is not None:
+            return indexed
+        found = await self.ctx.pipeline.kv_get(self.ctx.bucket, execution_key(execution_id))
+        if found is None:
+            return None
+        record = _record_decoder.decode(found[0])
+        if record.status in FINAL_EXECUTION_STATES:
+            self.index.remember(record, found[1])
+        return record, found[1]
+
+    async def _owned(self, execution_id: str) -> Owned | None:
+        """The execution in memory here; an open one being read back is waited for a moment."""
+        owned = self.manager.owned.get(execution_id)
+        deadline = time.monotonic() + OWNER_WAIT_S
+        while owned is None and execution_id in self.manager.reloading and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            owned = self.manager.owned.get(execution_id)
+        return owned
+
+    # --- submit -----------------------------------------------------------------------------------------------
+
+    async def execute(self, cmd: ExecuteCommand) -> ExecutionView:
+        request = cmd.request
+        if request is None:
+            if cmd.staged is None:
+                raise Invalid("execute needs a request or a staged submission")
+            request = await self._staged(cmd.staged)
+        dag = validate(request, self.max_jobs)
+        open_jobs = self.index.open_jobs
+        if open_jobs + len(dag.jobs) > self.max_open_jobs:
+            raise Unavailable(
+                f"the scheduler is at capacity: {open_jobs} jobs are open and this execution adds {len(dag.jobs)} "
+                f"(limit {self.max_open_jobs}); retry later"
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.manager.owns_some.wait(), OWNER_WAIT_S)
+        shard = self.manager.owned_shard_for_new()
+        if shard is None:
+            raise Unavailable("this scheduler replica owns no shard yet (starting or rebalancing); try again")
+        execution_id = new_execution_id()
+        while self.manager.shard_of(execution_id) != shard.n:
+            execution_id = new_execution_id()
+        owned = await create(
+            self.ctx,
+            execution_id=execution_id,
+            workflow_id=request.workflow_id,
+            parallelism=request.parallelism,
+            jobs=list(dag.jobs.values()),
+            shard=shard.n,
+            epoch=shard.revision,
+        )
+        self.manager.owned[execution_id] = owned
+        view = await owned.view()
+        await owned.execution_event("created")
+        owned.start()
+        log.info(
+            "execution accepted",
+            executionId=execution_id,
+            workflowId=request.workflow_id,
+            jobs=len(dag.jobs),
+            parallelism=request.parallelism,
+            shard=shard.n,
+        )
+        return view
+
+    async def _staged(self, name: str) -> ExecuteRequest:
+        try:
+            obj = await self.submissions.get(name)
+        except (ObjectNotFoundError, NotFoundError):
+            raise Invalid(f"staged submission {name} does not exist") from None
+        try:
+            return msgspec.json.decode(obj.data or b"", type=ExecuteRequest)
+        except msgspec.ValidationError as exc:
+            raise Invalid(f"invalid request: {exc}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await self.submissions.delete(name)
+
+    # --- one execution ----------------------------------------------------------------------------------------
+
+    async def get(self, ref: ExecutionRef) -> ExecutionView:
+        execution_id = check_id("executionId", ref.execution_id)
+        done = self._finished_record(execution_id)
+        if done is not None:
+            return record_view(done)
+        return await self._routed("get", ref, execution_id, ExecutionView)
+
+    async def jobs(self, query: JobsQuery) -> JobList:
+        execution_id = check_id("executionId", query.execution_id)
+        return await self._routed("jobs", query, execution_id, JobList)
+
+    async def cancel(self, ref: ExecutionRef) -> ExecutionView:
+        execution_id = check_id("executionId", ref.execution_id)
+        return await self._routed("cancel", ref, execution_id, ExecutionView)
+
+    async def retry(self, ref: ExecutionRef) -> ExecutionView:
+        execution_id = check_id("executionId", ref.execution_id)
+        return await self._routed("retry", ref, execution_id, ExecutionView)
+
+    async def local_get(self, ref: ExecutionRef) -> ExecutionView:
+        owned = await self._owned(ref.execution_id)
+        if owned is not None:
+            return await owned.view()
+        found = await self._record(ref.execution_id)
+        if found is None:
+            raise NotFound(f"execution {ref.execution_id} does not exist")
+        return record_view(found[0])
+
+    async def local_jobs(self, query: JobsQuery) -> JobList:
+        execution_id = query.execution_id
+        limit = max(1, min(query.limit, MAX_JOBS_PAGE))
+        owned = await self._owned(execution_id)
+        if owned is not None:
+            await owned.settled()
+            state = owned.state
+            page = state.jobs[query.offset : query.offset + limit]
+            return JobList(execution_id=execution_id, jobs=[job_view(state, j) for j in page], total=len(state.jobs))
+        found = await self._record(execution_id)
+        if found is None:
+            raise NotFound(f"execution {execution_id} does not exist")
+        record = found[0]
+        if record.status not in FINAL_EXECUTION_STATES or not record.snapshot:
+            raise Unavailable(f"execution {execution_id} is being taken over; try again")
+        records = await load_snapshot(self.ctx, execution_id, record.snapshot, record.snapshot_parts)
+        state = machine.state_from_records(
+            execution_id=execution_id,
+            workflow_id=record.workflow_id,
+            shard=record.shard,
+            parallelism=record.parallelism,
+            created_at=record.created_at,
+            status=record.status,
+            round=record.round,
+            completed_at=record.completed_at,
+            error=record.error,
+            records=records,
+        )
+        page = state.jobs[query.offset : query.offset + limit]
+        views: list[JobView] = []
+        for job in page:
+            if job.result_ref is not None and job.result is None:
+                entry = await self.ctx.pipeline.kv_get(self.ctx.bucket, job.result_ref)
+                job.result = None if entry is None else msgspec.json.decode(entry[0])
+            views.append(job_view(state, job))
+        return JobList(execution_id=execution_id, jobs=views, total=len(state.jobs))
+
+    async def local_cancel(self, ref: ExecutionRef) -> ExecutionView:
+        owned = await self._owned(ref.execution_id)
+        if owned is not None and not owned.gone:
+            return await owned.command("cancel")
+        found = await self._record(ref.execution_id)
+        if found is None:
+            raise NotFound(f"execution {ref.execution_id} does not exist")
+        record = found[0]
+        if record.status in FINAL_EXECUTION_STATES:
+            raise Conflict(f"execution {ref.execution_id} already ended ({record.status}); nothing to cancel")
+        raise Unavailable(f"execution {ref.execution_id} is being taken over; try again")
+
+    async def local_retry(self, ref: ExecutionRef) -> ExecutionView:
+        execution_id = ref.execution_id
+        owned = await self._owned(execution_id)
+        if owned is not None and not owned.gone:
+            if not owned.state.final:
+                return await owned.command("retry")  # refused with the reason (still running)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(owned.finished.wait(), OWNER_WAIT_S)
+        found = await self.ctx.pipeline.kv_get(self.ctx.bucket, execution_key(execution_id))
+        if found is None:
+            raise NotFound(f"execution {execution_id} does not exist")
+        record = _record_decoder.decode(found[0])
+        if record.status not in FINAL_EXECUTION_STATES:
+            raise Conflict(
+                f"execution {execution_id} is still {record.status}; only a finished execution can be retried"
+            )
+        if record.status == "completed":
+            raise Conflict(f"execution {execution_id} completed; every job already has its result")
+        shard = self.manager.held.get(record.shard)
+        if shard is None:
+            raise Unavailable(f"execution {execution_id} is being taken over; try again")
+        owned = await reopen(self.ctx, record, shard.n, shard.revision)
+        owned.record_revision = found[1]
+        self.manager.owned[execution_id] = owned
+        view = await owned.command("retry")
+        log.info("execution retried", executionId=execution_id, round=view.round)
+        return view
+
+    # --- listings and the queue -----------------------------------------------------------------------------
+
+    async def list_executions(self, query: ListExecutions) -> ExecutionList:
+        ids = self.index.select(
+            before=query.cursor, status=query.status, workflow_id=query.workflow_id, limit=query.limit + 1
+        )
+        more = len(ids) > query.limit
+        page = ids[: query.limit]
+        found = await asyncio.gather(*(self._record(execution_id) for execution_id in page))
+        views: list[ExecutionView] = []
+        for execution_id, item in zip(page, found, strict=True):
+            if item is None:
+                continue  # removed meanwhile (retention)
+            owned = self.manager.owned.get(execution_id)
+            view = await owned.view() if owned is not None else record_view(item[0])
+            if query.status in (None, view.status):
+                views.append(view)
+        return ExecutionList(executions=views, next_cursor=page[-1] if more else None)
+
+    async def _queue_counts(self) -> QueueCounts:
+        """The job stream's numbers, shared by the stats requests of a quarter second (each costs the server a
+        stream and a consumer listing)."""
+        now = time.monotonic()
+        if self._counts is not None and now - self._counts[0] < STATS_CACHE_S:
+            return self._counts[1]
+        counts = await self.queue.counts()
+        self._counts = (now, counts)
+        return counts
+
+    async def stats(self, _: Any) -> QueueStatsReply:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.index.current.wait(), 5)
+        counts = await self._queue_counts()
+        in_stream = max(0, counts.messages - counts.active)
+        stats = QueueStats(
+            waiting=0 if counts.paused else in_stream,
+            active=counts.active,
+            completed=self.index.completed,
+            failed=self.index.failed,
+            delayed=self.index.delayed,
+            paused=in_stream if counts.paused else 0,
+            total=0,
+        )
+        stats.total = stats.waiting + stats.active + stats.completed + stats.failed + stats.delayed + stats.paused
+        return QueueStatsReply(stats=stats, is_paused=counts.paused, healthy=True)
+
+    async def pause(self, _: Any) -> QueueControl:
+        changed, consumers = await self.queue.set_paused(True)
+        self._counts = None
+        return QueueControl(is_paused=True, changed=changed, consumers=consumers)
+
+    async def resume(self, _: Any) -> QueueControl:
+        changed, consumers = await self.queue.set_paused(False)
+        self._counts = None
+        return QueueControl(is_paused=False, changed=changed, consumers=consumers)
+
+    async def consumer(self, cmd: EnsureConsumer) -> ConsumerRef:
+        check_name("capability", cmd.capability)
+        check_name("type", cmd.type)
+        return await self.queue.ensure_consumer(cmd.capability, cmd.type)

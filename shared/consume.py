@@ -1,0 +1,167 @@
+"""The one pull-consumer loop: the scheduler's report intake and the worker's job intake both use it.
+
+nats-py's `fetch` makes a request per batch and waits out its reply before the next one can go, so a consumer
+spends a round trip between batches. Here pull requests stay outstanding (`batch` = the credit the owner grants,
+with an expiry and idle heartbeats), messages land in a buffer from the subscription's callback, and one task per
+consumer hands whatever arrived to `handle` as a batch — no task per message, no round trip between batches.
+
+Credit is what the owner can take now (a worker: its free slots; the scheduler: a fixed window). Status messages
+from the server keep the count of what is still requested honest: 408 (a request expired; it says how many of
+its messages were not delivered), 409 (the request was dropped: leader change, max waiting, …). A request the
+server forgot without telling (a reconnect, a node that died) shows as missing heartbeats and is given up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shared.logging import get_logger
+
+__all__ = ["PullConsumer", "delivery_of"]
+
+log = get_logger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+
+
+def delivery_of(msg: Msg) -> tuple[int, int]:
+    """(times delivered, stream sequence) from a JetStream message's ack subject, without building nats-py's
+    metadata object (datetimes and all) for every message."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[4]), int(tokens[5])
+    if len(tokens) >= 11:  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>...
+        return int(tokens[6]), int(tokens[7])
+    return 1, 0
+
+
+class _PullRequest(msgspec.Struct, omit_defaults=True):
+    batch: int
+    expires: int
+    idle_heartbeat: int
+    max_bytes: int = 0
+
+
+class PullConsumer:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        stream: str,
+        consumer: str,
+        handle: Callable[[list[Msg]], Awaitable[None]],
+        credit: Callable[[], int],
+        expires_s: float = 10.0,
+        heartbeat_s: float = 2.0,
+    ) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.consumer = consumer
+        self.handle = handle
+        self.credit = credit
+        self.expires_s = expires_s
+        self.heartbeat_s = heartbeat_s
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = nc.new_inbox()
+        self._buffer: list[Msg] = []
+        self._arrived = asyncio.Event()
+        self._requested = 0
+        """Messages asked for and not yet delivered, expired or dropped."""
+        self._last_heard = 0.0
+        self._stopping = False
+        self._sub: Subscription | None = None
+        self.delivered = 0
+        self.log = log.bind(consumer=consumer, stream=stream)
+
+    def wake(self) -> None:
+        """Credit grew (a slot freed): ask for more now instead of at the next arrival."""
+        self._arrived.set()
+
+    def reset(self) -> None:
+        """Forget what was requested (after a reconnect the server may have dropped the requests)."""
+        self._requested = 0
+        self._arrived.set()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        loop_time = asyncio.get_running_loop().time()
+        self._last_heard = loop_time
+        headers = msg.headers
+        if headers and not msg.data and (status := headers.get("Status")) is not None:
+            if status == "100":  # idle heartbeat: the request is alive
+                return
+            if status == "408":
+                missed = headers.get("Nats-Pending-Messages")
+                self._requested = max(0, self._requested - (int(missed) if missed else self._requested))
+            elif status == "404":
+                self._requested = 0
+            else:  # 409 and the rest: the server dropped our requests
+                if status != "409" or "Leadership Change" not in (headers.get("Description") or ""):
+                    self.log.debug("pull request ended", status=status, description=headers.get("Description"))
+                self._requested = 0
+            self._arrived.set()
+            return
+        self._requested = max(0, self._requested - 1)
+        self._buffer.append(msg)
+        self._arrived.set()
+
+    async def _pull(self) -> None:
+        want = self.credit() - self._requested - len(self._buffer)
+        # Ask in chunks, not one message at a time as slots free one by one: each request costs a round trip on
+        # the server, and a request that is mostly unused costs nothing.
+        if want <= 0 or (self._requested and want < max(1, self.credit() // 4)):
+            return
+        request = _PullRequest(
+            batch=want,
+            expires=int(self.expires_s * 1e9),
+            idle_heartbeat=int(self.heartbeat_s * 1e9),
+        )
+        await self.nc.publish(self._next_subject, _encode(request), reply=self._inbox)
+        if not self._requested:
+            self._last_heard = asyncio.get_running_loop().time()
+        self._requested += want
+
+    async def run(self) -> None:
+        """Pull and hand over batches until `stop()`; survives reconnects and server-side request loss."""
+        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1)
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._stopping:
+                try:
+                    if self.nc.is_connected:
+                        await self._pull()
+                except Exception as exc:  # the connection went away between the check and the publish
+                    self.log.debug("pull request not sent", error=repr(exc))
+                if not self._buffer:
+                    self._arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._arrived.wait(), self.heartbeat_s)
+                    if self._requested and not self._buffer and loop.time() - self._last_heard > 2.5 * self.heartbeat_s:
+                        # No message and no heartbeat: the server no longer holds our request.
+                        self._requested = 0
+                    if not self._buffer:
+                        continue
+                batch, self._buffer = self._buffer, []
+                self.delivered += len(batch)
+                await self.handle(batch)
+        finally:
+            with contextlib.suppress(Exception):
+                if self._sub is not None:
+                    await self._sub.unsubscribe()
+
+    def stop(self) -> None:
+        """Let `run` return after the batch in hand; messages delivered but not handled are redelivered by
+        the server after their ack wait (or naked by whoever owns them)."""
+        self._stopping = True
+        self._arrived.set()
+
+    def take_buffered(self) -> list[Msg]:
+        """Messages that arrived and were not handed over (to nak them at shutdown)."""
+        batch, self._buffer = self._buffer, []
+        return batch
