@@ -37,25 +37,23 @@ async def follow(server: str, namespace: str, execution_id: str) -> int:
 
     async def on_event(msg: nats.aio.msg.Msg) -> None:
         event = json.loads(msg.data)
-        parts = msg.subject.split(".")
-        if parts[2] not in ("execution", "job"):
+        what = msg.subject.rsplit(".", 1)[1]
+        if what == "jobs":
+            # One scheduler step's job changes, batched: each job's new status, in the order they happened.
+            for change in event["jobs"]:
+                extra = change.get("error") or change.get("workerId") or ""
+                print(f"{change['at']}  job {change['jobId']:<20} {change['status']:<10} {extra}", flush=True)
             return
-        if parts[2] == "execution":
-            what = parts[-1]
-            progress = event.get("progress") or event.get("counts") or {}
-            done_jobs = progress.get("completed", 0)
-            total = progress.get("total", "?")
-            print(f"{event['at']}  execution {what:<10} {done_jobs}/{total} completed", flush=True)
-            if what in FINAL and not done.done():
-                done.set_result(FINAL[what])
-        else:
-            job_id, what = parts[-2], parts[-1]
-            extra = event.get("error") or event.get("workerId") or ""
-            print(f"{event['at']}  job {job_id:<20} {what:<10} {extra}", flush=True)
+        progress = event.get("progress") or event.get("counts") or {}
+        done_jobs = progress.get("completed", 0)
+        total = progress.get("total", "?")
+        print(f"{event['at']}  execution {what:<10} {done_jobs}/{total} completed", flush=True)
+        if what in FINAL and not done.done():
+            done.set_result(FINAL[what])
 
-    # `<ns>.events.*.<exec>.>` covers both `execution.<exec>.<what>` and `job.<exec>.<job>.<what>`.
+    # Every event of one execution: its own (`created`, `running`, `completed`, …) and its jobs' (`jobs`).
     sub = await js.subscribe(
-        f"{prefix}.*.{execution_id}.>",
+        f"{prefix}.execution.{execution_id}.*",
         stream=stream,
         cb=on_event,
         ordered_consumer=True,

@@ -336,6 +336,8 @@ class JobList(Message):
     jobs: list[JobView]
     total: int = 0
     """Jobs of the execution; a page holds `jobs[offset:offset+limit]` of them."""
+    next_offset: int | None = None
+    """Where the next page starts (None: this was the last)."""
 
 
 class QueueStats(Message):
@@ -759,8 +761,7 @@ class CancelNotice(Message):
 
     execution_id: str
     round: int
-    tokens: list[str] = msgspec.field(default_factory=list)
-    """Dispatch tokens of the jobs to stop; empty: every job of the execution's round."""
+    """Handlers of this round (and earlier ones) stop; a retry's later round is not affected."""
 
 
 # --- observability -----------------------------------------------------------------------------------------

@@ -190,6 +190,12 @@ class GatewaySettings:
         "How often the gateway recomputes the dashboard's overview while someone watches it (one computation "
         "per gateway, shared by every open dashboard).",
     )
+    command_timeout_s: float = env(
+        "JETDAG_COMMAND_TIMEOUT_S",
+        60.0,
+        "How long the gateway waits for a submit, cancel or retry (they may take long for a large DAG; a 503 "
+        "must mean not done, so they are not cut off at the request timeout).",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,17 +192,16 @@ class EventClock:
         self.ended: dict[str, float] = {}
 
     async def start(self, cluster: dict[str, NatsServer]) -> EventClock:
-        async def on_job(msg: Any) -> None:
-            self.completed.append(time.monotonic())
-
         async def on_execution(msg: Any) -> None:
             execution_id, what = msg.subject.split(".")[-2:]
-            if what in FINAL:
+            if what == "jobs":
+                now = time.monotonic()
+                self.completed.extend(now for c in json.loads(msg.data)["jobs"] if c["status"] == "completed")
+            elif what in FINAL:
                 self.ended.setdefault(execution_id, time.monotonic())
 
         for node in cluster.values():
             nc = await nats.connect(servers=[node.url], max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-            await nc.subscribe(f"{self.names.events_prefix}.job.*.*.completed", cb=on_job)
             await nc.subscribe(f"{self.names.events_prefix}.execution.*.*", cb=on_execution)
             await nc.flush()
             self.clients.append(nc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -90,23 +91,27 @@ async def test_parallelism_cap_is_never_exceeded(stack: Stack, http: httpx.Async
 
 async def test_retry_then_succeed(stack: Stack, http: httpx.AsyncClient, nc: Client) -> None:
     await stack.up(workers=1)
-    sub = await nc.subscribe(f"{stack.names.events_prefix}.job.*.flaky.*")
+    sub = await nc.subscribe(f"{stack.names.events_prefix}.execution.*.jobs")
     dag = [job("flaky", "fail", config={"times": 2, "message": "boom"}, retries=2, backoffMs=100)]
     eid = await submit(http, stack.url, dag)
     final = await wait_final(http, stack.url, eid)
     assert final["status"] == "completed"
     flaky = (await jobs(http, stack.url, eid))["flaky"]
     assert flaky["attempts"] == 3 and flaky["result"] == {"succeededOnAttempt": 3} and flaky["error"] is None
-    seen: list[str] = []
-    while len(seen) < 20:
-        try:
-            msg = await sub.next_msg(timeout=2)
-        except TimeoutError:
-            break
-        seen.append(msg.subject.rsplit(".", 1)[1])
+    seen: list[tuple[str, int]] = []
+    while not seen or seen[-1][0] != "completed":
+        msg = await sub.next_msg(timeout=10)
+        seen.extend((c["status"], c["attempt"]) for c in json.loads(msg.data)["jobs"] if c["jobId"] == "flaky")
     # attempt 1 and 2 fail and wait out a backoff; attempt 3 completes
-    assert seen.count("delayed") == 2 and seen.count("completed") == 1, seen
-    assert seen.count("queued") == 3 and seen.count("started") == 3, seen
+    assert [s for s in seen if s[0] != "running"] == [
+        ("queued", 1),
+        ("delayed", 1),
+        ("queued", 2),
+        ("delayed", 2),
+        ("queued", 3),
+        ("completed", 3),
+    ], seen
+    assert [d["attempt"] for d in flaky["deliveries"]] == [1, 2, 3]
 
 
 async def test_retry_exhausted_skips_dependents_and_independent_branch_completes(

@@ -26,6 +26,8 @@ from shared.messages import (
     ExecutionView,
     HeartbeatCommand,
     JobList,
+    JobsQuery,
+    JobView,
     ListExecutions,
     ListWorkers,
     MetricsExposition,
@@ -53,7 +55,14 @@ T = TypeVar("T")
 
 class Backend:
     def __init__(
-        self, nc: Client, names: Names, *, timeout: float, health_timeout: float, metrics_window: float = 0.5
+        self,
+        nc: Client,
+        names: Names,
+        *,
+        timeout: float,
+        health_timeout: float,
+        metrics_window: float = 0.5,
+        command_timeout: float = 60.0,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=health_timeout)
@@ -61,6 +70,7 @@ class Backend:
         self.timeout = timeout
         self.health_timeout = health_timeout
         self.metrics_window = metrics_window
+        self.command_timeout = command_timeout
 
     async def _registry(self, command: str, payload: msgspec.Struct, reply: type[Out]) -> Out:
         return await request(
@@ -72,14 +82,18 @@ class Backend:
             timeout=self.timeout,
         )
 
-    async def _scheduler(self, command: str, payload: msgspec.Struct | bytes, reply: type[Out]) -> Out:
+    async def _scheduler(
+        self, command: str, payload: msgspec.Struct | bytes, reply: type[Out], *, slow: bool = False
+    ) -> Out:
         return await request(
             self.nc,
             self.names.scheduler(command),
             payload,
             reply,
             service="scheduler",
-            timeout=self.timeout,
+            # A command that changes state is waited for as long as it can take: answering 503 for one that
+            # then succeeds would tell the client "not done" about something done.
+            timeout=max(self.timeout, self.command_timeout) if slow else self.timeout,
         )
 
     # --- workers -------------------------------------------------------------------------------------
@@ -111,26 +125,33 @@ class Backend:
         # the size of the body a client sent.
         inline = _encoder.encode(ExecuteCommand(request=request))
         if len(inline) <= self.nc.max_payload - HEADROOM_BYTES:
-            return await self._scheduler("execute", inline, ExecutionView)
+            return await self._scheduler("execute", inline, ExecutionView, slow=True)
         try:
             store = await self.js.object_store(self.names.submissions_bucket)
             name = f"submission-{secrets.token_hex(12)}"
             await asyncio.wait_for(store.put(name, msgspec.json.encode(request)), self.timeout * 4)
         except Exception as exc:
             raise Unavailable(f"could not stage the submission in NATS ({_describe(exc)})") from None
-        return await self._scheduler("execute", ExecuteCommand(staged=name), ExecutionView)
+        return await self._scheduler("execute", ExecuteCommand(staged=name), ExecutionView, slow=True)
 
     async def get_execution(self, execution_id: str) -> ExecutionView:
         return await self._scheduler("get", ExecutionRef(execution_id=execution_id), ExecutionView)
 
     async def execution_jobs(self, execution_id: str) -> JobList:
-        return await self._scheduler("jobs", ExecutionRef(execution_id=execution_id), JobList)
+        """Every job, read in pages (one NATS reply holds at most 1 MiB; a large DAG's listing is more)."""
+        jobs: list[JobView] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = await self._scheduler("jobs", JobsQuery(execution_id=execution_id, offset=offset), JobList)
+            jobs.extend(page.jobs)
+            offset = page.next_offset
+        return JobList(execution_id=execution_id, jobs=jobs, total=len(jobs))
 
     async def cancel(self, execution_id: str) -> ExecutionView:
-        return await self._scheduler("cancel", ExecutionRef(execution_id=execution_id), ExecutionView)
+        return await self._scheduler("cancel", ExecutionRef(execution_id=execution_id), ExecutionView, slow=True)
 
     async def retry(self, execution_id: str) -> ExecutionView:
-        return await self._scheduler("retry", ExecutionRef(execution_id=execution_id), ExecutionView)
+        return await self._scheduler("retry", ExecutionRef(execution_id=execution_id), ExecutionView, slow=True)
 
     async def list_executions(self, query: ListExecutions) -> ExecutionList:
         return await self._scheduler("list", query, ExecutionList)

@@ -76,6 +76,7 @@ class GatewayService:
             timeout=ctx.nats.request_timeout_s,
             health_timeout=self.settings.health_timeout_s,
             metrics_window=self.settings.metrics_window_s,
+            command_timeout=self.settings.command_timeout_s,
         )
         app = create_app(backend, self.settings, self.policy)
         log.info("api auth", enabled=self.policy.enabled, tokens=[t.name for t in self.policy.tokens])

@@ -102,6 +102,8 @@ class Audit:
                     reasons[job.id] = reason
             if reasons:
                 owned.waiting(reasons)
+            if any(not j.placed for j in jobs):
+                owned.republish_soon()
             lost = await self._lost_messages(owned, [j for j in jobs if j.placed and not paused])
             if lost:
                 owned.log.warning(

@@ -70,6 +70,8 @@ OWNER_WAIT_S = 5.0
 """How long a command waits for its shard to get an owner (a takeover in progress) before answering 503."""
 STATS_CACHE_S = 0.25
 MAX_JOBS_PAGE = 5000
+PAGE_BYTES = 512 * 1024
+"""A page of the job listing stays well inside one NATS reply."""
 
 
 @dataclass
@@ -233,6 +235,9 @@ class Commands:
 
     async def get(self, ref: ExecutionRef) -> ExecutionView:
         execution_id = check_id("executionId", ref.execution_id)
+        owned = self.manager.owned.get(execution_id)
+        if owned is not None:
+            return await owned.view()
         done = self._finished_record(execution_id)
         if done is not None:
             return record_view(done)
@@ -265,9 +270,7 @@ class Commands:
         owned = await self._owned(execution_id)
         if owned is not None:
             await owned.settled()
-            state = owned.state
-            page = state.jobs[query.offset : query.offset + limit]
-            return JobList(execution_id=execution_id, jobs=[job_view(state, j) for j in page], total=len(state.jobs))
+            return _page(owned.state, query.offset, limit)
         found = await self._record(execution_id)
         if found is None:
             raise NotFound(f"execution {execution_id} does not exist")
@@ -287,14 +290,11 @@ class Commands:
             error=record.error,
             records=records,
         )
-        page = state.jobs[query.offset : query.offset + limit]
-        views: list[JobView] = []
-        for job in page:
+        for job in state.jobs[query.offset : query.offset + limit]:
             if job.result_ref is not None and job.result is None:
                 entry = await self.ctx.pipeline.kv_get(self.ctx.bucket, job.result_ref)
                 job.result = None if entry is None else msgspec.json.decode(entry[0])
-            views.append(job_view(state, job))
-        return JobList(execution_id=execution_id, jobs=views, total=len(state.jobs))
+        return _page(state, query.offset, limit)
 
     async def local_cancel(self, ref: ExecutionRef) -> ExecutionView:
         owned = await self._owned(ref.execution_id)
@@ -333,6 +333,7 @@ class Commands:
         owned.record_revision = found[1]
         self.manager.owned[execution_id] = owned
         view = await owned.command("retry")
+        await owned.write_record()  # reopened for every replica's index before the answer, not a moment after
         log.info("execution retried", executionId=execution_id, round=view.round)
         return view
 
@@ -396,3 +397,25 @@ class Commands:
         check_name("capability", cmd.capability)
         check_name("type", cmd.type)
         return await self.queue.ensure_consumer(cmd.capability, cmd.type)
+
+
+def _page(state: machine.ExecutionState, offset: int, limit: int) -> JobList:
+    """Jobs from `offset`: at most `limit`, and no more than fit in PAGE_BYTES of JSON."""
+    views: list[JobView] = []
+    size = 0
+    end = min(len(state.jobs), offset + limit)
+    index = offset
+    while index < end:
+        view = job_view(state, state.jobs[index])
+        n = len(_encode(view))
+        if views and size + n > PAGE_BYTES:
+            break
+        views.append(view)
+        size += n
+        index += 1
+    return JobList(
+        execution_id=state.execution_id,
+        jobs=views,
+        total=len(state.jobs),
+        next_offset=index if index < len(state.jobs) else None,
+    )

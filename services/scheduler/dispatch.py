@@ -168,8 +168,8 @@ class Dispatcher:
         """Take every queued message of the execution off the job stream: none of its jobs will be delivered."""
         await self.js.purge_stream(self.names.jobs_stream, subject=self.names.jobs_of_execution(execution_id))
 
-    async def notify_cancel(self, execution_id: str, round_: int, tokens: list[str]) -> None:
-        notice = CancelNotice(execution_id=execution_id, round=round_, tokens=tokens)
+    async def notify_cancel(self, execution_id: str, round_: int) -> None:
+        notice = CancelNotice(execution_id=execution_id, round=round_)
         await self.nc.publish(self.names.workers_cancel, _encode(notice))
 
 

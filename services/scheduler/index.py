@@ -184,6 +184,24 @@ class ExecutionIndex:
             return recent
         return None
 
+    def _revision(self, view: _View, key: str) -> int:
+        found = view.open.get(key)
+        if found is not None:
+            return found[1]
+        done = view.finished.get(key)
+        return done.revision if done is not None else 0
+
+    def observe(self, record: ExecutionRecord, revision: int) -> None:
+        """A record this replica just wrote, seen at once (read-your-writes) rather than when the watch brings
+        it a moment later."""
+        view = self._view
+        if self._revision(view, record.execution_id) >= revision:
+            return
+        if view.apply(record.execution_id, record, revision) is not None:
+            self._keep_recent(record, revision)
+        else:
+            self._recent.pop(record.execution_id, None)
+
     def remember(self, record: ExecutionRecord, revision: int) -> None:
         """A finished record read from the bucket: keep it among the recent ones if it is the current one."""
         done = self._view.finished.get(record.execution_id)
@@ -266,6 +284,9 @@ class ExecutionIndex:
                 log.warning("unreadable archive record")
             self._check_caught_up(msg)
             return
+        if self._target is self._view and 0 < revision < self._revision(self._view, key):
+            self._check_caught_up(msg)
+            return  # older than what this replica wrote and already applied (observe)
         if operation in ("DEL", "PURGE") or not msg.data:
             self._target.apply(key, None, revision)
             self._recent.pop(key, None)

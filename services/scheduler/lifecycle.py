@@ -60,7 +60,7 @@ from . import machine
 from .dispatch import Dispatcher, Durations
 from .journal import Fenced, Journal, split_step
 from .machine import Env, ExecutionState, Step
-from .views import change_of, execution_view, progress
+from .views import change_of, execution_view, job_change, progress
 
 __all__ = ["INLINE_RESULT_BYTES", "AckRef", "Context", "Owned"]
 
@@ -115,6 +115,8 @@ class Context:
     """Called when an execution leaves this replica (ended, or taken over by another)."""
     on_reload: Callable[[Owned], Awaitable[None]]
     """Called when a step's outcome is unknown (NATS trouble): read the execution back from its journal."""
+    on_record: Callable[[ExecutionRecord, int], None]
+    """Called with every record written (the replica's index sees its own writes at once)."""
     rng: random.Random = field(default_factory=lambda: random.Random(secrets.randbits(64)))
 
     @property
@@ -187,7 +189,13 @@ class _RecordDue:
     """The effects loop writes the record (its interval passed with changes unwritten)."""
 
 
+class _RepublishDue:
+    """The effects loop publishes again the job messages the stream did not store (NATS was away)."""
+
+
 _RECORD_DUE = _RecordDue()
+_REPUBLISH_DUE = _RepublishDue()
+REPUBLISH_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
 class Owned:
@@ -217,7 +225,9 @@ class Owned:
         self.snapshot_parts = snapshot_parts
         self.inbox: list[Input] = []
         self._placed: list[tuple[str, tuple[str, ...]]] = []
-        self._effects: list[_Effects | _RecordDue] = []
+        self._effects: list[_Effects | _RecordDue | _RepublishDue] = []
+        self._republish_timer: asyncio.TimerHandle | None = None
+        self._republish_attempt = 0
         self._commit_task: asyncio.Task[None] | None = None
         self._effects_task: asyncio.Task[None] | None = None
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
@@ -271,8 +281,13 @@ class Owned:
         self.submit(_Requeue(job_ids))
 
     async def view(self) -> ExecutionView:
-        """The execution as of its last durable step (a step being appended is waited for)."""
+        """The execution as of its last durable step (a step being appended is waited for). An execution that
+        ended is shown ended once its end is written in full (snapshot, record): whoever sees it ended can
+        list it, and list its jobs, as ended."""
         await self.committed.wait()
+        if self.state.final and not self.finished.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.finished.wait(), 10)
         return execution_view(self.state, started_at=self.started_at, checkpoint_id=self.checkpoint_id)
 
     async def settled(self) -> None:
@@ -399,7 +414,7 @@ class Owned:
             status_changed = execution if execution is not None and state.status != was else None
             self._queue_effects(_Effects(steps, self.seq, env.now, state.final, status_changed))
 
-    def _queue_effects(self, effects: _Effects | _RecordDue) -> None:
+    def _queue_effects(self, effects: _Effects | _RecordDue | _RepublishDue) -> None:
         if self.gone:
             return
         self._effects.append(effects)
@@ -483,7 +498,7 @@ class Owned:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        for timer in (self._flush_timer, self._record_timer):
+        for timer in (self._flush_timer, self._record_timer, self._republish_timer):
             if timer is not None:
                 timer.cancel()
 
@@ -496,6 +511,8 @@ class Owned:
                 for effects in batch:
                     if isinstance(effects, _RecordDue):
                         await self._maybe_write_record()
+                    elif isinstance(effects, _RepublishDue):
+                        await self.republish_unplaced()
                     else:
                         await self._apply_effects(effects)
         except Exception:
@@ -530,13 +547,43 @@ class Owned:
         await self._maybe_write_record(force=e.status_changed is not None)
 
     async def publish(self, jobs: list[machine.Job]) -> None:
-        """Publish job messages; note what the stream stored (journaled with the next step, or soon)."""
+        """Publish job messages; note what the stream stored (journaled with the next step, or soon). What
+        it did not store (NATS away, a stream electing its leader) is published again, under the same message
+        ids, until it is."""
         outgoing = await self.ctx.dispatcher.prepare(self.state, jobs)
         placed = await self.ctx.dispatcher.publish(outgoing)
+        loop = asyncio.get_running_loop()
         if placed:
             self._placed.extend((o.bundle, o.job_ids) for o in placed)
             if self._flush_timer is None:
-                self._flush_timer = asyncio.get_running_loop().call_later(PLACED_FLUSH_S, self._flush)
+                self._flush_timer = loop.call_later(PLACED_FLUSH_S, self._flush)
+        if len(placed) < len(outgoing):
+            if self._republish_timer is None:
+                delay = REPUBLISH_BACKOFF_S[min(self._republish_attempt, len(REPUBLISH_BACKOFF_S) - 1)]
+                self._republish_attempt += 1
+                self._republish_timer = loop.call_later(delay, self._republish_due)
+        else:
+            self._republish_attempt = 0
+
+    def republish_soon(self) -> None:
+        if self._republish_timer is None:
+            self._queue_effects(_REPUBLISH_DUE)
+
+    def _republish_due(self) -> None:
+        self._republish_timer = None
+        self._queue_effects(_REPUBLISH_DUE)
+
+    async def republish_unplaced(self) -> None:
+        """Publish the messages of queued jobs the stream is not known to hold (the same bundles and ids: one it
+        did store after all is dropped as a duplicate)."""
+        placed_now = {job_id for _, job_ids in self._placed for job_id in job_ids}
+        unplaced = [
+            j
+            for j in self.state.jobs
+            if j.status == "queued" and not j.placed and j.token is not None and j.id not in placed_now
+        ]
+        if unplaced and not self.gone:
+            await self.publish(unplaced)
 
     def _flush(self) -> None:
         self._flush_timer = None
@@ -544,14 +591,19 @@ class Owned:
             self.submit(_Flush())
 
     async def _withdraw(self) -> None:
-        state = self.state
-        tokens = [j.token for j in state.jobs if j.token is not None and j.worker_id is not None]
         await self.ctx.dispatcher.withdraw(self.execution_id)
-        await self.ctx.dispatcher.notify_cancel(self.execution_id, state.round, tokens)
+        await self.ctx.dispatcher.notify_cancel(self.execution_id, self.state.round)
 
     async def _announce(self, e: _Effects) -> None:
         state = self.state
-        changes = [c for step in e.steps for p in step.jobs if (c := change_of(state, p, e.at)) is not None]
+        # One change per job per commit, in the order jobs first changed: what a job went through within a
+        # few milliseconds (ready then queued, queued then completed) shows as where it ended up.
+        changed: dict[str, None] = {}
+        for step in e.steps:
+            for patch in step.jobs:
+                if change_of(patch):
+                    changed[patch.job] = None
+        changes = [job_change(state, state.jobs[state.by_id[job_id]], e.at) for job_id in changed]
         names = self.ctx.names
         if changes:
             prog = progress(state.counts, len(state.jobs))
@@ -657,6 +709,7 @@ class Owned:
                 self.record_revision = await self.ctx.pipeline.kv_write(
                     self.ctx.bucket, key, data, last=self.record_revision
                 )
+                self.ctx.on_record(record, self.record_revision)
                 return
             except JetStreamError as exc:
                 if not exc.wrong_last_sequence:

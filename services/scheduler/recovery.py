@@ -158,11 +158,8 @@ async def adopt(ctx: Context, execution_id: str, shard: int, epoch: int) -> Owne
 async def resume(owned: Owned) -> None:
     """Carry on after adopting: publish what was decided but not stored, re-arm timers, fill free slots (or, if
     it had ended, finish the end)."""
-    state = owned.state
-    unplaced = [j for j in state.jobs if j.status == "queued" and not j.placed and j.token is not None]
-    if unplaced:
-        # Same bundles, same message ids: a message the previous owner did store is dropped as a duplicate.
-        await owned.publish(unplaced)
+    # Same bundles, same message ids: a message the previous owner did store is dropped as a duplicate.
+    await owned.republish_unplaced()
     owned.arm_all()
     owned.resume()
 

@@ -151,6 +151,7 @@ class SchedulerService:
             schedule_timeout_s=self.settings.schedule_timeout_s,
             on_gone=manager.on_gone,
             on_reload=manager.on_reload,
+            on_record=index.observe,
         )
         manager.context = context
         commands = Commands(

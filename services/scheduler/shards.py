@@ -188,7 +188,7 @@ class ShardManager:
             lease = leases.get(n)
             if lease is None or lease[0] is None:
                 candidates.append((n, lease[1] if lease else 0))
-            elif lease[0].owner not in live and await self._gone(lease[0].owner):
+            elif lease[0].owner not in live:
                 candidates.append((n, lease[1]))
         rank = {r: i for i, r in enumerate(sorted(live))}
         me = rank.get(self.replica_id, 0)
@@ -208,10 +208,12 @@ class ShardManager:
         await self.pipeline.publish(f"$KV.{self.bucket}.{replica_key(self.replica_id)}", _encode(presence), headers)
 
     async def _live_replicas(self) -> set[str]:
+        """Replicas with a presence key whose process is still connected (a killed one's key outlives it by a
+        TTL; its closed connection shows at once)."""
         entries = await kv_entries(self.js, self.bucket, "replica.*")
-        live = {msgspec.json.decode(e.value, type=ReplicaPresence).replica_id for e in entries}
-        live.add(self.replica_id)
-        return live
+        others = {msgspec.json.decode(e.value, type=ReplicaPresence).replica_id for e in entries} - {self.replica_id}
+        gone = await asyncio.gather(*(self._gone(r) for r in others))
+        return {r for r, dead in zip(others, gone, strict=True) if not dead} | {self.replica_id}
 
     async def _leases(self) -> dict[int, tuple[ShardLease | None, int]]:
         found = await asyncio.gather(*(self.pipeline.kv_entry(self.bucket, lease_key(n)) for n in range(self.shards)))

@@ -16,7 +16,7 @@ from shared.messages import (
 
 from .machine import ExecutionState, Job
 
-__all__ = ["change_of", "execution_view", "job_view", "progress", "record_view"]
+__all__ = ["change_of", "execution_view", "job_change", "job_view", "progress", "record_view"]
 
 
 def progress(counts: Counts, total: int) -> Progress:
@@ -89,12 +89,14 @@ def job_view(state: ExecutionState, job: Job) -> JobView:
     )
 
 
-def change_of(state: ExecutionState, patch: JobPatch, at: str) -> JobChange | None:
-    """What subscribers are told of a patch: status changes, progress and waiting reasons (bookkeeping such
-    as a message being stored is not news)."""
-    if patch.status is UNSET and patch.progress is UNSET and patch.waiting_reason is UNSET:
-        return None
-    job = state.jobs[state.by_id[patch.job]]
+def change_of(patch: JobPatch) -> bool:
+    """Whether subscribers are told of a patch: status changes, progress and waiting reasons are news;
+    bookkeeping (a message stored, a token) is not."""
+    return not (patch.status is UNSET and patch.progress is UNSET and patch.waiting_reason is UNSET)
+
+
+def job_change(state: ExecutionState, job: Job, at: str) -> JobChange:
+    """A job as a JobsEvent shows it."""
     return JobChange(
         job_id=job.id,
         status=job.status,
@@ -103,6 +105,6 @@ def change_of(state: ExecutionState, patch: JobPatch, at: str) -> JobChange | No
         worker_id=job.worker_id,
         error=job.error if job.status in ("failed", "delayed", "skipped") else None,
         retry_at=job.retry_at if job.status == "delayed" else None,
-        progress=job.progress if patch.progress is not UNSET else None,
-        waiting_reason=job.waiting_reason,
+        progress=job.progress if job.status == "running" else None,
+        waiting_reason=job.waiting_reason if job.status == "queued" else None,
     )

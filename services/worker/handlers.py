@@ -8,9 +8,15 @@
         ...
         return {"accuracy": 0.93}                  # any JSON value (at most 256 KiB encoded)
 
-A plain `def` handler runs in a thread. Raising any exception fails the attempt with its message; the job is
-retried if it has `retries` left. `ctx.cancelled` is set when the execution is cancelled or the attempt timed
-out; an async handler is also cancelled at its next `await`.
+A plain `def` handler runs in a thread of the worker's own pool (one thread per slot). Python cannot stop a
+thread, so a sync handler that times out or whose execution is cancelled keeps its slot until it returns: poll
+`ctx.cancelled.is_set()` in long loops. An async handler is cancelled at its next `await`.
+
+Raising any exception fails the attempt with its type, message and traceback; the job is retried if it has
+`retries` left — unless the exception is `NonRetryable`, which fails the job at once. `ctx.progress(0.4, "…")`
+reports progress (shown in the job listing, the events and `jetdag watch`). Functions decorated with
+`@on_startup` / `@on_shutdown` run once when the worker starts (before it takes any job: load a model there) and
+once when it stops (after its last job).
 """
 
 from __future__ import annotations
@@ -36,14 +42,21 @@ __all__ = [
     "HandlerRegistry",
     "JobContext",
     "JobFailed",
+    "NonRetryable",
     "default_registry",
     "handler",
     "load_modules",
+    "on_shutdown",
+    "on_startup",
 ]
 
 
 class JobFailed(Exception):
     """Raise to fail the attempt with exactly this message."""
+
+
+class NonRetryable(JobFailed):
+    """Raise to fail the job for good, whatever retries it has left (bad input will not get better)."""
 
 
 @dataclass
@@ -58,15 +71,29 @@ class JobContext:
     """Results of the jobs this one depends on, by job id."""
     worker_id: str
     log: structlog.typing.FilteringBoundLogger
+    workflow_id: str = ""
+    round: int = 1
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    on_progress: Callable[[float | None, str | None], None] | None = field(default=None, repr=False)
+
+    def progress(self, fraction: float | None = None, message: str | None = None) -> None:
+        """Report how far the job is (`fraction` 0-1) and what it does now; cheap to call often (the worker
+        sends the latest with its next report)."""
+        if fraction is not None and not 0 <= fraction <= 1:
+            raise ValueError(f"progress fraction must be between 0 and 1, got {fraction!r}")
+        if self.on_progress is not None:
+            self.on_progress(fraction, message)
 
 
 Handler = Callable[[JobContext], Awaitable[Any] | Any]
+Hook = Callable[[], Awaitable[None] | None]
 
 
 class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self.startup: list[Hook] = []
+        self.shutdown: list[Hook] = []
 
     def register(self, job_type: str, fn: Handler) -> Handler:
         try:
@@ -84,13 +111,11 @@ class HandlerRegistry:
     def types(self) -> list[str]:
         return sorted(self._handlers)
 
-    async def call(self, fn: Handler, ctx: JobContext) -> Any:
-        if inspect.iscoroutinefunction(fn):
-            return await fn(ctx)
-        result = await asyncio.to_thread(fn, ctx)
-        if inspect.isawaitable(result):
-            return await result
-        return result
+    async def run_hooks(self, hooks: list[Hook]) -> None:
+        for hook in hooks:
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
 
 
 default_registry = HandlerRegistry()
@@ -103,6 +128,18 @@ def handler(job_type: str, registry: HandlerRegistry | None = None) -> Callable[
         return (registry or default_registry).register(job_type, fn)
 
     return register
+
+
+def on_startup(fn: Hook) -> Hook:
+    """Decorator: run `fn` once when the worker starts, before it takes any job."""
+    default_registry.startup.append(fn)
+    return fn
+
+
+def on_shutdown(fn: Hook) -> Hook:
+    """Decorator: run `fn` once when the worker stops, after its last job."""
+    default_registry.shutdown.append(fn)
+    return fn
 
 
 class HandlerModuleError(Exception):

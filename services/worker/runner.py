@@ -1,92 +1,127 @@
 """Consuming and running jobs.
 
-For each (capability, type) the worker can serve — its capabilities plus `any`, times its handler types —
-the scheduler hands it the durable consumer; the worker pulls from it only when it has a free slot, so it
-never receives a job it cannot run and never holds more than `--concurrency`. While a job runs its message is
-kept alive with in-progress acks (the consumer's ack wait is short, so a dead worker's jobs come back fast).
-The result is published, durably, before the message is acked.
+For each (capability, type) the worker can serve — its capabilities plus `any`, times its handler types — the
+scheduler hands it the durable consumer. Each is pulled with `shared.consume.PullConsumer`, asking only for what
+the worker can start (its free slots, in messages: a message is a bundle of one or more jobs of one execution).
+Jobs of a bundle wait for slots in arrival order; the bundle's message is kept alive with in-progress acks
+while any of its jobs waits or runs (one keep-alive loop for all of them), and acked once every job's report is
+stored. Reports go out batched (services/worker/reports.py).
+
+A bundle delivered again (its first worker died or froze) is not run as a whole: each of its jobs is handed
+back to the scheduler, which dispatches it alone — so one job that kills its worker cannot take its bundle
+neighbours down with it, and after the configured deliveries it fails alone as a poison job.
+
+Cancellation is the scheduler's: it takes an execution's queued messages off the job stream and tells workers to
+stop that execution's running handlers (a CancelNotice for one round). The notice is remembered a few minutes only
+to catch a message already on its way here; it never outlives its round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import math
 import time
-from collections import OrderedDict
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
 from shared.commands import CommandError, request
+from shared.consume import PullConsumer, delivery_of
+from shared.keys import result_key
 from shared.logging import get_logger
 from shared.messages import (
     ANY_CAPABILITY,
+    CancelNotice,
     ConsumerRef,
     EnsureConsumer,
-    ExecutionEvent,
-    JobMessage,
-    JobRecord,
-    JobResult,
-    JobStarted,
+    ErrorInfo,
+    JobBundle,
+    JobFinishedReport,
+    JobItem,
+    JobProgress,
+    JobProgressReport,
+    JobReturnedReport,
+    JobStartedReport,
 )
 from shared.pipeline import Pipeline
 from shared.service import ServiceContext
 from shared.timeutil import now_iso
 
-from .handlers import HandlerRegistry, JobContext, JobFailed
+from .handlers import Handler, HandlerRegistry, JobContext, JobFailed, NonRetryable
 from .options import WorkerOptions
+from .reports import Reporter
 
 __all__ = ["MAX_RESULT_BYTES", "Runner"]
 
 log = get_logger(__name__)
 MAX_RESULT_BYTES = 256 * 1024
-FETCH_TIMEOUT_S = 1.0
-MAX_BATCH = 64
-BURST_TIMEOUT_S = 0.05
-PUBLISH_ATTEMPTS = 8
+START_REPORT_AFTER_S = 0.05
+"""A job still running this long after it started is reported started (quicker ones only report their end)."""
+CANCEL_MEMORY_S = 600.0
+TRACEBACK_FRAMES = 15
+TRACEBACK_BYTES = 8 * 1024
+PULL_EXPIRES_S = 1.0
+QUICK_JOB_MS = 20.0
+"""Jobs of a type this quick are fetched a little ahead of free slots (they free them within milliseconds)."""
+
 _encode = msgspec.json.Encoder().encode
 
 
-class Slots:
-    """A counting semaphore that can also take several free slots at once without waiting, and lets loops
-    wait for "some slot is free" without taking one."""
+@dataclass
+class _Pool:
+    """One (capability, type) consumer and what the worker learned of its messages."""
 
-    def __init__(self, n: int) -> None:
-        self.free = n
-        self._changed = asyncio.Event()
-        self._waking = False
+    ref: ConsumerRef
+    consumer: PullConsumer | None = None
+    jobs_per_message: float = 1.0
+    mean_ms: float | None = None
 
-    def locked(self) -> bool:
-        return self.free <= 0
 
-    def try_acquire(self, limit: int) -> int:
-        n = min(limit, max(0, self.free))
-        self.free -= n
-        return n
+@dataclass(eq=False)
+class _Held:
+    """A job message in this worker's hands: acked when all its jobs are reported, kept alive until then."""
 
-    async def acquire(self) -> None:
-        while self.free <= 0 and not self._waking:
-            self._changed.clear()
-            await self._changed.wait()
-        self.free -= 1
+    msg: Msg
+    bundle: JobBundle
+    pool: _Pool
+    delivery: int
+    open: int
+    touched: bool = False
+    """Some job of it started or was reported (a bundle nobody touched is simply naked at shutdown)."""
 
-    async def wait_free(self) -> None:
-        while self.free <= 0 and not self._waking:
-            self._changed.clear()
-            await self._changed.wait()
 
-    def release(self, n: int = 1) -> None:
-        if n > 0:
-            self.free += n
-            self._changed.set()
+@dataclass(eq=False)
+class _Run:
+    item: JobItem
+    held: _Held
+    ctx: JobContext
+    started_at: str
+    task: asyncio.Task[None] | None = None
+    start_reported: bool = False
+    start_timer: asyncio.TimerHandle | None = None
+    finished: bool = False
 
-    def wake_all(self) -> None:
-        """Shutdown: let every waiter return (they check the stop flag)."""
-        self._waking = True
-        self._changed.set()
+
+@dataclass
+class _Cancelled:
+    until: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def add(self, execution_id: str, round_: int) -> None:
+        now = time.monotonic()
+        self.until[(execution_id, round_)] = now + CANCEL_MEMORY_S
+        if len(self.until) > 10_000:
+            self.until = {k: v for k, v in self.until.items() if v > now}
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        deadline = self.until.get(key)
+        return deadline is not None and deadline > time.monotonic()
 
 
 class Runner:
@@ -95,38 +130,65 @@ class Runner:
         self.options = options
         self.handlers = handlers
         self.grace_s = grace_s
-        # FIFO-fair: a pull loop whose long-poll timed out queues behind the loops already waiting.
-        self.slots = Slots(options.concurrency)
-        self._subs: list[Any] = []
-        self.running: dict[tuple[str, str], tuple[asyncio.Task[Any], JobContext, Msg]] = {}
-        self.stopping = asyncio.Event()
-        self._loops: list[asyncio.Task[None]] = []
-        self._cancelled: OrderedDict[str, None] = OrderedDict()
-        self._decoder = msgspec.json.Decoder(JobMessage)
-        self._kv: KeyValue | None = None
         self.pipeline = Pipeline(ctx.nc, timeout=ctx.nats.request_timeout_s)
+        self.reporter = Reporter(
+            self.pipeline, ctx.names, options.worker_id, idle=self._idle, after_stored=self._flush_acks
+        )
+        self.running: dict[str, _Run] = {}
+        """By dispatch token."""
+        self.waiting: deque[tuple[JobItem, _Held]] = deque()
+        self.held: dict[int, _Held] = {}
+        """By the message's stream sequence."""
+        self.pools: list[_Pool] = []
+        self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cancelled = _Cancelled()
+        self._decoder = msgspec.json.Decoder(JobBundle)
+        self._threads = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="handler")
+        self._to_ack: list[Msg] = []
         self.log = log.bind(workerId=options.worker_id)
 
     @property
     def load(self) -> int:
         return len(self.running)
 
+    def _idle(self) -> bool:
+        return not self.running and not self.waiting
+
     def pairs(self) -> list[tuple[str, str]]:
         caps = sorted({*self.options.capabilities, ANY_CAPABILITY})
         return [(cap, job_type) for cap in caps for job_type in self.handlers.types()]
 
+    # --- start --------------------------------------------------------------------------------------------------
+
     async def start(self) -> None:
         names = self.ctx.names
         await self.pipeline.start()
-        await self.ctx.nc.subscribe(names.cancellations, cb=self._on_cancel)
+        await self.ctx.nc.subscribe(names.workers_cancel, cb=self._on_cancel)
         for cap, job_type in self.pairs():
             ref = await self._consumer(cap, job_type)
-            sub = await self.ctx.js.pull_subscribe_bind(ref.consumer, stream=ref.stream)
-            self._subs.append(sub)
-            self._loops.append(asyncio.create_task(self._loop(sub, ref), name=f"pull {ref.consumer}"))
-        self.log.info(
-            "consuming", consumers=[f"{c}__{t}" for c, t in self.pairs()], concurrency=self.options.concurrency
-        )
+            pool = _Pool(ref)
+            pool.consumer = PullConsumer(
+                self.ctx.nc,
+                stream=ref.stream,
+                consumer=ref.consumer,
+                handle=functools.partial(self._on_messages, pool),
+                credit=functools.partial(self._credit, pool),
+                # Short-lived requests: one outstanding on this consumer when a job of another consumer took the
+                # last slot is credit the worker no longer has (a frozen worker would sit on what it brings).
+                expires_s=PULL_EXPIRES_S,
+                heartbeat_s=PULL_EXPIRES_S / 2,
+            )
+            self.pools.append(pool)
+            self._tasks.append(asyncio.create_task(pool.consumer.run(), name=f"pull {ref.consumer}"))
+        self._tasks.append(asyncio.create_task(self._keepalive(), name="keepalive"))
+        self.ctx.reconnect_listeners.append(self._on_reconnect)
+        self.log.info("consuming", consumers=[p.ref.consumer for p in self.pools], concurrency=self.options.concurrency)
+
+    def _on_reconnect(self) -> None:
+        for pool in self.pools:
+            if pool.consumer is not None:
+                pool.consumer.reset()
 
     async def _consumer(self, cap: str, job_type: str) -> ConsumerRef:
         """Ask the scheduler (owner of the job stream) for the consumer; wait for it if it is not up yet."""
@@ -148,274 +210,377 @@ class Runner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    # --- slots and the pull loops ---------------------------------------------------------------------
-    #
-    # Every consumer has one loop with one outstanding long-poll for a single message, issued only while a
-    # slot is free: a job for any of the consumers is picked up at once, without reserving slots that other
-    # consumers' jobs would wait for. After a message arrives the loop takes the free slots it can and pulls
-    # that many more in one batch (the throughput path). Two loops can race for the last slot; the loser
-    # keeps its message alive (in-progress acks) until a slot frees, so nothing is redelivered meanwhile.
+    # --- taking messages ----------------------------------------------------------------------------------------
 
-    async def _acquire(self) -> None:
-        await self.slots.acquire()
-
-    def _try_acquire(self, limit: int) -> int:
-        return self.slots.try_acquire(limit)
-
-    def _give_slots(self, n: int) -> None:
-        self.slots.release(n)
-
-    async def _loop(self, sub: Any, ref: ConsumerRef) -> None:
-        while not self.stopping.is_set():
-            await self.slots.wait_free()
-            if self.stopping.is_set():
-                return
-            try:
-                msgs: list[Msg] = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
-            except TimeoutError:
-                continue
-            except Exception as exc:
-                if not self.stopping.is_set():
-                    self.log.warning("fetch failed", consumer=ref.consumer, error=repr(exc))
-                    await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self._admit(msg, ref)
-            while not self.stopping.is_set():
-                n = self._try_acquire(MAX_BATCH)
-                if n == 0:
-                    break
-                try:
-                    more: list[Msg] = await sub.fetch(n, timeout=BURST_TIMEOUT_S)
-                except Exception:
-                    more = []
-                self._give_slots(n - len(more))
-                for msg in more:
-                    await self._start(msg, ref)
-                if len(more) < n:
-                    break
-
-    async def _admit(self, msg: Msg, ref: ConsumerRef) -> None:
-        """Take a slot for a message that arrived without one (waiting, if need be, with the message kept alive)."""
-        if not self.slots.locked():
-            await self._acquire()
-        else:
-            keepalive = asyncio.create_task(self._keepalive(msg, ref.ack_wait_s))
-            try:
-                await self._acquire()
-            finally:
-                keepalive.cancel()
+    def _credit(self, pool: _Pool) -> int:
+        """Messages this consumer may have outstanding: the free slots, in messages of the size it has seen."""
         if self.stopping.is_set():
-            self._give_slots(1)
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            return
-        await self._start(msg, ref)
+            return 0
+        free = self.options.concurrency - len(self.running) - len(self.waiting)
+        if pool.mean_ms is not None and pool.mean_ms < QUICK_JOB_MS:
+            free += self.options.concurrency // 2
+        if free <= 0:
+            return 0
+        return max(1, math.ceil(free / max(1.0, pool.jobs_per_message)))
 
-    async def _start(self, msg: Msg, ref: ConsumerRef) -> None:
-        try:
-            job = self._decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            self.log.error("unreadable job message terminated", subject=msg.subject, error=str(exc))
-            await msg.term()
-            self._give_slots(1)
-            return
-        key = (job.execution_id, job.job_id)
-        handler = self.handlers.get(job.type)
-        assert handler is not None, "consumers are only bound for types with a handler"
-        ctx = JobContext(
-            execution_id=job.execution_id,
-            job_id=job.job_id,
-            name=job.name,
-            type=job.type,
-            attempt=job.attempt,
-            config=job.config,
-            dependencies=dict(job.dependencies),
-            worker_id=self.options.worker_id,
-            log=self.log.bind(executionId=job.execution_id, jobId=job.job_id, attempt=job.attempt),
-        )
-        task = asyncio.create_task(self._run(job, ctx, msg, ref))
-        self.running[key] = (task, ctx, msg)
+    def _wake(self) -> None:
+        for pool in self.pools:
+            if pool.consumer is not None:
+                pool.consumer.wake()
 
-    async def _run(self, job: JobMessage, ctx: JobContext, msg: Msg, ref: ConsumerRef) -> None:
-        key = (job.execution_id, job.job_id)
-        keepalive: asyncio.Task[None] | None = None
-        try:
-            if job.execution_id in self._cancelled:
-                ctx.log.info("dropping job of a cancelled execution")
-                await msg.ack()
-                return
-            deliveries = msg.metadata.num_delivered or 1
-            if deliveries > ref.max_deliveries:
-                # Every earlier delivery ended without a result: the process running it died (or froze past
-                # its lease) each time. Running it again would kill another worker.
-                ctx.log.error("poison job: failing it instead of running it again", deliveries=deliveries)
-                poison = self._result(
-                    job,
-                    error=(
-                        f"delivered {deliveries - 1} times without a result: the worker running it died or "
-                        "stopped responding each time (poison job)"
-                    ),
-                )
-                await self._publish(self.ctx.names.job_event(job.execution_id, job.job_id, "result"), poison, job, "r")
-                await msg.ack()
-                return
-            keepalive = asyncio.create_task(self._keepalive(msg, ref.ack_wait_s))
-            started = JobStarted(
-                execution_id=job.execution_id,
-                job_id=job.job_id,
-                attempt=job.attempt,
-                round=job.round,
-                worker_id=self.options.worker_id,
-                at=now_iso(),
-            )
-            # The start report travels while the handler runs; it must be stored before the result is sent.
-            reporting = asyncio.create_task(
-                self._publish(self.ctx.names.job_event(job.execution_id, job.job_id, "started"), started, job, "s")
-            )
+    async def _on_messages(self, pool: _Pool, msgs: list[Msg]) -> None:
+        for msg in msgs:
             try:
-                result = await self._execute(job, ctx)
-            finally:
-                await reporting
-            if result is None:  # handed back at shutdown
-                return
-            await self._publish(self.ctx.names.job_event(job.execution_id, job.job_id, "result"), result, job, "r")
-            await msg.ack()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # Publishing the report failed for good (NATS gone for long): leave the message unacked so it is
-            # delivered again; the job's report is what counts, not this attempt's effort.
-            ctx.log.error("job report not delivered; the job will be redelivered", error=repr(exc))
-        finally:
-            if keepalive is not None:
-                keepalive.cancel()
-            self.running.pop(key, None)
-            self._give_slots(1)
-
-    async def _execute(self, job: JobMessage, ctx: JobContext) -> JobResult | None:
-        started = time.perf_counter()
-        handler = self.handlers.get(job.type)
-        assert handler is not None
-        ok, value, error, cancelled = False, None, None, False
-        try:
-            if job.fetch_dependencies:
-                ctx.dependencies.update(await self._fetch_dependencies(job))
-            ctx.log.debug("job started")
-            coro = self.handlers.call(handler, ctx)
-            value = await asyncio.wait_for(coro, job.timeout_s) if job.timeout_s else await coro
-            size = len(_encode(value))
-            if size > MAX_RESULT_BYTES:
-                error = f"result is {size} bytes of JSON; the limit is {MAX_RESULT_BYTES}"
-                value = None
+                bundle = self._decoder.decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.log.error("unreadable job message terminated", subject=msg.subject, error=str(exc))
+                await msg.term()
+                continue
+            delivery, seq = delivery_of(msg)
+            n = len(bundle.jobs)
+            pool.jobs_per_message += 0.2 * (n - pool.jobs_per_message)
+            held = _Held(msg, bundle, pool, delivery, open=n)
+            self.held[seq] = held
+            if (bundle.execution_id, bundle.round) in self._cancelled:
+                self._close(held, n)
+            elif delivery > pool.ref.max_deliveries:
+                self._poison(held)
+            elif delivery > 1 and n > 1:
+                self._split(held)
             else:
-                ok = True
+                self.waiting.extend((item, held) for item in bundle.jobs)
+        self._start_waiting()
+        await self._flush_acks()
+
+    def _poison(self, held: _Held) -> None:
+        """Every earlier delivery ended without a result: the process running it died (or froze past its lease)
+        each time. Running it again would kill another worker."""
+        deliveries = held.delivery - 1
+        message = (
+            f"delivered {deliveries} times without a result: the worker running it died or stopped responding "
+            "each time (poison job)"
+        )
+        for item in held.bundle.jobs:
+            self.log.error(
+                "poison job: failing it instead of running it again", jobId=item.job_id, deliveries=deliveries
+            )
+            report = self._finished(held, item, now_iso(), 0.0, error=ErrorInfo(type="PoisonJob", message=message))
+            self.reporter.add(held.bundle.shard, report, functools.partial(self._close, held, 1))
+
+    def _split(self, held: _Held) -> None:
+        for item in held.bundle.jobs:
+            report = JobReturnedReport(
+                execution_id=held.bundle.execution_id,
+                job_id=item.job_id,
+                token=item.token,
+                at=now_iso(),
+                reason="its bundle was delivered again (a worker died running it): each job is dispatched alone",
+                delivery=held.delivery,
+            )
+            self.reporter.add(held.bundle.shard, report, functools.partial(self._close, held, 1))
+
+    def _close(self, held: _Held, jobs: int) -> None:
+        """`jobs` of the message's jobs are done with (reported, or dropped by a cancel): ack it once all are."""
+        held.open -= jobs
+        if held.open <= 0:
+            _, seq = delivery_of(held.msg)
+            if self.held.pop(seq, None) is not None:
+                self._to_ack.append(held.msg)
+
+    async def _flush_acks(self) -> None:
+        """Ack the messages whose jobs are all reported (after the reporter stored them, or a cancel)."""
+        msgs, self._to_ack = self._to_ack, []
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await msg.ack()
+
+    def _start_waiting(self) -> None:
+        while self.waiting and len(self.running) < self.options.concurrency and not self.stopping.is_set():
+            item, held = self.waiting.popleft()
+            if (held.bundle.execution_id, held.bundle.round) in self._cancelled:
+                self._close(held, 1)
+                continue
+            self._start(item, held)
+
+    def _start(self, item: JobItem, held: _Held) -> None:
+        bundle = held.bundle
+        handler = self.handlers.get(bundle.type)
+        assert handler is not None, "consumers are only bound for types with a handler"
+        held.touched = True
+        ctx = JobContext(
+            execution_id=bundle.execution_id,
+            job_id=item.job_id,
+            name=item.name,
+            type=bundle.type,
+            attempt=item.attempt,
+            config=item.config,
+            dependencies=dict(item.dependencies),
+            worker_id=self.options.worker_id,
+            log=self.log.bind(executionId=bundle.execution_id, jobId=item.job_id, attempt=item.attempt),
+            workflow_id=bundle.workflow_id,
+            round=bundle.round,
+        )
+        run = _Run(item, held, ctx, started_at=now_iso())
+        ctx.on_progress = lambda fraction, message, run=run: self._progress(run, fraction, message)
+        run.start_timer = asyncio.get_running_loop().call_later(START_REPORT_AFTER_S, self._report_start, run)
+        self.running[item.token] = run
+        run.task = asyncio.create_task(self._run(run, handler), name=f"job {item.job_id}")
+
+    def _report_start(self, run: _Run) -> None:
+        run.start_timer = None
+        if run.finished or run.start_reported:
+            return
+        run.start_reported = True
+        held = run.held
+        report = JobStartedReport(
+            execution_id=held.bundle.execution_id,
+            job_id=run.item.job_id,
+            token=run.item.token,
+            at=run.started_at,
+            attempt=run.item.attempt,
+            delivery=held.delivery,
+        )
+        self.reporter.add(held.bundle.shard, report)
+
+    def _progress(self, run: _Run, fraction: float | None, message: str | None) -> None:
+        if run.finished:
+            return
+        held = run.held
+        report = JobProgressReport(
+            execution_id=held.bundle.execution_id,
+            job_id=run.item.job_id,
+            token=run.item.token,
+            at=now_iso(),
+            progress=JobProgress(fraction=fraction, message=message, at=now_iso()),
+        )
+        self.reporter.add(held.bundle.shard, report)
+
+    # --- running a job ------------------------------------------------------------------------------------------
+
+    async def _run(self, run: _Run, handler: Handler) -> None:
+        item, held = run.item, run.held
+        t0 = time.perf_counter()
+        report: JobFinishedReport | None = None
+        try:
+            report = await self._execute(run, handler)
+        finally:
+            run.finished = True
+            if run.start_timer is not None:
+                run.start_timer.cancel()
+            self.running.pop(item.token, None)
+            duration = (time.perf_counter() - t0) * 1000
+            pool = held.pool
+            pool.mean_ms = duration if pool.mean_ms is None else pool.mean_ms + 0.2 * (duration - pool.mean_ms)
+            if report is not None:
+                size = len(report.result) if isinstance(report.result, msgspec.Raw) else 256
+                self.reporter.add(held.bundle.shard, report, lambda: self._close(held, 1), size=size)
+            self._start_waiting()
+            self._wake()
+
+    async def _execute(self, run: _Run, handler: Handler) -> JobFinishedReport | None:
+        item, ctx = run.item, run.ctx
+        started = time.perf_counter()
+        value: Any = None
+        error: ErrorInfo | None = None
+        retryable = True
+        cancelled = False
+        try:
+            if item.fetch_dependencies:
+                ctx.dependencies.update(await self._fetch_dependencies(run))
+            if asyncio.iscoroutinefunction(handler):
+                coro = handler(ctx)
+                value = await asyncio.wait_for(coro, item.timeout_s) if item.timeout_s else await coro
+            else:
+                value = await self._run_sync(handler, ctx, item.timeout_s)
         except TimeoutError:
             ctx.cancelled.set()
-            error = f"timed out after {job.timeout_s:g} s"
+            error = ErrorInfo(type="TimeoutError", message=f"timed out after {item.timeout_s:g} s")
         except asyncio.CancelledError:
-            if self.stopping.is_set() and job.execution_id not in self._cancelled:
-                return None
-            cancelled, error = True, "cancelled"
+            if self.stopping.is_set() and not ctx.cancelled.is_set():
+                return None  # handed back at shutdown (reported by stop)
+            cancelled = True
+            error = ErrorInfo(type="Cancelled", message="cancelled")
+        except NonRetryable as exc:
+            error, retryable = _error_info(exc, str(exc) or "failed"), False
         except JobFailed as exc:
-            error = str(exc) or "failed"
-        except (TypeError, msgspec.EncodeError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = _error_info(exc, str(exc) or "failed", traceback_too=False)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = _error_info(exc, f"{type(exc).__name__}: {exc}")
+        result: Any = None
+        if error is None:
+            try:
+                data = _encode(value)
+            except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+                error = ErrorInfo(type=type(exc).__name__, message=f"result is not JSON-serialisable: {exc}")
+            else:
+                if len(data) > MAX_RESULT_BYTES:
+                    error = ErrorInfo(
+                        type="ResultTooLarge",
+                        message=f"result is {len(data)} bytes of JSON; the limit is {MAX_RESULT_BYTES}",
+                    )
+                else:
+                    result = msgspec.Raw(data)
         duration = round((time.perf_counter() - started) * 1000, 3)
-        if ok:
+        if error is None:
             ctx.log.info("job completed", duration_ms=duration)
         else:
-            ctx.log.info("job failed", error=error, duration_ms=duration)
-        return self._result(job, ok=ok, duration_ms=duration, result=value, error=error, cancelled=cancelled)
-
-    def _result(
-        self,
-        job: JobMessage,
-        *,
-        ok: bool = False,
-        duration_ms: float = 0.0,
-        result: Any = None,
-        error: str | None = None,
-        cancelled: bool = False,
-    ) -> JobResult:
-        """This worker's report of one attempt of `job`."""
-        return JobResult(
-            execution_id=job.execution_id,
-            job_id=job.job_id,
-            attempt=job.attempt,
-            round=job.round,
-            worker_id=self.options.worker_id,
-            ok=ok,
-            at=now_iso(),
-            duration_ms=duration_ms,
+            ctx.log.info("job failed", error=error.message, duration_ms=duration)
+        return self._finished(
+            run.held,
+            item,
+            run.started_at,
+            duration,
             result=result,
             error=error,
+            retryable=retryable,
             cancelled=cancelled,
         )
 
-    async def _fetch_dependencies(self, job: JobMessage) -> dict[str, Any]:
-        if self._kv is None:
-            self._kv = await self.ctx.js.key_value(self.ctx.names.executions_bucket)
+    async def _run_sync(self, handler: Handler, ctx: JobContext, timeout_s: float | None) -> Any:
+        """A plain `def` handler in the worker's thread pool. Its slot stays taken until the thread returns,
+        whatever happens meanwhile (a timeout, a cancel): Python cannot stop a thread, and a freed slot would
+        let one more job run than the worker promised."""
+        future = asyncio.get_running_loop().run_in_executor(self._threads, handler, ctx)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except (TimeoutError, asyncio.CancelledError):
+            ctx.cancelled.set()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(future)
+            raise
+
+    def _finished(
+        self,
+        held: _Held,
+        item: JobItem,
+        started_at: str,
+        duration_ms: float,
+        *,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        retryable: bool = True,
+        cancelled: bool = False,
+    ) -> JobFinishedReport:
+        """This worker's report of one attempt."""
+        return JobFinishedReport(
+            execution_id=held.bundle.execution_id,
+            job_id=item.job_id,
+            token=item.token,
+            at=now_iso(),
+            attempt=item.attempt,
+            ok=error is None,
+            started_at=started_at,
+            duration_ms=duration_ms,
+            result=result,
+            error=error,
+            retryable=retryable,
+            cancelled=cancelled,
+            delivery=held.delivery,
+        )
+
+    async def _fetch_dependencies(self, run: _Run) -> dict[str, Any]:
         out = {}
-        for dep in job.fetch_dependencies:
-            try:
-                entry = await self._kv.get(f"{job.execution_id}.job.{dep}")
-            except KeyNotFoundError:
-                continue
-            assert entry.value is not None
-            out[dep] = msgspec.json.decode(entry.value, type=JobRecord).result
+        bucket = self.ctx.names.executions_bucket
+        for dep in run.item.fetch_dependencies:
+            found = await self.pipeline.kv_get(bucket, result_key(run.held.bundle.execution_id, dep))
+            if found is not None:
+                out[dep] = msgspec.json.decode(found[0])
         return out
 
-    async def _publish(self, subject: str, report: msgspec.Struct, job: JobMessage, kind: str) -> None:
-        """Durable publish, retried through NATS blips; its message id makes a retry a no-op."""
-        msg_id = f"{job.execution_id}.{job.job_id}.r{job.round}.a{job.attempt}.{kind}"
-        await self.pipeline.publish_all([(subject, _encode(report), msg_id)], attempts=PUBLISH_ATTEMPTS)
+    # --- keeping messages alive, cancels ------------------------------------------------------------------------
 
-    async def _keepalive(self, msg: Msg, ack_wait_s: float) -> None:
-        interval = max(0.2, ack_wait_s / 4)
+    async def _keepalive(self) -> None:
+        """Renew the lease of every message in hand (one loop for all of them, not a task per message)."""
+        interval = max(0.2, min((p.ref.ack_wait_s for p in self.pools), default=5.0) / 4)
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+            for held in list(self.held.values()):
+                with contextlib.suppress(Exception):
+                    await held.msg.in_progress()
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
-            event = msgspec.json.decode(msg.data, type=ExecutionEvent)
-        except msgspec.DecodeError:
+            notice = msgspec.json.decode(msg.data, type=CancelNotice)
+        except (msgspec.DecodeError, msgspec.ValidationError):
             return
-        self._cancelled[event.execution_id] = None
-        while len(self._cancelled) > 10_000:
-            self._cancelled.popitem(last=False)
-        for (execution_id, _), (task, ctx, _) in list(self.running.items()):
-            if execution_id == event.execution_id:
-                ctx.cancelled.set()
-                task_ctx = ctx
-                task_ctx.log.info("cancelling: the execution was cancelled")
-                task.cancel()
+        self._cancelled.add(notice.execution_id, notice.round)
+        for run in list(self.running.values()):
+            bundle = run.held.bundle
+            if bundle.execution_id == notice.execution_id and bundle.round <= notice.round:
+                run.ctx.cancelled.set()
+                run.ctx.log.info("cancelling: the execution was cancelled")
+                if run.task is not None:
+                    run.task.cancel()
+        kept: deque[tuple[JobItem, _Held]] = deque()
+        for item, held in self.waiting:
+            if held.bundle.execution_id == notice.execution_id and held.bundle.round <= notice.round:
+                self._close(held, 1)
+            else:
+                kept.append((item, held))
+        self.waiting = kept
+        await self._flush_acks()
 
-    # --- shutdown ------------------------------------------------------------------------------------
+    # --- shutdown -----------------------------------------------------------------------------------------------
 
     async def stop(self) -> None:
         """Stop taking jobs; let running ones finish within the grace period; hand back the rest."""
         self.stopping.set()
-        self.slots.wake_all()
-        # Each loop ends once its long-poll returns; together, not one after the other, so the bound holds.
-        if self._loops:
-            await asyncio.wait(self._loops, timeout=FETCH_TIMEOUT_S + 2)
+        for pool in self.pools:
+            if pool.consumer is not None:
+                pool.consumer.stop()
+                for msg in pool.consumer.take_buffered():
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
         if self.running:
             self.log.info("waiting for running jobs", jobs=len(self.running), grace_s=self.grace_s)
-            tasks = [task for task, _, _ in self.running.values()]
+            tasks = [run.task for run in self.running.values() if run.task is not None]
             await asyncio.wait(tasks, timeout=self.grace_s)
-        for (execution_id, job_id), (task, ctx, msg) in list(self.running.items()):
-            ctx.log.warning("handing back unfinished job")
+        unfinished = list(self.running.values())
+        for run in unfinished:
+            run.ctx.log.warning("handing back unfinished job")
+            if run.task is not None:
+                run.task.cancel()
+        if unfinished:
+            await asyncio.wait([r.task for r in unfinished if r.task is not None], timeout=5)
+        # What did not run (or did not finish) goes back to the scheduler: a message nothing of which was
+        # touched is naked (delivered again at once); of one partly done, each leftover job is handed back.
+        leftovers: dict[_Held, list[JobItem]] = {}
+        for item, held in self.waiting:
+            leftovers.setdefault(held, []).append(item)
+        for run in unfinished:
+            leftovers.setdefault(run.held, []).append(run.item)
+        self.waiting.clear()
+        for held, items in leftovers.items():
+            if not held.touched and held.open == len(held.bundle.jobs):
+                _, seq = delivery_of(held.msg)
+                self.held.pop(seq, None)
+                with contextlib.suppress(Exception):
+                    await held.msg.nak()
+                self.log.info("handed back", executionId=held.bundle.execution_id, jobs=len(items))
+                continue
+            for item in items:
+                report = JobReturnedReport(
+                    execution_id=held.bundle.execution_id,
+                    job_id=item.job_id,
+                    token=item.token,
+                    at=now_iso(),
+                    reason="its worker stopped before it finished",
+                    delivery=held.delivery,
+                )
+                self.reporter.add(held.bundle.shard, report, functools.partial(self._close, held, 1))
+                self.log.info("handed back", executionId=held.bundle.execution_id, jobId=item.job_id)
+        await self.reporter.drain(timeout=5)
+        for task in self._tasks:
             task.cancel()
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            self.log.info("handed back", executionId=execution_id, jobId=job_id)
-        for loop in self._loops:
-            loop.cancel()
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await asyncio.wait(self._tasks, timeout=3)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _error_info(exc: BaseException, message: str, *, traceback_too: bool = True) -> ErrorInfo:
+    """The attempt's error: its type, message and a bounded traceback (the last frames, the user's code)."""
+    tb = None
+    if traceback_too:
+        text = "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES))
+        tb = text[-TRACEBACK_BYTES:]
+    return ErrorInfo(type=type(exc).__name__, message=message, traceback=tb)

@@ -37,9 +37,13 @@ class WorkerService:
             timeout=ctx.nats.request_timeout_s,
             metadata={"handlers": self.handlers.types()},
         )
+        # Startup hooks first (a model loaded once), so the first job finds what they prepared.
+        await self.handlers.run_hooks(self.handlers.startup)
         await presence.register_until_done(ctx.stop)
-        # Unwound in reverse: stop taking jobs and finish/hand back running ones, then deregister.
+        # Unwound in reverse: stop taking jobs and finish/hand back running ones, run the shutdown hooks,
+        # then deregister.
         stack.push_async_callback(presence.deregister)
+        stack.push_async_callback(self.handlers.run_hooks, self.handlers.shutdown)
         await runner.start()
         stack.push_async_callback(runner.stop)
         ctx.spawn(presence.beat_forever(), "heartbeat")
