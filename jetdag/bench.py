@@ -136,6 +136,7 @@ class Workload:
     dag: list[JobSpec]
     copies: int = 1  # concurrent executions of `dag`
     hops: bool = False  # report per-hop latency (meaningful for the chain)
+    optional: bool = False  # only when asked for by name (W5 takes minutes)
 
     @property
     def jobs(self) -> int:
@@ -153,6 +154,7 @@ def workloads(quick: bool) -> list[Workload]:
         Workload("W2", "W2 fan-out 1→1,000→1", fan(1000)),
         Workload("W3", "W3 layered 10x500", layered()),
         Workload("W4", "W4 200 x diamond 1-5-13-5-1", diamond(), copies=200),
+        Workload("W5", "W5 layered 100x1,000", layered(layers=100, width=1000), optional=True),
     ]
 
 
@@ -170,8 +172,11 @@ class BenchStack:
     """nats-server + registry, scheduler, gateway and workers as child processes, like tests/conftest.py's
     Stack, but private to the bench: own ports, own store, own namespace."""
 
-    def __init__(self, root: Path, *, workers: int, concurrency: int, max_jobs: int) -> None:
+    def __init__(
+        self, root: Path, *, workers: int, concurrency: int, max_jobs: int, schedulers: int = 1, durable: bool = False
+    ) -> None:
         self.root = root
+        self.schedulers = schedulers
         self.workers = workers
         self.concurrency = concurrency
         self.max_jobs = max_jobs
@@ -182,6 +187,7 @@ class BenchStack:
                 port=free_port(),
                 monitor_port=free_port(),
                 server_name="bench",
+                sync_interval="always" if durable else None,
             ),
             config_path=root / "nats" / "nats.conf",
         )
@@ -234,6 +240,8 @@ class BenchStack:
         py = sys.executable
         for service in ("registry", "scheduler", "gateway"):
             self._spawn(service, [py, "-m", f"services.{service}"], env)
+        for n in range(2, self.schedulers + 1):
+            self._spawn(f"scheduler-{n}", [py, "-m", "services.scheduler"], env)
         for i in range(1, self.workers + 1):
             argv = [py, "-m", "services.worker", "--id", f"bench-worker-{i}", "--concurrency", str(self.concurrency)]
             self._spawn(f"worker-{i}", argv, env)
@@ -517,6 +525,14 @@ class WorkloadSummary:
     def ratio(self) -> float:
         return self.jobs_per_s / self.floor_msgs_per_s
 
+    @property
+    def e2e_hop_ms(self) -> float | None:
+        """Wall time per hop of the chain, end to end: every hop's whole result path, not just the gap
+        between a parent's completedAt and its child's startedAt."""
+        if not self.workload.hops:
+            return None
+        return statistics.median(r.wall_s * 1000 / (len(self.workload.dag) - 1) for r in self.runs)
+
     def hop_ms(self, q: float) -> float | None:
         """Median over the runs of each run's q-th percentile hop latency."""
         per_run = [percentile(r.hops_ms, q) for r in self.runs if r.hops_ms]
@@ -533,6 +549,8 @@ class Options:
     workers: int
     concurrency: int
     keep: bool
+    schedulers: int = 1
+    durable: bool = False
 
 
 @dataclass
@@ -548,21 +566,19 @@ async def bench_workload(
 ) -> WorkloadSummary:
     runs: list[RunResult] = []
     rss: list[int | None] = []
+    floors: list[FloorRun] = []
     total = opts.warmup + opts.repeats
+    # Each run is followed by a floor run of the same size: both see the machine as it is at that moment.
     for i in range(total):
         kind = "warm-up" if i < opts.warmup else f"run {i - opts.warmup + 1}/{opts.repeats}"
         result = await run_once(client, stack.url, workload, f"bench-{workload.key}-{i}")
         stack.assert_alive()
         say(f"{workload.title} {kind}: {result.wall_s:.2f} s, {result.jobs_per_s:,.0f} jobs/s")
-        if i >= opts.warmup:
-            runs.append(result)
-            rss.append(stack.rss("scheduler"))
-    floors: list[FloorRun] = []
-    for i in range(total):
-        kind = "warm-up" if i < opts.warmup else f"run {i - opts.warmup + 1}/{opts.repeats}"
         floor = await measure_floor(stack.nats.url, workload.jobs, f"{workload.key}_{i}")
         say(f"{workload.title} floor {kind}: {floor.messages} msgs in {floor.elapsed_s:.3f} s")
         if i >= opts.warmup:
+            runs.append(result)
+            rss.append(stack.rss("scheduler"))
             floors.append(floor)
     return WorkloadSummary(workload, runs, floors, rss)
 
@@ -596,16 +612,19 @@ def render(report: Report) -> str:
     lines = [
         "## jetdag bench",
         "",
-        f"{opts.workers} workers x {opts.concurrency} concurrency, `noop` jobs submitted over REST, {runs}; "
-        f"{os.cpu_count()} CPUs. Floor: raw JetStream from Python, same message count, same nats-server.",
+        f"{opts.workers} workers x {opts.concurrency} concurrency, {opts.schedulers} scheduler replica(s), `noop` "
+        f"jobs submitted over REST, {runs}; {os.cpu_count()} CPUs; JetStream fsync "
+        f"{'always' if opts.durable else 'default (2 min)'}. Floor: raw JetStream from Python, same message "
+        "count, same nats-server, measured right after each run.",
         "",
-        "| workload | jobs | wall s | jobs/s | floor msgs/s | ratio | hop p50 ms | hop p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| workload | jobs | wall s | jobs/s | floor msgs/s | ratio | hop e2e ms | hop p50 ms | hop p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in report.summaries:
+        e2e = "-" if s.e2e_hop_ms is None else f"{s.e2e_hop_ms:.2f}"
         lines.append(
             f"| {s.workload.title} | {s.workload.jobs:,} | {s.wall_s:.2f} | {s.jobs_per_s:,.0f} "
-            f"| {s.floor_msgs_per_s:,.0f} | {s.ratio:.3f} | {_ms(s.hop_ms(50))} | {_ms(s.hop_ms(99))} |"
+            f"| {s.floor_msgs_per_s:,.0f} | {s.ratio:.3f} | {e2e} | {_ms(s.hop_ms(50))} | {_ms(s.hop_ms(99))} |"
         )
     lines += [
         "",
@@ -645,14 +664,20 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=32, help="jobs per worker at once (default: %(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (store and service logs)")
+    parser.add_argument("--schedulers", type=int, default=1, help="scheduler replicas (default: %(default)s)")
+    parser.add_argument(
+        "--durable", action="store_true", help="production durability: JetStream fsyncs every write (sync: always)"
+    )
     args = parser.parse_args(argv)
     available = workloads(args.quick)
-    wanted = [w.strip().upper() for w in args.workloads.split(",") if w.strip()] or [w.key for w in available]
+    wanted = [w.strip().upper() for w in args.workloads.split(",") if w.strip()] or [
+        w.key for w in available if not w.optional
+    ]
     unknown = set(wanted) - {w.key for w in available}
     if unknown:
         parser.error(f"unknown workloads {sorted(unknown)}; available: {[w.key for w in available]}")
-    if args.repeats < 1 or args.warmup < 0 or args.gateway_clients < 1 or args.workers < 1 or args.concurrency < 1:
-        parser.error("--repeats, --gateway-clients, --workers and --concurrency must be ≥ 1, --warmup ≥ 0")
+    if min(args.repeats, args.gateway_clients, args.workers, args.concurrency, args.schedulers) < 1 or args.warmup < 0:
+        parser.error("--repeats, --gateway-clients, --workers, --concurrency, --schedulers must be ≥ 1, --warmup ≥ 0")
     quick = args.quick
     return Options(
         workloads=[w for w in available if w.key in wanted],
@@ -663,6 +688,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         workers=args.workers,
         concurrency=args.concurrency,
         keep=args.keep,
+        schedulers=args.schedulers,
+        durable=args.durable,
     )
 
 
@@ -675,7 +702,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="jetdag-bench-"))
     max_jobs = max(len(w.dag) for w in opts.workloads)
-    stack = BenchStack(root, workers=opts.workers, concurrency=opts.concurrency, max_jobs=max_jobs)
+    stack = BenchStack(
+        root,
+        workers=opts.workers,
+        concurrency=opts.concurrency,
+        max_jobs=max_jobs,
+        schedulers=opts.schedulers,
+        durable=opts.durable,
+    )
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         stack.start()

@@ -114,4 +114,4 @@ async def test_a_removal_interrupted_after_its_announcement_is_finished(
     assert (await http.get(f"{stack.url}/execute/{stays}")).status_code == 200
     assert (await stats(http, stack.url))["stats"]["completed"] == 4
     keys = [e.key for e in await kv_entries(nc.jetstream(), stack.names.executions_bucket)]
-    assert not [k for k in keys if k.startswith(gone)] and [k for k in keys if k.startswith(stays + ".job.")]
+    assert not [k for k in keys if k.startswith(gone)] and [k for k in keys if k.startswith(stays + ".snapshot.")]

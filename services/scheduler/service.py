@@ -46,7 +46,7 @@ from .shards import ShardManager, read_layout
 __all__ = ["SchedulerService"]
 
 log = get_logger(__name__)
-VERSION = "0.2.0"
+VERSION = "0.1.0"
 CONSUMER_EXISTS = 10148
 
 
