@@ -210,22 +210,22 @@ class Names:
     # --- server-sent events (the gateway reads the event stream for HTTP clients) ----------------------------
 
     def execution_stream(self, execution_id: str) -> str:
-        """Every event of one execution, both families: `execution.<exec>.<kind>` and `job.<exec>.<job>.<status>`."""
-        return f"{self.events_prefix}.*.{execution_id}.>"
+        """Every event of one execution (`execution.<exec>.<kind>`, its jobs' changes on `.jobs`)."""
+        return f"{self.events_prefix}.execution.{execution_id}.*"
 
     def events_of_kinds(self, kinds: Iterable[str]) -> list[str]:
         """Filter subjects of the events whose kind (see `event_kind`) is one of `kinds`; they never overlap."""
         subjects = []
         for kind in sorted(set(kinds)):
-            if kind in ("job", "worker"):
-                subjects.append(f"{self.events_prefix}.{kind}.>")
+            if kind == "worker":
+                subjects.append(f"{self.events_prefix}.worker.>")
             else:
                 subjects.append(f"{self.events_prefix}.execution.*.{kind}")
         return subjects
 
     def event_kind(self, subject: str) -> str:
-        """The kind of an event subject: `<kind>` of `execution.<exec>.<kind>`, `job` for
-        `job.<exec>.<job>.<status>`, `worker` for `worker.<id>.<what>`."""
+        """The kind of an event subject: `<kind>` of `execution.<exec>.<kind>` (`jobs` for the batched job
+        changes), `worker` for `worker.<id>.<what>`."""
         tokens = subject[len(self.events_prefix) + 1 :].split(".")
         if tokens[0] == "execution" and len(tokens) == 3:
             return tokens[2]

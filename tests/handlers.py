@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
-from jetdag.worker import JobContext, JobFailed, handler
+from jetdag.worker import JobContext, JobFailed, NonRetryable, handler
 
 
 @handler("add")
@@ -39,3 +40,34 @@ async def crash(ctx: JobContext) -> Any:
     """Kills its own worker process, every time: a poison job."""
     ctx.log.warning("crashing the worker on purpose")
     os._exit(3)
+
+
+@handler("not_json")
+async def not_json(ctx: JobContext) -> Any:
+    """Returns something JSON cannot carry (issue: it was retried as a poison job instead of failing once)."""
+    return {"when": object()}
+
+
+@handler("raises")
+async def raises(ctx: JobContext) -> Any:
+    """Raises an ordinary exception from a nested call, so its traceback has a line to point at."""
+    return _divide(ctx.config.get("by", 0))
+
+
+def _divide(by: int) -> float:
+    return 1 / by
+
+
+@handler("progress")
+async def progress(ctx: JobContext) -> Any:
+    """Reports progress, then waits until config.path exists (the test reads the progress meanwhile)."""
+    ctx.progress(0.5, "half way")
+    while not await asyncio.to_thread(Path(ctx.config["path"]).exists):  # noqa: ASYNC110 (polls a file)
+        await asyncio.sleep(0.05)
+    return {"workflow": ctx.workflow_id}
+
+
+@handler("final")
+async def final(ctx: JobContext) -> Any:
+    """Fails for good at once, whatever retries the job has."""
+    raise NonRetryable("the input is malformed")

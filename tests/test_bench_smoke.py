@@ -13,7 +13,7 @@ from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
-HEADER = "| workload | jobs | wall s | jobs/s | floor msgs/s | ratio | hop p50 ms | hop p99 ms |"
+HEADER = "| workload | jobs | wall s | jobs/s | floor msgs/s | ratio | hop e2e ms | hop p50 ms | hop p99 ms |"
 
 
 @pytest.mark.timeout(300)

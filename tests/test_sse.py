@@ -17,7 +17,7 @@ from nats.aio.client import Client as Nats
 from nats.js.api import DeliverPolicy
 
 from jetdag.client import AsyncClient
-from shared.messages import Checkpoint, ExecutionEvent, JobEvent, JobResult, JobStarted
+from shared.messages import Checkpoint, ExecutionEvent, JobsEvent
 from tests.api import job, submit, wait_final
 from tests.conftest import Stack
 from tests.helpers import wait_for
@@ -82,7 +82,7 @@ async def test_an_execution_stream_is_its_events_in_order_then_ends(
     final = next(i for i, (kind, _, _) in enumerate(stored) if kind == "failed")
     assert events == stored[: final + 1]
     kinds = [kind for kind, _, _ in events]
-    assert kinds[0] == "created" and kinds[-1] == "failed" and "job" in kinds and "checkpoint" in kinds
+    assert kinds[0] == "created" and kinds[-1] == "failed" and "jobs" in kinds and "checkpoint" in kinds
     # Reconnecting after the end gets the end at once, nothing again.
     again, controls = await read_sse(
         http, f"{stack.url}/execute/{eid}/events", headers={"Last-Event-ID": str(events[-1][1])}
@@ -122,8 +122,7 @@ async def test_the_client_resumes_across_a_gateway_restart(stack: Stack, http: h
     whole, _ = await read_sse(http, f"{stack.url}/execute/{eid}/events")
     assert [(e.kind, e.id) for e in seen] == [(kind, seq) for kind, seq, _ in whole]
     payloads = {type(e.payload) for e in seen}
-    assert ExecutionEvent in payloads and JobEvent in payloads and JobStarted in payloads
-    assert JobResult in payloads and Checkpoint in payloads
+    assert ExecutionEvent in payloads and JobsEvent in payloads and Checkpoint in payloads
     assert seen[-1].kind == "completed" and isinstance(seen[-1].payload, ExecutionEvent)
     assert seen[-1].payload.progress.completed == 2
 
@@ -189,7 +188,7 @@ async def test_200_clients_connecting_and_dropping_leave_no_consumer(stack: Stac
 
 
 async def test_too_many_streams_is_a_503(stack: Stack, http: httpx.AsyncClient) -> None:
-    await stack.up(JETDAG_SSE_MAX_STREAMS="1")
+    await stack.up(JETDAG_SSE_MAX_STREAMS="1", JETDAG_SSE_HEARTBEAT_S="0.2")  # a closed client shows at the next write
     async with http.stream("GET", f"{stack.url}/events") as first:
         assert first.status_code == 200
         second = await http.get(f"{stack.url}/events")
@@ -205,11 +204,11 @@ async def test_too_many_streams_is_a_503(stack: Stack, http: httpx.AsyncClient) 
 
 async def test_a_slow_client_is_dropped_and_resumes(stack: Stack, http: httpx.AsyncClient, nc: Nats) -> None:
     await stack.up(workers=1, JETDAG_SSE_BUFFER_BYTES="65536", JETDAG_SSE_SLOW_CLIENT_S="1")
-    # Results are events too: 120 jobs returning 64 KiB each put ~8 MB on the stream, more than the kernel's
-    # socket buffers can absorb for a client that does not read.
-    blob = "x" * 65536
+    # Errors are in the events: 1,000 jobs failing with 8 KiB messages put ~8 MB on the stream, more than the
+    # kernel's socket buffers can absorb for a client that does not read.
+    message = "x" * 8000
     for _ in range(2):
-        eid = await submit(http, stack.url, [job(f"j{i}", config={"blob": blob}) for i in range(60)])
+        eid = await submit(http, stack.url, [job(f"j{i}", "fail", config={"message": message}) for i in range(500)])
         await wait_final(http, stack.url, eid, timeout=120)
     stored = await stream_contents(nc, stack, stack.names.events_all)
     baseline = await consumers(nc, stack)

@@ -23,24 +23,24 @@ def test_last_event_id_and_kinds() -> None:
     with pytest.raises(Invalid, match="Last-Event-ID"):
         parse_last_id("-1", None)
     assert parse_kinds(None) is None and parse_kinds(" ") is None
-    assert parse_kinds("completed, job") == frozenset({"completed", "job"})
+    assert parse_kinds("completed, jobs") == frozenset({"completed", "jobs"})
     with pytest.raises(Invalid, match="kinds"):
         parse_kinds("Completed")
 
 
 def test_kinds_map_to_filters_that_never_overlap() -> None:
     names = Names("ns")
-    assert names.events_of_kinds({"job", "failed", "worker"}) == [
+    assert names.events_of_kinds({"jobs", "failed", "worker"}) == [
         "ns.events.execution.*.failed",
-        "ns.events.job.>",
+        "ns.events.execution.*.jobs",
         "ns.events.worker.>",
     ]
     assert names.event_kind("ns.events.execution.e1.jobs") == "jobs"
-    assert names.event_kind("ns.events.job.e1.a.queued") == "job"
+    assert names.event_kind("ns.events.worker.w1.registered") == "worker"
 
 
 def frame(seq: int, size: int) -> Frame:
-    return Frame(seq, "job", b"x" * size, 0)
+    return Frame(seq, "jobs", b"x" * size, 0)
 
 
 async def test_a_full_buffer_waits_for_the_client_then_gives_up() -> None:

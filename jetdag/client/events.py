@@ -9,11 +9,11 @@ from typing import Any, TypeAlias
 import msgspec
 
 from shared.api import SSE_DROPPED, SSE_END, StreamDropped, StreamEnd
-from shared.messages import Checkpoint, ExecutionEvent, JobEvent, JobResult, JobStarted, WorkerEvent
+from shared.messages import Checkpoint, ExecutionEvent, JobsEvent, WorkerEvent
 
 __all__ = ["Event", "Payload", "decode_event", "read_sse"]
 
-Payload: TypeAlias = ExecutionEvent | Checkpoint | JobEvent | JobStarted | JobResult | WorkerEvent | dict[str, Any]
+Payload: TypeAlias = ExecutionEvent | Checkpoint | JobsEvent | WorkerEvent | dict[str, Any]
 
 EXECUTION_KINDS = frozenset({"created", "running", "completed", "failed", "cancelled", "retried"})
 
@@ -25,18 +25,9 @@ class Event:
     id: int
     """JetStream stream sequence: pass it as `last_event_id` to resume right after this event."""
     kind: str
-    """The last token of `execution.<exec>.<kind>`; `job` for `job.<exec>.<job>.<status>`; `worker` for
+    """The last token of `execution.<exec>.<kind>` (`jobs` for the batched job changes); `worker` for
     `worker.<id>.<what>`."""
     payload: Payload
-
-
-def _job_payload(raw: dict[str, Any]) -> Payload:
-    # Today's per-job subjects carry three shapes; each is told apart by a field only it requires.
-    if "status" in raw:
-        return msgspec.convert(raw, JobEvent)
-    if "ok" in raw:
-        return msgspec.convert(raw, JobResult)
-    return msgspec.convert(raw, JobStarted)
 
 
 def decode_event(event_id: int, kind: str, data: bytes | str) -> Event:
@@ -49,8 +40,8 @@ def decode_event(event_id: int, kind: str, data: bytes | str) -> Event:
                 payload = msgspec.convert(raw, ExecutionEvent)
             elif kind == "checkpoint":
                 payload = msgspec.convert(raw, Checkpoint)
-            elif kind == "job":
-                payload = _job_payload(raw)
+            elif kind == "jobs":
+                payload = msgspec.convert(raw, JobsEvent)
             elif kind == "worker":
                 payload = msgspec.convert(raw, WorkerEvent)
         except msgspec.ValidationError:

@@ -54,7 +54,7 @@ from .dag import validate
 from .ids import new_execution_id
 from .index import ExecutionIndex
 from .lifecycle import Context, Owned
-from .queue import JobQueue, QueueCounts
+from .queue import JobQueue
 from .recovery import create, load_snapshot, reopen
 from .shards import ShardManager
 from .views import job_view, record_view
@@ -85,7 +85,7 @@ class Commands:
     max_jobs: int
     max_open_jobs: int
     timeout_s: float
-    _counts: tuple[float, QueueCounts] | None = None
+    _counts: tuple[float, bool] | None = None
 
     def endpoints(self) -> dict[str, Endpoint]:
         """The queue-grouped endpoints every replica serves."""
@@ -299,7 +299,8 @@ class Commands:
     async def local_cancel(self, ref: ExecutionRef) -> ExecutionView:
         owned = await self._owned(ref.execution_id)
         if owned is not None and not owned.gone:
-            return await owned.command("cancel")
+            await owned.command("cancel")
+            return await owned.view()  # once its end is written: listings and stats already show it
         found = await self._record(ref.execution_id)
         if found is None:
             raise NotFound(f"execution {ref.execution_id} does not exist")
@@ -356,32 +357,34 @@ class Commands:
                 views.append(view)
         return ExecutionList(executions=views, next_cursor=page[-1] if more else None)
 
-    async def _queue_counts(self) -> QueueCounts:
-        """The job stream's numbers, shared by the stats requests of a quarter second (each costs the server a
-        stream and a consumer listing)."""
+    async def _paused(self) -> bool:
+        """The pause switch, shared by the stats requests of a quarter second."""
         now = time.monotonic()
         if self._counts is not None and now - self._counts[0] < STATS_CACHE_S:
             return self._counts[1]
-        counts = await self.queue.counts()
-        self._counts = (now, counts)
-        return counts
+        paused = await self.queue.is_paused()
+        self._counts = (now, paused)
+        return paused
 
     async def stats(self, _: Any) -> QueueStatsReply:
+        # Jobs, not job messages (one message may carry several jobs): counted from the executions' records,
+        # which every replica's index follows. A cancelled job is no longer queued there, whatever message
+        # of it may still be in flight.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.index.current.wait(), 5)
-        counts = await self._queue_counts()
-        in_stream = max(0, counts.messages - counts.active)
+        paused = await self._paused()
+        queued = self.index.queued
         stats = QueueStats(
-            waiting=0 if counts.paused else in_stream,
-            active=counts.active,
+            waiting=0 if paused else queued,
+            active=self.index.running,
             completed=self.index.completed,
             failed=self.index.failed,
             delayed=self.index.delayed,
-            paused=in_stream if counts.paused else 0,
+            paused=queued if paused else 0,
             total=0,
         )
         stats.total = stats.waiting + stats.active + stats.completed + stats.failed + stats.delayed + stats.paused
-        return QueueStatsReply(stats=stats, is_paused=counts.paused, healthy=True)
+        return QueueStatsReply(stats=stats, is_paused=paused, healthy=True)
 
     async def pause(self, _: Any) -> QueueControl:
         changed, consumers = await self.queue.set_paused(True)

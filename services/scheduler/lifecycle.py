@@ -45,6 +45,7 @@ from shared.messages import (
     ExecutionPatch,
     ExecutionRecord,
     ExecutionView,
+    JobChange,
     JobFinishedReport,
     JobPatch,
     JobRecord,
@@ -73,7 +74,8 @@ RECORD_INTERVAL_S = 1.0
 PLACED_FLUSH_S = 1.0
 """A stored job message is noted in the journal with the next step, or after this long at the latest."""
 SNAPSHOT_PART_BYTES = 512 * 1024
-EVENT_PART_JOBS = 2000
+EVENT_PART_BYTES = 256 * 1024
+"""A step's job changes are announced in JobsEvents of at most about this size (errors can be long)."""
 
 _encode = msgspec.json.Encoder().encode
 _record_decoder = msgspec.json.Decoder(ExecutionRecord)
@@ -607,22 +609,25 @@ class Owned:
         names = self.ctx.names
         if changes:
             prog = progress(state.counts, len(state.jobs))
-            messages = []
-            for part, start in enumerate(range(0, len(changes), EVENT_PART_JOBS)):
-                event = JobsEvent(
-                    execution_id=self.execution_id,
-                    round=state.round,
-                    at=e.at,
-                    jobs=changes[start : start + EVENT_PART_JOBS],
-                    progress=prog,
+            parts: list[list[JobChange]] = [[]]
+            size = 0
+            for change in changes:
+                n = 64 + len(change.error or "") + len((change.progress and change.progress.message) or "")
+                if parts[-1] and size + n > EVENT_PART_BYTES:
+                    parts.append([])
+                    size = 0
+                parts[-1].append(change)
+                size += n
+            messages = [
+                (
+                    names.execution_event(self.execution_id, "jobs"),
+                    _encode(
+                        JobsEvent(execution_id=self.execution_id, round=state.round, at=e.at, jobs=part, progress=prog)
+                    ),
+                    jobs_event_msg_id(self.execution_id, e.seq, n),
                 )
-                messages.append(
-                    (
-                        names.execution_event(self.execution_id, "jobs"),
-                        _encode(event),
-                        jobs_event_msg_id(self.execution_id, e.seq, part),
-                    )
-                )
+                for n, part in enumerate(parts)
+            ]
             await self._publish_events(messages)
         if e.status_changed is not None and e.status_changed.status is not msgspec.UNSET:
             what: str = e.status_changed.status
@@ -792,16 +797,18 @@ class Owned:
                 break
             tasks = [t for t in (self._commit_task, self._effects_task) if t is not None]
             await asyncio.wait(tasks, timeout=remaining)
-        await self._lost("its shard moved to another replica")
+        await self._lost("its shard moved to another replica", planned=True)
 
-    async def _lost(self, why: str, *, items: list[Input] | None = None, reload: bool = False) -> None:
+    async def _lost(
+        self, why: str, *, items: list[Input] | None = None, reload: bool = False, planned: bool = False
+    ) -> None:
         """Stop owning the execution: what was in flight is handed back (reports naked, commands told to try
         again). With `reload` the replica reads it back from its journal (a failure of unknown outcome)."""
         if self.gone:
             return
         self.gone = True
         self._cancel_timers()
-        self.log.warning("execution let go", reason=why, reload=reload)
+        (self.log.info if planned else self.log.warning)("execution let go", reason=why, reload=reload)
         pending = (items or []) + self.inbox
         self.inbox = []
         refs = [i.ref for i in pending if isinstance(i, _Report)]

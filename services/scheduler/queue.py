@@ -1,5 +1,5 @@
 """The job stream's consumers: one durable pull consumer per (capability, type), created on demand; pause and
-resume by JetStream consumer pause; the live part of the queue statistics.
+resume by JetStream consumer pause; whether the queue is paused.
 
 Pause is a persisted switch (`control.queue` in the executions bucket) plus server-side consumer pause on
 every consumer. Both orders of a race between "create a consumer" and "pause" end paused: the creator checks
@@ -9,7 +9,6 @@ the switch again after creating, and the pauser pauses every consumer it lists a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import msgspec
 from nats.js import JetStreamContext
@@ -23,22 +22,12 @@ from shared.messages import ConsumerRef, QueueState
 from shared.subjects import Names
 from shared.timeutil import now_iso
 
-__all__ = ["PAUSE_FOREVER", "JobQueue", "QueueCounts"]
+__all__ = ["PAUSE_FOREVER", "JobQueue"]
 
 log = get_logger(__name__)
 
 # JetStream pauses until a time; "until resumed" is a time far enough away.
 PAUSE_FOREVER = "2999-12-31T23:59:59Z"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class QueueCounts:
-    """What the job stream itself knows: messages not yet acked, and how many of them a worker holds."""
-
-    messages: int
-    active: int
-    paused: bool
-    consumers: int
 
 
 class JobQueue:
@@ -135,14 +124,3 @@ class JobQueue:
                 await self.js.resume_consumer(self.names.jobs_stream, info.name)
         log.info("queue paused" if paused else "queue resumed", consumers=len(consumers), changed=was != paused)
         return was != paused, len(consumers)
-
-    async def counts(self) -> QueueCounts:
-        info = await self.js.stream_info(self.names.jobs_stream)
-        consumers = await self._consumers()
-        active = sum(c.num_ack_pending or 0 for c in consumers)
-        return QueueCounts(
-            messages=info.state.messages,
-            active=active,
-            paused=await self.is_paused(),
-            consumers=len(consumers),
-        )

@@ -67,6 +67,8 @@ START_REPORT_AFTER_S = 0.05
 CANCEL_MEMORY_S = 600.0
 TRACEBACK_FRAMES = 15
 TRACEBACK_BYTES = 8 * 1024
+ERROR_BYTES = 8 * 1024
+"""An error message is kept to this length (it travels in reports, the journal, events and listings)."""
 PULL_EXPIRES_S = 1.0
 QUICK_JOB_MS = 20.0
 """Jobs of a type this quick are fetched a little ahead of free slots (they free them within milliseconds)."""
@@ -578,9 +580,12 @@ class Runner:
 
 
 def _error_info(exc: BaseException, message: str, *, traceback_too: bool = True) -> ErrorInfo:
-    """The attempt's error: its type, message and a bounded traceback (the last frames, the user's code)."""
+    """The attempt's error: its type, message (bounded) and a bounded traceback (the last frames: the user's
+    code)."""
     tb = None
     if traceback_too:
         text = "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES))
         tb = text[-TRACEBACK_BYTES:]
+    if len(message) > ERROR_BYTES:
+        message = message[: ERROR_BYTES - 1] + "…"
     return ErrorInfo(type=type(exc).__name__, message=message, traceback=tb)

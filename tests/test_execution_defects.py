@@ -1,0 +1,202 @@
+"""Regression tests of the defects found using jetdag as a new user and as a hostile client would (executions
+that never end or do work after a cancel, silent waits, misleading verdicts), and of the handler-author API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+from nats.aio.client import Client
+
+from tests.api import job, jobs, stats, status, submit, wait_final
+from tests.conftest import Stack
+from tests.helpers import wait_for
+
+QUICK_AUDIT = {"JETDAG_STALL_AFTER_S": "1", "JETDAG_SWEEP_INTERVAL_S": "0.3", "JETDAG_HEARTBEAT_INTERVAL_S": "1"}
+
+
+async def running(http: httpx.AsyncClient, url: str, eid: str, n: int = 1) -> None:
+    async def started() -> bool:
+        return bool((await status(http, url, eid))["progress"]["running"] >= n)
+
+    await wait_for(started, timeout=20, message=f"{n} running job(s)")
+
+
+# --- 1. cancel, then retry -----------------------------------------------------------------------------------
+
+
+async def test_cancel_then_retry_runs_the_new_round_to_its_end(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.up(workers=1)
+    eid = await submit(http, stack.url, [job("long", "sleep", config={"seconds": 1}), job("after", "noop", ["long"])])
+    await running(http, stack.url, eid)
+    assert (await http.post(f"{stack.url}/execute/{eid}/cancel")).status_code == 200
+    r = await http.post(f"{stack.url}/execute/{eid}/retry")
+    assert r.status_code == 200, r.text
+    final = await wait_final(http, stack.url, eid, timeout=30)
+    assert final["status"] == "completed" and final["round"] == 2
+    assert {j["status"] for j in (await jobs(http, stack.url, eid)).values()} == {"completed"}
+
+
+# --- 2. cancel withdraws queued jobs ---------------------------------------------------------------------------
+
+
+async def test_a_cancelled_job_never_runs_and_is_not_counted_waiting(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.up()
+    eid = await submit(http, stack.url, [job("probe", capability="probecap")])
+
+    async def queued() -> bool:
+        return bool((await jobs(http, stack.url, eid))["probe"]["status"] == "queued")
+
+    await wait_for(queued, timeout=10, message="the job to be queued")
+    assert (await http.post(f"{stack.url}/execute/{eid}/cancel")).status_code == 200
+    s = (await stats(http, stack.url))["stats"]
+    assert s["waiting"] == 0, s
+    # A capable worker comes later: it runs a job submitted after the cancel (same consumer, in order), and
+    # never the cancelled one.
+    worker = await stack.worker("w1", "--capabilities", "probecap")
+    later = await submit(http, stack.url, [job("probe", capability="probecap")])
+    assert (await wait_final(http, stack.url, later))["status"] == "completed"
+    ran = [line["executionId"] for line in worker.log_lines() if line.get("event") == "job completed"]
+    assert ran == [later]
+    assert (await jobs(http, stack.url, eid))["probe"]["status"] == "cancelled"
+
+
+# --- 3. a job no worker can run says why ------------------------------------------------------------------------
+
+
+async def test_a_job_no_worker_can_run_says_why_and_its_schedule_timeout_fails_it(
+    stack: Stack, http: httpx.AsyncClient, nc: Client
+) -> None:
+    await stack.up(workers=1, **QUICK_AUDIT)
+    reasons: list[str] = []
+
+    async def on_jobs(msg: Any) -> None:
+        reasons.extend(c["waitingReason"] for c in json.loads(msg.data)["jobs"] if c.get("waitingReason"))
+
+    await nc.subscribe(f"{stack.names.events_prefix}.execution.*.jobs", cb=on_jobs)
+    eid = await submit(
+        http,
+        stack.url,
+        [
+            job("prep", "preprocessing"),
+            job("tpu", "preprocessing", capability="tpu"),
+            job("late", "noop", capability="tpu", scheduleTimeoutS=2),
+        ],
+    )
+    expected = {
+        "prep": "no live worker has a handler for 'preprocessing'",
+        "tpu": "no live worker has capability 'tpu' and a handler for 'preprocessing'",
+    }
+
+    async def explained() -> dict[str, Any] | None:
+        listing = await jobs(http, stack.url, eid)
+        seen = {k: listing[k]["waitingReason"] for k in expected}
+        return listing if seen == expected else None
+
+    listing = await wait_for(explained, timeout=20, message="the waiting reasons")
+    assert all(listing[k]["attempts"] == 0 and listing[k]["status"] == "queued" for k in expected)
+    assert set(expected.values()) <= set(reasons)  # the events say it too
+    scheduler = next(p for p in stack.procs if p.name == "scheduler")
+    assert scheduler.has_logged("job waiting", jobId="prep", reason=expected["prep"])
+
+    async def timed_out() -> dict[str, Any] | None:
+        late = (await jobs(http, stack.url, eid))["late"]
+        return late if late["status"] == "failed" else None
+
+    late = await wait_for(timed_out, timeout=20, message="the schedule timeout to fail the job")
+    assert late["error"] == "not started within 2 s of being queued: no live worker has capability 'tpu'"
+    assert late["attempts"] == 0
+    assert (await http.post(f"{stack.url}/execute/{eid}/cancel")).status_code == 200
+
+
+# --- 7. a result that is not JSON ---------------------------------------------------------------------------------
+
+
+async def test_a_result_that_is_not_json_fails_the_attempt_with_the_reason(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    await stack.up()
+    worker = await stack.worker("w1", "tests.handlers")
+    eid = await submit(http, stack.url, [job("odd", "not_json", retries=1, backoffMs=10)])
+    final = await wait_final(http, stack.url, eid)
+    odd = (await jobs(http, stack.url, eid))["odd"]
+    assert final["status"] == "failed" and odd["attempts"] == 2  # one failed attempt, retried under its policy
+    assert odd["error"].startswith("result is not JSON-serialisable: "), odd["error"]
+    assert "poison" not in odd["error"] and len(odd["deliveries"]) == 2
+    assert not worker.has_logged("job report not delivered; the job will be redelivered")
+
+
+# --- 9. a failure keeps its traceback -----------------------------------------------------------------------------
+
+
+async def test_a_failure_keeps_its_type_message_and_traceback(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.up()
+    await stack.worker("w1", "tests.handlers")
+    eid = await submit(http, stack.url, [job("div", "raises")])
+    await wait_final(http, stack.url, eid)
+    div = (await jobs(http, stack.url, eid))["div"]
+    info = div["errorInfo"]
+    assert info["type"] == "ZeroDivisionError" and info["message"] == "ZeroDivisionError: division by zero"
+    assert "tests/handlers.py" in info["traceback"] and "_divide" in info["traceback"]
+    assert div["error"] == "ZeroDivisionError: division by zero"
+
+
+async def test_non_retryable_fails_at_once(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.up()
+    await stack.worker("w1", "tests.handlers")
+    eid = await submit(http, stack.url, [job("bad", "final", retries=3, backoffMs=10)])
+    await wait_final(http, stack.url, eid)
+    bad = (await jobs(http, stack.url, eid))["bad"]
+    assert bad["status"] == "failed" and bad["attempts"] == 1 and bad["error"] == "the input is malformed"
+
+
+async def test_progress_and_workflow_id_reach_the_job_listing(
+    stack: Stack, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    await stack.up()
+    await stack.worker("w1", "tests.handlers")
+    gate = tmp_path / "go"
+    r = await http.post(
+        f"{stack.url}/execute",
+        json={"workflowId": "wf-progress", "jobs": [job("p", "progress", config={"path": str(gate)})]},
+    )
+    eid = r.json()["executionId"]
+
+    async def half() -> dict[str, Any] | None:
+        progress = (await jobs(http, stack.url, eid))["p"]["progress"]
+        return progress if progress and progress["fraction"] == 0.5 else None
+
+    progress = await wait_for(half, timeout=20, message="the job's progress")
+    assert progress["message"] == "half way"
+    gate.write_text("go")
+    assert (await wait_final(http, stack.url, eid))["status"] == "completed"
+    assert (await jobs(http, stack.url, eid))["p"]["result"] == {"workflow": "wf-progress"}
+
+
+# --- 16. an execution left open with nothing in flight -------------------------------------------------------
+
+
+async def test_a_job_message_lost_from_the_stream_is_found_and_dispatched_again(
+    stack: Stack, http: httpx.AsyncClient, nc: Client
+) -> None:
+    """An operator purges the job stream (or a node loses it): the execution would wait forever for a message
+    that no longer exists. The audit finds it and dispatches the job again."""
+    await stack.up(0, **QUICK_AUDIT)
+    eid = await submit(http, stack.url, [job("lost", capability="later"), job("next", "noop", ["lost"])])
+
+    async def placed() -> bool:
+        info = await nc.jetstream().stream_info(stack.names.jobs_stream)
+        return bool(info.state.messages == 1)
+
+    await wait_for(placed, timeout=10, message="the job message in the stream")
+    await nc.jetstream().purge_stream(stack.names.jobs_stream)
+    queued_at = (await jobs(http, stack.url, eid))["lost"]["queuedAt"]
+
+    async def dispatched_again() -> bool:
+        return bool((await jobs(http, stack.url, eid))["lost"]["queuedAt"] != queued_at)
+
+    await wait_for(dispatched_again, timeout=20, message="the lost job to be dispatched again")
+    await stack.worker("w1", "--capabilities", "later")
+    assert (await wait_final(http, stack.url, eid))["status"] == "completed"
