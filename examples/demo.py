@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from jetdag.client import Client, JetdagError, Unavailable
-from shared.messages import JobEvent, JobStarted
+from shared.messages import JobsEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = ROOT / "examples" / "pipeline.yaml"
@@ -55,15 +55,11 @@ def run() -> int:
         print(f"submitted {eid}")
         started = time.monotonic()
         for event in jd.events(eid):  # every event of the execution, until its end
-            payload = event.payload
-            if isinstance(payload, JobStarted):
-                status, job_id, worker = "running", payload.job_id, payload.worker_id
-            elif isinstance(payload, JobEvent):
-                status, job_id, worker = payload.status, payload.job_id, payload.worker_id
-            else:
+            if not isinstance(event.payload, JobsEvent):
                 continue
-            where = f" on {worker}" if worker else ""
-            print(f"{time.monotonic() - started:6.2f}s  {job_id:<11} {status}{where}")
+            for change in event.payload.jobs:  # what one step of the scheduler changed
+                where = f" on {change.worker_id}" if change.worker_id else ""
+                print(f"{time.monotonic() - started:6.2f}s  {change.job_id:<11} {change.status}{where}")
         execution = jd.get(eid)
         p = execution.progress
         print(f"execution {execution.status}: {p.completed}/{p.total} jobs completed")

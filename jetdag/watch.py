@@ -1,8 +1,7 @@
 """What `jetdag watch` shows, folded from an execution's events. Pure: no I/O, no terminal.
 
-Events of either form count: today's per-job events (`job` kind: JobEvent, JobStarted, JobResult) and the
-batched `jobs` kind (`{"jobs": [{"jobId", "status", "workerId"?, "progress"?: {"fraction", "message"}}],
-"progress": {...}}`). A job's progress message is shown when the events carry one.
+Job changes come batched in `jobs` events (JobsEvent: `{"jobs": [{"jobId", "status", "workerId"?, "progress"?:
+{"fraction", "message"}}], "progress": {...}}`). A job's progress message is shown when the events carry one.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jetdag.client.events import Event
-from shared.messages import FINAL_EXECUTION_STATES, ExecutionEvent, ExecutionView, JobEvent, JobStarted
+from shared.messages import FINAL_EXECUTION_STATES, ExecutionEvent, ExecutionView, JobChange, JobsEvent
 
 __all__ = ["Running", "WatchState", "exit_code"]
 
@@ -87,33 +86,23 @@ class WatchState:
                 self.jobs = {j: s for j, s in self.jobs.items() if s == "completed"}
                 self.running.clear()
             self.snapshot = _counts(payload.progress)
-        elif isinstance(payload, JobEvent):
-            self._job(payload.job_id, payload.status, payload.worker_id, None)
-        elif isinstance(payload, JobStarted):
-            self._job(payload.job_id, "running", payload.worker_id, None)
-        elif isinstance(payload, dict) and isinstance(payload.get("jobs"), list):
-            for change in payload["jobs"]:
-                if isinstance(change, dict) and isinstance(change.get("jobId"), str):
-                    self._job(change["jobId"], str(change.get("status", "")), change.get("workerId"), change)
-            total = payload.get("progress", {}).get("total") if isinstance(payload.get("progress"), dict) else None
-            if isinstance(total, int):
-                self.total = total
+        elif isinstance(payload, JobsEvent):
+            for change in payload.jobs:
+                self._job(change)
+            self.total = payload.progress.total
 
-    def _job(self, job_id: str, status: str, worker_id: str | None, change: dict[str, Any] | None) -> None:
-        if not status:
+    def _job(self, change: JobChange) -> None:
+        self.jobs[change.job_id] = change.status
+        if change.status != "running":
+            self.running.pop(change.job_id, None)
             return
-        self.jobs[job_id] = status
-        if status != "running":
-            self.running.pop(job_id, None)
-            return
-        running = self.running.setdefault(job_id, Running())
-        running.worker_id = worker_id or running.worker_id
-        progress = change.get("progress") if change else None
-        if isinstance(progress, dict):
-            fraction = progress.get("fraction")
-            message = progress.get("message")
-            running.fraction = float(fraction) if isinstance(fraction, int | float) else running.fraction
-            running.message = str(message) if message is not None else running.message
+        running = self.running.setdefault(change.job_id, Running())
+        running.worker_id = change.worker_id or running.worker_id
+        if change.progress is not None:
+            if change.progress.fraction is not None:
+                running.fraction = change.progress.fraction
+            if change.progress.message is not None:
+                running.message = change.progress.message
 
 
 def _counts(progress: Any) -> dict[str, int]:

@@ -124,6 +124,7 @@ def _micro_service(service: str) -> list[str]:
 def permissions(names: Names) -> dict[Role, Permissions]:
     """Publish/subscribe allow lists of every role, for one namespace."""
     jobs, events = names.jobs_stream, names.events_stream
+    journal, reports = names.journal_stream, names.reports_stream
     submissions = names.submissions_bucket
 
     def inbox(role: Role) -> str:
@@ -173,11 +174,21 @@ def permissions(names: Names) -> dict[Role, Permissions]:
         publish=(
             f"{names.jobs_prefix}.>",
             f"{names.events_prefix}.execution.>",
-            f"{names.events_prefix}.job.>",
+            # Its journals (only it appends: the journal is what fences a former owner), the cancel notices
+            # workers obey, the commands it forwards to another replica, the pings that tell a replica gone.
+            names.journal_all,
+            names.workers_cancel,
+            f"{names.scheduler_prefix}.shard.>",
+            f"{names.scheduler_prefix}.replica.>",
+            # The audit asks the registry which workers live (a job's waitingReason).
+            names.registry("list"),
             *_stream_owner(jobs),
             *_stream_owner(events),
+            *_stream_owner(journal),
+            *_stream_owner(reports),
             *_kv_owner(names.executions_bucket),
             *_kv_owner(names.checkpoints_bucket),
+            *_kv_owner(names.schedulers_bucket),
             f"$O.{submissions}.>",
             *_stream_owner(_object_store(submissions)),
             # nats-py's object store finds the stream of a subject by asking for stream names.
@@ -193,16 +204,16 @@ def permissions(names: Names) -> dict[Role, Permissions]:
     )
     worker = Permissions(
         publish=(
-            # Its reports on the jobs it runs (the scheduler checks each against the delivery it made).
-            names.job_event("*", "*", "started"),
-            names.job_event("*", "*", "result"),
+            # Its reports on the jobs it runs, to the owner of each job's execution (the scheduler accepts a
+            # report only with the token of the job's current dispatch).
+            f"{names.reports_prefix}.*",
             *(names.registry(command) for command in ("register", "heartbeat", "deregister")),
             names.scheduler("consumer"),
             *_consumer_puller(jobs),
             # Results of a job's parents too large to travel in its job message.
             *_stream_reader(_kv(names.executions_bucket)),
         ),
-        subscribe=(inbox(Role.WORKER), names.cancellations, scrape),
+        subscribe=(inbox(Role.WORKER), names.workers_cancel, scrape),
         # For the scrape. It also lets a worker answer once to the reply subject of a message it receives, such
         # as a cancellation event's JetStream-ack inbox (docs/security.md: what is not covered yet).
         allow_responses=True,
@@ -218,4 +229,4 @@ def permissions(names: Names) -> dict[Role, Permissions]:
 
 
 def _buckets(names: Names) -> tuple[str, ...]:
-    return (names.workers_bucket, names.executions_bucket, names.checkpoints_bucket)
+    return (names.workers_bucket, names.executions_bucket, names.checkpoints_bucket, names.schedulers_bucket)

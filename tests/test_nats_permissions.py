@@ -115,9 +115,11 @@ async def test_a_worker_credential_cannot_steer_the_system(
         # Publishes a worker may not make: job messages, events other than its reports, KV writes, commands
         # it has no business sending, and JetStream calls that would delete, purge or re-shape streams.
         forbidden = [
-            names.jobs("any", "sleep"),
+            names.jobs("any", "sleep", eid),
             names.execution_event(eid, "cancelled"),
-            names.job_event(eid, "train", "completed"),
+            names.execution_event(eid, "jobs"),
+            names.journal(eid),
+            names.workers_cancel,
             names.worker_event("w1", "deregistered"),
             f"$KV.{names.workers_bucket}.w1",
             f"$KV.{names.executions_bucket}.{eid}",
@@ -180,8 +182,8 @@ async def test_the_gateway_credential_cannot_run_jobs_or_write_state(secure_nats
     gateway = await secure_nats.connect(Role.GATEWAY, error_cb=refused.record)
     try:
         forbidden = [
-            names.jobs("any", "noop"),
-            names.job_event("e", "j", "result"),
+            names.jobs("any", "noop", "e"),
+            names.reports(0),
             f"$KV.{names.executions_bucket}.e",
             f"$JS.API.CONSUMER.DURABLE.CREATE.{names.events_stream}.mine",
             f"$JS.API.STREAM.DELETE.{names.events_stream}",
@@ -211,8 +213,9 @@ def matches(pattern: str, subject: str) -> bool:
 def test_the_table_keeps_roles_to_their_namespace_and_never_deletes_streams() -> None:
     table, other = permissions(Names("jetdag")), Names("jetdag-b")
     foreign = [
-        other.jobs("any", "noop"),
-        other.job_event("e", "j", "result"),
+        other.jobs("any", "noop", "e"),
+        other.reports(0),
+        other.journal("e"),
         other.registry("register"),
         f"$KV.{other.workers_bucket}.w",
         f"$JS.API.STREAM.INFO.{other.jobs_stream}",

@@ -1,5 +1,4 @@
-"""The watch view's state, folded from events of either form (today's per-job events and the batched `jobs`
-events with progress). Pure."""
+"""The watch view's state, folded from an execution's events (the batched `jobs` events with progress). Pure."""
 
 from __future__ import annotations
 
@@ -26,31 +25,22 @@ def view(total: int = 3) -> ExecutionView:
     )
 
 
-def job_event(seq: int, job: str, status: str) -> bytes:
-    return b'{"executionId":"e1","jobId":"%s","status":"%s","attempt":1,"at":"%s"}' % (
-        job.encode(),
-        status.encode(),
-        AT.encode(),
+def jobs_event(seq: int, *changes: tuple[str, str]) -> bytes:
+    body = ",".join(
+        f'{{"jobId":"{job}","status":"{status}","attempt":1,"at":"{AT}","workerId":"w1"}}' for job, status in changes
     )
+    return (
+        f'{{"executionId":"e1","round":1,"at":"{AT}","jobs":[{body}],'
+        '"progress":{"total":3,"completed":0,"failed":0,"running":0}}'
+    ).encode()
 
 
-def test_todays_per_job_events() -> None:
+def test_job_changes_fold_into_counts() -> None:
     state = WatchState.from_view(view())
-    state.apply(decode_event(1, "job", job_event(1, "a", "queued")))
-    state.apply(
-        decode_event(2, "job", b'{"executionId":"e1","jobId":"a","attempt":1,"round":1,"workerId":"w1","at":"t"}')
-    )
+    state.apply(decode_event(1, "jobs", jobs_event(1, ("a", "queued"))))
+    state.apply(decode_event(2, "jobs", jobs_event(2, ("a", "running"))))
     assert state.counts()["running"] == 1 and state.running["a"].worker_id == "w1"
-    state.apply(
-        decode_event(
-            3,
-            "job",
-            b'{"executionId":"e1","jobId":"a","attempt":1,"round":1,"workerId":"w1","ok":true,"at":"t","durationMs":1}',
-        )
-    )
-    assert state.counts()["running"] == 1  # a worker's report is not the verdict
-    state.apply(decode_event(4, "job", job_event(4, "a", "completed")))
-    state.apply(decode_event(5, "job", job_event(5, "b", "failed")))
+    state.apply(decode_event(3, "jobs", jobs_event(3, ("a", "completed"), ("b", "failed"))))
     counts = state.counts()
     assert (counts["completed"], counts["failed"], counts["running"], counts["pending"]) == (1, 1, 0, 1)
     assert state.done() == 2 and round(state.fraction(), 2) == 0.67 and not state.running
@@ -76,8 +66,7 @@ def test_batched_job_events_with_progress_messages() -> None:
 
 def test_execution_events_and_a_retry() -> None:
     state = WatchState.from_view(view(total=2))
-    state.apply(decode_event(1, "job", job_event(1, "a", "completed")))
-    state.apply(decode_event(2, "job", job_event(2, "b", "failed")))
+    state.apply(decode_event(1, "jobs", jobs_event(1, ("a", "completed"), ("b", "failed"))))
     failed = (
         b'{"executionId":"e1","workflowId":"wf","status":"failed","at":"t","error":"job b failed: x",'
         b'"progress":{"total":2,"completed":1,"failed":1,"running":0}}'
