@@ -10,13 +10,24 @@ import re
 
 from shared.commands import Invalid
 
-__all__ = ["ID_RE", "NAME_RE", "WORKFLOW_RE", "IdError", "check_id", "check_name"]
+__all__ = [
+    "IDEMPOTENCY_KEY_RE",
+    "ID_RE",
+    "NAME_RE",
+    "WORKFLOW_RE",
+    "IdError",
+    "check_id",
+    "check_idempotency_key",
+    "check_name",
+]
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 # Capabilities and job types form consumer names `<capability>__<type>`; a `__` inside either would make
 # two different pairs collide on one consumer.
 NAME_RE = re.compile(r"^(?!.*__)[A-Za-z0-9_-]{1,64}$")
 WORKFLOW_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# An Idempotency-Key is never used raw in a subject or key (it is hashed); UUIDs and `<client>:<n>` fit.
+IDEMPOTENCY_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
 
 
 class IdError(Invalid, ValueError):
@@ -41,5 +52,13 @@ def check_name(field: str, value: object) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise IdError(
             f"{field} must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-' without '__', got {_describe(value)}"
+        )
+    return value
+
+
+def check_idempotency_key(value: object) -> str:
+    if not isinstance(value, str) or not IDEMPOTENCY_KEY_RE.match(value):
+        raise IdError(
+            f"Idempotency-Key must be 1-255 characters of A-Z, a-z, 0-9, '_', '-', '.' or ':', got {_describe(value)}"
         )
     return value

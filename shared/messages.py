@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from shared.ids import ID_RE, NAME_RE, WORKFLOW_RE
+from shared.ids import ID_RE, IDEMPOTENCY_KEY_RE, NAME_RE, WORKFLOW_RE
 from shared.timeutil import Timestamp
 
 __all__ = [
@@ -212,12 +212,21 @@ class JobConfig(ApiRequest):
     """A job no worker has started this long after it was queued fails (default: the scheduler's setting)."""
 
 
+IdempotencyKey = Annotated[
+    str,
+    Meta(pattern=IDEMPOTENCY_KEY_RE.pattern, description="1-255 characters of A-Z, a-z, 0-9, '_', '-', '.' or ':'"),
+]
+
+
 class ExecuteRequest(ApiRequest):
     """POST /execute body."""
 
     workflow_id: WorkflowId
     jobs: Annotated[list[JobConfig], Meta(min_length=1)]
     parallelism: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    idempotency_key: IdempotencyKey | None = None
+    """The same key with the same request returns the execution it created (200), never a second one; with
+    another request it is a 409. The `Idempotency-Key` header does the same."""
 
 
 class ExecuteCommand(Message):
@@ -226,6 +235,25 @@ class ExecuteCommand(Message):
 
     request: ExecuteRequest | None = None
     staged: str | None = None
+    idempotency_key: str | None = None
+    """From the `Idempotency-Key` header (the request's own field counts too)."""
+
+
+class ExecuteReply(Message):
+    """`scheduler.execute` answer: the execution, and whether this request created it (201) or an earlier one
+    with the same Idempotency-Key did (200)."""
+
+    execution: ExecutionView
+    created: bool = True
+
+
+class IdempotencyRecord(Message):
+    """Value of key `idempotency.<digest>` in the executions bucket (with a TTL): what a key created."""
+
+    execution_id: str
+    fingerprint: str
+    """Hash of the request it came with: the same key with another request is a conflict."""
+    created_at: str
 
 
 class Progress(Message):

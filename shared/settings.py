@@ -233,6 +233,12 @@ class ExecutionSettings:
         "Default of a job's `scheduleTimeoutS`: a job no worker started this long after it was queued fails; 0: "
         "it waits as long as it takes.",
     )
+    idempotency_ttl_s: float = env(
+        "JETDAG_IDEMPOTENCY_TTL_S",
+        24 * 3600.0,
+        "How long an `Idempotency-Key` of POST /execute names the execution it created (a retry within it "
+        "gets that execution back, never a second one).",
+    )
     shards: int = env(
         "JETDAG_SCHEDULER_SHARDS",
         8,

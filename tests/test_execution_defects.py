@@ -3,6 +3,7 @@ that never end or do work after a cancel, silent waits, misleading verdicts), an
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,38 @@ async def test_a_job_message_lost_from_the_stream_is_found_and_dispatched_again(
     await wait_for(dispatched_again, timeout=20, message="the lost job to be dispatched again")
     await stack.worker("w1", "--capabilities", "later")
     assert (await wait_final(http, stack.url, eid))["status"] == "completed"
+
+
+# --- 4. a retried submit never creates a second execution --------------------------------------------------
+
+
+async def test_the_same_idempotency_key_returns_the_same_execution(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.up(workers=1)
+    body = {"workflowId": "wf-idem", "jobs": [job("a")]}
+    first = await http.post(f"{stack.url}/execute", json=body, headers={"Idempotency-Key": "order-42"})
+    assert first.status_code == 201, first.text
+    again = await http.post(f"{stack.url}/execute", json=body, headers={"Idempotency-Key": "order-42"})
+    assert again.status_code == 200 and again.json()["executionId"] == first.json()["executionId"]
+    # The key in the body does the same.
+    field = await http.post(f"{stack.url}/execute", json={**body, "idempotencyKey": "order-42"})
+    assert field.status_code == 200 and field.json()["executionId"] == first.json()["executionId"]
+    other = await http.post(
+        f"{stack.url}/execute", json={**body, "workflowId": "wf-other"}, headers={"Idempotency-Key": "order-42"}
+    )
+    assert other.status_code == 409 and "a different request" in other.json()["error"], other.text
+    bad = await http.post(f"{stack.url}/execute", json=body, headers={"Idempotency-Key": "no spaces"})
+    assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["error"]
+    listed = (await http.get(f"{stack.url}/executions", params={"workflowId": "wf-idem"})).json()
+    assert listed["count"] == 1
+
+
+async def test_concurrent_submits_with_one_key_create_one_execution(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.up(workers=1)
+    body = {"workflowId": "wf-race", "jobs": [job("a"), job("b", "noop", ["a"])]}
+    answers = await asyncio.gather(
+        *(http.post(f"{stack.url}/execute", json=body, headers={"Idempotency-Key": "race-1"}) for _ in range(8))
+    )
+    assert sorted(r.status_code for r in answers) == [200] * 7 + [201], [r.text for r in answers]
+    assert len({r.json()["executionId"] for r in answers}) == 1
+    listed = (await http.get(f"{stack.url}/executions", params={"workflowId": "wf-race"})).json()
+    assert listed["count"] == 1

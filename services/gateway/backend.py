@@ -20,6 +20,7 @@ from shared.commands import CommandError, Unavailable, request
 from shared.messages import (
     DeregisterReply,
     ExecuteCommand,
+    ExecuteReply,
     ExecuteRequest,
     ExecutionList,
     ExecutionRef,
@@ -118,21 +119,22 @@ class Backend:
 
     # --- executions and queue ------------------------------------------------------------------------
 
-    async def execute(self, request: ExecuteRequest) -> ExecutionView:
+    async def execute(self, request: ExecuteRequest, idempotency_key: str | None = None) -> ExecuteReply:
         # One NATS message carries at most the server's max_payload (1 MiB by default): a DAG whose command
         # is larger is staged in the object store and the command names it (the scheduler reads and deletes
         # it). The decision is on the command as encoded, defaults filled in, which can be more than twice
         # the size of the body a client sent.
-        inline = _encoder.encode(ExecuteCommand(request=request))
+        inline = _encoder.encode(ExecuteCommand(request=request, idempotency_key=idempotency_key))
         if len(inline) <= self.nc.max_payload - HEADROOM_BYTES:
-            return await self._scheduler("execute", inline, ExecutionView, slow=True)
+            return await self._scheduler("execute", inline, ExecuteReply, slow=True)
         try:
             store = await self.js.object_store(self.names.submissions_bucket)
             name = f"submission-{secrets.token_hex(12)}"
             await asyncio.wait_for(store.put(name, msgspec.json.encode(request)), self.timeout * 4)
         except Exception as exc:
             raise Unavailable(f"could not stage the submission in NATS ({_describe(exc)})") from None
-        return await self._scheduler("execute", ExecuteCommand(staged=name), ExecutionView, slow=True)
+        command = ExecuteCommand(staged=name, idempotency_key=idempotency_key)
+        return await self._scheduler("execute", command, ExecuteReply, slow=True)
 
     async def get_execution(self, execution_id: str) -> ExecutionView:
         return await self._scheduler("get", ExecutionRef(execution_id=execution_id), ExecutionView)

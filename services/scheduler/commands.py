@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
+from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
@@ -26,19 +28,21 @@ from shared.commands import (
     Unavailable,
     forward,
 )
-from shared.ids import check_id, check_name
-from shared.keys import execution_key
+from shared.ids import check_id, check_idempotency_key, check_name
+from shared.keys import execution_key, idempotency_key, kv_subject
 from shared.logging import get_logger
 from shared.messages import (
     FINAL_EXECUTION_STATES,
     ConsumerRef,
     EnsureConsumer,
     ExecuteCommand,
+    ExecuteReply,
     ExecuteRequest,
     ExecutionList,
     ExecutionRecord,
     ExecutionRef,
     ExecutionView,
+    IdempotencyRecord,
     JobList,
     JobsQuery,
     JobView,
@@ -47,16 +51,19 @@ from shared.messages import (
     QueueStats,
     QueueStatsReply,
 )
+from shared.pipeline import JetStreamError
 from shared.subjects import Names
+from shared.timeutil import now_iso
 
 from . import machine
-from .dag import validate
+from .dag import Dag, validate
 from .ids import new_execution_id
 from .index import ExecutionIndex
+from .journal import Fenced
 from .lifecycle import Context, Owned
 from .queue import JobQueue
 from .recovery import create, load_snapshot, reopen
-from .shards import ShardManager
+from .shards import Shard, ShardManager
 from .views import job_view, record_view
 
 __all__ = ["Commands"]
@@ -66,6 +73,7 @@ log = get_logger(__name__)
 T = TypeVar("T", bound=msgspec.Struct)
 _encode = msgspec.json.Encoder().encode
 _record_decoder = msgspec.json.Decoder(ExecutionRecord)
+_idempotency_decoder = msgspec.json.Decoder(IdempotencyRecord)
 OWNER_WAIT_S = 5.0
 """How long a command waits for its shard to get an owner (a takeover in progress) before answering 503."""
 STATS_CACHE_S = 0.25
@@ -85,6 +93,7 @@ class Commands:
     max_jobs: int
     max_open_jobs: int
     timeout_s: float
+    idempotency_ttl_s: float = 24 * 3600.0
     _counts: tuple[float, bool] | None = None
 
     def endpoints(self) -> dict[str, Endpoint]:
@@ -105,6 +114,7 @@ class Commands:
     def owner_endpoints(self) -> dict[str, Endpoint]:
         """What the owner of a shard serves on `<ns>.scheduler.shard.<n>.*`."""
         return {
+            "execute": Endpoint(ExecuteCommand, self.execute),
             "get": Endpoint(ExecutionRef, self.local_get),
             "jobs": Endpoint(JobsQuery, self.local_jobs),
             "cancel": Endpoint(ExecutionRef, self.local_cancel),
@@ -174,27 +184,48 @@ class Commands:
 
     # --- submit -----------------------------------------------------------------------------------------------
 
-    async def execute(self, cmd: ExecuteCommand) -> ExecutionView:
+    async def execute(self, cmd: ExecuteCommand) -> ExecuteReply:
         request = cmd.request
         if request is None:
             if cmd.staged is None:
                 raise Invalid("execute needs a request or a staged submission")
             request = await self._staged(cmd.staged)
+        key = cmd.idempotency_key or request.idempotency_key
+        if cmd.idempotency_key and request.idempotency_key and cmd.idempotency_key != request.idempotency_key:
+            raise Invalid("the Idempotency-Key header and the idempotencyKey field differ; send one of them")
         dag = validate(request, self.max_jobs)
+        if key is None:
+            self._admit(len(dag.jobs))
+            shard = await self._shard_for_new()
+            return ExecuteReply(execution=await self._create(request, dag, shard, self._new_id(shard)))
+        return await self._idempotent(check_idempotency_key(key), request, dag)
+
+    def _admit(self, jobs: int) -> None:
+        """Backpressure: refuse a submission that would push the open jobs over the bound, before anything of
+        it is written."""
         open_jobs = self.index.open_jobs
-        if open_jobs + len(dag.jobs) > self.max_open_jobs:
+        if open_jobs + jobs > self.max_open_jobs:
             raise Unavailable(
-                f"the scheduler is at capacity: {open_jobs} jobs are open and this execution adds {len(dag.jobs)} "
+                f"the scheduler is at capacity: {open_jobs} jobs are open and this execution adds {jobs} "
                 f"(limit {self.max_open_jobs}); retry later"
             )
+
+    async def _shard_for_new(self) -> Shard:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.manager.owns_some.wait(), OWNER_WAIT_S)
         shard = self.manager.owned_shard_for_new()
         if shard is None:
             raise Unavailable("this scheduler replica owns no shard yet (starting or rebalancing); try again")
+        return shard
+
+    def _new_id(self, shard: Shard) -> str:
+        """A fresh execution id of one of this replica's shards: the replica that takes a submission owns it."""
         execution_id = new_execution_id()
         while self.manager.shard_of(execution_id) != shard.n:
             execution_id = new_execution_id()
+        return execution_id
+
+    async def _create(self, request: ExecuteRequest, dag: Dag, shard: Shard, execution_id: str) -> ExecutionView:
         owned = await create(
             self.ctx,
             execution_id=execution_id,
@@ -217,6 +248,63 @@ class Commands:
             shard=shard.n,
         )
         return view
+
+    async def _idempotent(self, key: str, request: ExecuteRequest, dag: Dag) -> ExecuteReply:
+        """The execution this key created (200), or a new one (201) the key then names for its TTL. A retry
+        after a 503 or a lost answer is therefore safe: it never creates a second execution."""
+        fingerprint = hashlib.sha256(_encode(msgspec.structs.replace(request, idempotency_key=None))).hexdigest()
+        record_key = idempotency_key(hashlib.sha256(key.encode()).hexdigest()[:40])
+        for _ in range(3):
+            found = await self.ctx.pipeline.kv_get(self.ctx.bucket, record_key)
+            if found is None:
+                self._admit(len(dag.jobs))
+                shard = await self._shard_for_new()
+                execution_id = self._new_id(shard)
+                record = IdempotencyRecord(execution_id=execution_id, fingerprint=fingerprint, created_at=now_iso())
+                headers = {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-TTL": f"{int(self.idempotency_ttl_s)}s"}
+                try:
+                    await self.ctx.pipeline.publish(kv_subject(self.ctx.bucket, record_key), _encode(record), headers)
+                except JetStreamError as exc:
+                    if exc.wrong_last_sequence:
+                        continue  # the same key at the same moment elsewhere: read what it wrote
+                    raise
+                return ExecuteReply(execution=await self._create(request, dag, shard, execution_id))
+            record = _idempotency_decoder.decode(found[0])
+            if record.fingerprint != fingerprint:
+                raise Conflict(
+                    f"Idempotency-Key {key!r} was already used with a different request "
+                    f"(it created execution {record.execution_id})"
+                )
+            return await self._existing(key, record, request, dag)
+        raise Unavailable("the Idempotency-Key is being used by another request right now; try again")
+
+    async def _existing(self, key: str, record: IdempotencyRecord, request: ExecuteRequest, dag: Dag) -> ExecuteReply:
+        """What an earlier request with this key created, finishing the creation if its creator died midway."""
+        execution_id = record.execution_id
+        deadline = time.monotonic() + OWNER_WAIT_S
+        while True:
+            try:
+                return ExecuteReply(execution=await self.get(ExecutionRef(execution_id=execution_id)), created=False)
+            except NotFound:
+                pass
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)  # its creator may be writing it right now
+        # Its creator died between naming it and committing it: create it now, under the same id, in its shard.
+        shard = self.manager.held.get(self.manager.shard_of(execution_id))
+        if shard is None:
+            msg = await forward(
+                self.ctx.nc,
+                self.names.scheduler_shard(self.manager.shard_of(execution_id), "execute"),
+                _encode(ExecuteCommand(request=request, idempotency_key=key)),
+                service="scheduler replica",
+                timeout=self.timeout_s,
+            )
+            return _reply(msg, ExecuteReply)
+        with contextlib.suppress(Fenced):
+            await self.ctx.journal.purge(execution_id)  # a journal without a record: never committed
+            return ExecuteReply(execution=await self._create(request, dag, shard, execution_id))
+        return ExecuteReply(execution=await self.get(ExecutionRef(execution_id=execution_id)), created=False)
 
     async def _staged(self, name: str) -> ExecuteRequest:
         try:
@@ -422,3 +510,11 @@ def _page(state: machine.ExecutionState, offset: int, limit: int) -> JobList:
         total=len(state.jobs),
         next_offset=index if index < len(state.jobs) else None,
     )
+
+
+def _reply(msg: Msg, reply: type[T]) -> T:
+    """A forwarded command's answer, or its error as the owner raised it."""
+    headers = msg.headers or {}
+    if ERROR_CODE_HEADER in headers:
+        raise CommandError(headers.get(ERROR_HEADER) or "the owning scheduler failed", int(headers[ERROR_CODE_HEADER]))
+    return msgspec.json.decode(msg.data, type=reply)

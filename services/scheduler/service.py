@@ -164,6 +164,7 @@ class SchedulerService:
             max_jobs=self.settings.max_jobs,
             max_open_jobs=self.settings.max_open_jobs,
             timeout_s=ctx.nats.request_timeout_s,
+            idempotency_ttl_s=self.settings.idempotency_ttl_s,
         )
         owner_endpoints = commands.owner_endpoints()
 

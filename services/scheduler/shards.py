@@ -67,7 +67,7 @@ async def read_layout(pipeline: Pipeline, bucket: str, wanted: int) -> int:
 
 
 @dataclass
-class _Shard:
+class Shard:
     n: int
     revision: int
     intake: Intake
@@ -89,7 +89,7 @@ class ShardManager:
     replica_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     round_s: float = 1.0
     owned: dict[str, Owned] = field(default_factory=dict)
-    held: dict[int, _Shard] = field(default_factory=dict)
+    held: dict[int, Shard] = field(default_factory=dict)
     reloading: set[str] = field(default_factory=set)
     context: Any = None
     """The lifecycle.Context of this replica (set once built: it refers back to this manager)."""
@@ -260,7 +260,7 @@ class ShardManager:
                 return False  # another replica was faster
             raise
         intake = Intake(self.nc, self.names, n, self.route, ack_wait_s=self.ack_wait_s)
-        shard = _Shard(n, revision, intake)
+        shard = Shard(n, revision, intake)
         self.held[n] = shard
         log.info("shard acquired", shard=n, epoch=revision)
         try:
@@ -288,7 +288,7 @@ class ShardManager:
             log.info("shard adopted", shard=n, executions=len(todo))
         return True
 
-    async def _retry_adopt(self, execution_id: str, shard: _Shard) -> None:
+    async def _retry_adopt(self, execution_id: str, shard: Shard) -> None:
         try:
             for delay in (1, 2, 4, 8, 8, 8):
                 await asyncio.sleep(delay)
@@ -302,7 +302,7 @@ class ShardManager:
         finally:
             self.reloading.discard(execution_id)
 
-    async def adopt_straggler(self, execution_id: str, shard: _Shard) -> None:
+    async def adopt_straggler(self, execution_id: str, shard: Shard) -> None:
         self.reloading.add(execution_id)
         try:
             await self._adopt_one(execution_id, shard)
@@ -314,7 +314,7 @@ class ShardManager:
         for shard in self.held.values():
             shard.intake.consumer.reset()
 
-    async def _adopt_one(self, execution_id: str, shard: _Shard) -> None:
+    async def _adopt_one(self, execution_id: str, shard: Shard) -> None:
         if execution_id in self.owned:
             return
         owned = await adopt(self.context, execution_id, shard.n, shard.revision)
@@ -373,7 +373,7 @@ class ShardManager:
             headers = {"KV-Operation": "DEL"}
             await self.pipeline.publish(f"$KV.{self.bucket}.{replica_key(self.replica_id)}", b"", headers)
 
-    def owned_shard_for_new(self) -> _Shard | None:
+    def owned_shard_for_new(self) -> Shard | None:
         """A shard to place a new execution in: the one holding the fewest open executions here."""
         ready = [s for s in self.held.values() if not s.adopting]
         if not ready:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, get, post
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from shared.api import ExecuteResponse, ExecutionListResponse, ExecutionResponse, JobListResponse
-from shared.ids import ID_RE, WORKFLOW_RE
+from shared.ids import ID_RE, IDEMPOTENCY_KEY_RE, WORKFLOW_RE, check_idempotency_key
 from shared.messages import ExecuteRequest, ExecutionStatus, ExecutionView, ListExecutions
 
 from ..backend import Backend
@@ -38,13 +39,34 @@ class ExecutionController(Controller):
         description="Validates the DAG (ids, dependencies, cycles, limits: a 400 names the problem), persists "
         "it and queues every job without dependencies. A status query right after the 201 finds it, and it "
         "survives any restart. 503 while the open jobs of all executions would exceed `JETDAG_MAX_OPEN_JOBS`.",
-        responses=errors(400, 413, 415),
+        responses={
+            200: ResponseSpec(
+                ExecuteResponse, description="The Idempotency-Key was used before with this body: its execution"
+            ),
+            **errors(400, 409, 413, 415),
+        },
         before_request=strict_body(
             ExecuteRequest, lambda body: ((f"jobs[{i}].config", job.config) for i, job in enumerate(body.jobs))
         ),
     )
-    async def execute(self, data: ExecuteRequest, backend: Backend) -> ExecuteResponse:
-        return summary(await backend.execute(data))
+    async def execute(
+        self,
+        data: ExecuteRequest,
+        backend: Backend,
+        idempotency_key: Annotated[
+            str | None,
+            Parameter(
+                header="Idempotency-Key",
+                pattern=IDEMPOTENCY_KEY_RE.pattern,
+                description="Makes retrying this POST safe: the same key with the same body returns the execution "
+                "it created (200) instead of creating another; with another body it is a 409. Kept 24 h.",
+            ),
+        ] = None,
+    ) -> Response[ExecuteResponse]:
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+        reply = await backend.execute(data, idempotency_key)
+        return Response(summary(reply.execution), status_code=HTTP_201_CREATED if reply.created else HTTP_200_OK)
 
     @get(
         "/{executionId:str}",
