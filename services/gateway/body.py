@@ -15,7 +15,7 @@ import msgspec
 from litestar import Request
 
 from shared.commands import Invalid
-from shared.ids import ID_RE, NAME_RE, WORKFLOW_RE
+from shared.ids import ID_RE, IDEMPOTENCY_KEY_RE, NAME_RE, WORKFLOW_RE
 from shared.nesting import MAX_NESTING, nesting_exceeds
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -28,6 +28,7 @@ _PATTERNS = {
     f"matching regex '{ID_RE.pattern}'": "of 1-128 characters of A-Z, a-z, 0-9, '_' or '-'",
     f"matching regex '{NAME_RE.pattern}'": "of 1-64 characters of A-Z, a-z, 0-9, '_' or '-' without '__'",
     f"matching regex '{WORKFLOW_RE.pattern}'": "of 1-128 characters of A-Z, a-z, 0-9, '_', '-', '.' or ':'",
+    f"matching regex '{IDEMPOTENCY_KEY_RE.pattern}'": "of 1-255 characters of A-Z, a-z, 0-9, '_', '-', '.' or ':'",
 }
 
 

@@ -52,7 +52,8 @@ def _parameter_message(request: Request[Any, Any, Any], key: str, source: str, m
     field = request.route_handler.parsed_fn_signature.parameters.get(key)
     public = key
     if field is not None and field.kwarg_definition is not None:
-        public = getattr(field.kwarg_definition, "query", None) or key
+        definition = field.kwarg_definition
+        public = getattr(definition, "query", None) or getattr(definition, "header", None) or key
     values = _literal_values(field.annotation) if field is not None else []
     if values and message.startswith("Invalid enum value"):
         rule = f"must be one of {', '.join(values)}"
@@ -64,7 +65,12 @@ def _parameter_message(request: Request[Any, Any, Any], key: str, source: str, m
         rule = f"must be {match['form'].removeprefix('of ')}"
     else:
         rule = f"is invalid: {message}"
-    given = request.path_params.get(key) if source == "path" else request.query_params.get(public)
+    if source == "path":
+        given = request.path_params.get(key)
+    elif source == "header":
+        given = request.headers.get(public)
+    else:
+        given = request.query_params.get(public)
     return f"{source} parameter {public} {rule}" + (f" (got {given!r})" if given is not None else "")
 
 
@@ -85,7 +91,7 @@ def _validation_message(request: Request[Any, Any, Any], exc: ValidationExceptio
             parts.append("the body is empty; a JSON object is required" if message == "'data'" else message)
         elif key and source == "body":
             parts.append(f"{key}: {message}")
-        elif key and source in ("path", "query") and message:
+        elif key and source in ("path", "query", "header") and message:
             parts.append(_parameter_message(request, str(key), str(source), message))
         elif message:
             parts.append(message)

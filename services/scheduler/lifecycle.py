@@ -185,6 +185,8 @@ class _Effects:
     at: str
     final: bool
     status_changed: ExecutionPatch | None
+    events: list[tuple[str, bytes, str]]
+    """The step's events as of the step (built when it was committed: the state moves on meanwhile)."""
 
 
 class _RecordDue:
@@ -414,7 +416,8 @@ class Owned:
         self._arm_timers(patches)
         if steps:
             status_changed = execution if execution is not None and state.status != was else None
-            self._queue_effects(_Effects(steps, self.seq, env.now, state.final, status_changed))
+            events = self._events(steps, env.now, status_changed)
+            self._queue_effects(_Effects(steps, self.seq, env.now, state.final, status_changed, events))
 
     def _queue_effects(self, effects: _Effects | _RecordDue | _RepublishDue) -> None:
         if self.gone:
@@ -538,7 +541,8 @@ class Owned:
             jobs = [j for j in jobs if j.status == "queued" and not j.placed]
             if jobs:
                 await self.publish(jobs)
-        await self._announce(e)
+        if e.events:
+            await self._publish_events(e.events)
         completed = [p.job for step in e.steps for p in step.jobs if p.status == "completed"]
         self._completed_since_checkpoint.extend(completed)
         if e.final:
@@ -596,18 +600,21 @@ class Owned:
         await self.ctx.dispatcher.withdraw(self.execution_id)
         await self.ctx.dispatcher.notify_cancel(self.execution_id, self.state.round)
 
-    async def _announce(self, e: _Effects) -> None:
+    def _events(
+        self, steps: list[Step], at: str, status_changed: ExecutionPatch | None
+    ) -> list[tuple[str, bytes, str]]:
+        """The events of one commit, as of now: its job changes (batched), then the execution's own change."""
         state = self.state
         # One change per job per commit, in the order jobs first changed: what a job went through within a
         # few milliseconds (ready then queued, queued then completed) shows as where it ended up.
         changed: dict[str, None] = {}
-        for step in e.steps:
+        for step in steps:
             for patch in step.jobs:
                 if change_of(patch):
                     changed[patch.job] = None
-        changes = [job_change(state, state.jobs[state.by_id[job_id]], e.at) for job_id in changed]
-        names = self.ctx.names
-        if changes:
+        messages: list[tuple[str, bytes, str]] = []
+        if changed:
+            changes = [job_change(state, state.jobs[state.by_id[job_id]], at) for job_id in changed]
             prog = progress(state.counts, len(state.jobs))
             parts: list[list[JobChange]] = [[]]
             size = 0
@@ -618,40 +625,35 @@ class Owned:
                     size = 0
                 parts[-1].append(change)
                 size += n
-            messages = [
-                (
-                    names.execution_event(self.execution_id, "jobs"),
-                    _encode(
-                        JobsEvent(execution_id=self.execution_id, round=state.round, at=e.at, jobs=part, progress=prog)
-                    ),
-                    jobs_event_msg_id(self.execution_id, e.seq, n),
-                )
-                for n, part in enumerate(parts)
-            ]
-            await self._publish_events(messages)
-        if e.status_changed is not None and e.status_changed.status is not msgspec.UNSET:
-            what: str = e.status_changed.status
-            if what == "pending" and e.status_changed.round is not msgspec.UNSET:
+            subject = self.ctx.names.execution_event(self.execution_id, "jobs")
+            for n, part in enumerate(parts):
+                event = JobsEvent(execution_id=self.execution_id, round=state.round, at=at, jobs=part, progress=prog)
+                messages.append((subject, _encode(event), jobs_event_msg_id(self.execution_id, self.seq, n)))
+        if status_changed is not None and status_changed.status is not msgspec.UNSET:
+            what: str = status_changed.status
+            if what == "pending" and status_changed.round is not msgspec.UNSET:
                 what = "retried"
             if what not in FINAL_EXECUTION_STATES:  # the final event goes out once the snapshot is written
-                await self.execution_event(what)
+                messages.append(self._execution_event(what, at))
+        return messages
 
-    async def execution_event(self, what: str) -> None:
+    def _execution_event(self, what: str, at: str) -> tuple[str, bytes, str]:
         state = self.state
         event = ExecutionEvent(
             execution_id=self.execution_id,
             workflow_id=state.workflow_id,
             status=state.status,
-            at=self.ctx.env().now,
+            at=at,
             progress=progress(state.counts, len(state.jobs)),
             checkpoint_id=self.checkpoint_id,
             error=state.error,
             round=state.round,
         )
         subject = self.ctx.names.execution_event(self.execution_id, what)
-        await self._publish_events(
-            [(subject, _encode(event), execution_event_msg_id(self.execution_id, what, state.round))]
-        )
+        return subject, _encode(event), execution_event_msg_id(self.execution_id, what, state.round)
+
+    async def execution_event(self, what: str) -> None:
+        await self._publish_events([self._execution_event(what, self.ctx.env().now)])
 
     async def _publish_events(self, messages: list[tuple[str, bytes, str]]) -> None:
         # Events describe what the journal already holds: one that cannot be stored is logged, not retried
