@@ -237,6 +237,8 @@ class ExecuteCommand(Message):
     staged: str | None = None
     idempotency_key: str | None = None
     """From the `Idempotency-Key` header (the request's own field counts too)."""
+    submitted_by: str | None = None
+    """Name of the API token that submitted it (None: auth off); its open executions are counted."""
 
 
 class ExecuteReply(Message):
@@ -614,6 +616,7 @@ class JournalCreated(JournalEntry, tag="created"):
     part: int
     parts: int
     jobs: list[JobConfig]
+    submitted_by: str | None = None
 
 
 class JournalAdopted(JournalEntry, tag="adopted"):
@@ -645,6 +648,7 @@ class JournalReopened(JournalEntry, tag="reopened"):
     error: str | None
     generation: int
     parts: int
+    submitted_by: str | None = None
 
 
 AnyJournalEntry = JournalCreated | JournalAdopted | JournalStep | JournalReopened
@@ -673,6 +677,8 @@ class ExecutionRecord(Message):
     error: str | None = None
     snapshot: int = 0
     """Generation of the job snapshot written when the execution last ended (0: none yet)."""
+    submitted_by: str | None = None
+    """Name of the API token that submitted it."""
     snapshot_parts: int = 0
 
 

@@ -233,6 +233,17 @@ class ExecutionSettings:
         "Default of a job's `scheduleTimeoutS`: a job no worker started this long after it was queued fails; 0: "
         "it waits as long as it takes.",
     )
+    max_types_per_execution: int = env(
+        "JETDAG_MAX_TYPES_PER_EXECUTION",
+        256,
+        "Most distinct (capability, job type) pairs one execution may use; 0: no limit.",
+    )
+    max_open_per_token: int = env(
+        "JETDAG_MAX_OPEN_EXECUTIONS_PER_TOKEN",
+        1000,
+        "Most open (not finished) executions one API token may have; one more is a 429. 0: no limit. Without "
+        "tokens (a loopback dev stack) there is no per-token count.",
+    )
     idempotency_ttl_s: float = env(
         "JETDAG_IDEMPOTENCY_TTL_S",
         24 * 3600.0,

@@ -277,3 +277,18 @@ async def test_api_token_command_and_the_client_with_its_token(stack: Stack, mad
     async with AsyncClient(stack.url.removesuffix("/api/distributed")) as anonymous:
         with pytest.raises(Unauthorized, match="this request needs an API token"):
             await anonymous.workers()
+
+
+async def test_a_token_may_hold_only_so_many_open_executions(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.up(JETDAG_API_TOKENS=TOKENS, JETDAG_MAX_OPEN_EXECUTIONS_PER_TOKEN="2")
+    body = {"workflowId": "limit", "jobs": [{"id": "a", "name": "a", "type": "noop", "dependsOn": [], "config": {}}]}
+    # No worker: they stay open.
+    for _ in range(2):
+        assert (await http.post(f"{stack.url}/execute", json=body, headers=bearer(WRITER))).status_code == 201
+    r = await http.post(f"{stack.url}/execute", json=body, headers=bearer(WRITER))
+    assert r.status_code == 429, r.text
+    assert r.json()["error"] == (
+        "token ci has 2 open executions (the limit is 2, JETDAG_MAX_OPEN_EXECUTIONS_PER_TOKEN); wait for some to end"
+    )
+    # Another token has its own count.
+    assert (await http.post(f"{stack.url}/execute", json=body, headers=bearer(ADMIN))).status_code == 201

@@ -259,3 +259,84 @@ def test_nats_config_prints_what_a_nats_server_runs(tmp_path: Path) -> None:
         [find_nats_server(), "-c", str(conf), "-t"], check=False, capture_output=True, text=True, timeout=30
     )
     assert check.returncode == 0, check.stderr
+
+
+async def test_reports_forged_with_a_worker_credential_change_nothing(
+    secure_nats: SecureNats, secure_stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """A worker credential may publish reports (its job), but a report counts only with the token of the job's
+    current dispatch: a forged completion, failure or start of a job it was not given changes nothing, and the
+    scheduler says so in its log, naming the worker id the report claims."""
+    await secure_stack.up()
+    names = secure_stack.names
+    eid = await submit(
+        http, secure_stack.url, [job("train", "sleep", config={"seconds": 30}), job("eval", "noop", ["train"])]
+    )
+
+    async def queued() -> bool:
+        return bool((await jobs(http, secure_stack.url, eid))["train"]["status"] == "queued")
+
+    await wait_for(queued, timeout=10, message="the job queued (no worker runs it here)")
+    forger = await secure_nats.connect(Role.WORKER)
+    try:
+        now = "2026-12-02T00:00:00.000Z"
+        common = {"executionId": eid, "jobId": "train", "token": "0123456789abcdef", "at": now}
+        reports = [
+            {"kind": "finished", **common, "attempt": 1, "ok": True, "startedAt": now, "durationMs": 1,
+             "result": {"model": "backdoored"}},
+            {"kind": "finished", **common, "attempt": 1, "ok": False, "startedAt": now, "durationMs": 1,
+             "error": {"type": "E", "message": "forged"}, "retryable": False},
+            {"kind": "started", **common, "attempt": 1},
+        ]  # fmt: skip
+        for n in range(8):  # whatever shard the execution is in
+            batch = {"workerId": "impostor", "reports": reports}
+            await forger.jetstream().publish(names.reports(n), json.dumps(batch).encode())
+        scheduler = next(p for p in secure_stack.procs if p.name == "scheduler")
+        await wait_for(
+            lambda: len([x for x in scheduler.log_lines() if x.get("event") == "report ignored"]) >= 3,
+            timeout=10,
+            message="the scheduler to log the forged reports",
+        )
+        ignored = [x for x in scheduler.log_lines() if x.get("event") == "report ignored"]
+        assert {x["claimedWorker"] for x in ignored} == {"impostor"} and {x["jobId"] for x in ignored} == {"train"}
+        listing = await jobs(http, secure_stack.url, eid)
+        assert listing["train"]["status"] == "queued" and listing["train"]["result"] is None
+        assert listing["eval"]["status"] == "pending" and listing["train"]["deliveries"] == []
+    finally:
+        await forger.close()
+    assert (await status(http, secure_stack.url, eid))["status"] == "pending"
+
+
+async def test_consumers_follow_the_worker_pools_not_the_types_clients_send(
+    secure_stack: Stack, http: httpx.AsyncClient, secure_nats: SecureNats
+) -> None:
+    """One request with 1,000 distinct job types creates no consumer (consumers exist for the pools workers
+    serve), and new workers still start and run jobs afterwards. By default such a request is refused."""
+    await secure_stack.up()
+    r = await http.post(
+        f"{secure_stack.url}/execute", json={"workflowId": "many", "jobs": [job(f"j{i}", f"t{i}") for i in range(300)]}
+    )
+    assert r.status_code == 400 and "JETDAG_MAX_TYPES_PER_EXECUTION" in r.json()["error"], r.text
+    secure_stack.env_overrides["JETDAG_MAX_TYPES_PER_EXECUTION"] = "0"
+    scheduler = next(p for p in secure_stack.procs if p.name == "scheduler")
+    await scheduler.aterminate()
+    await secure_stack.scheduler("scheduler-2")
+    operator = await secure_nats.connect(Role.OPERATOR)
+    try:
+        js = operator.jetstream()
+        before = (await js.stream_info(secure_stack.names.jobs_stream)).state.consumer_count
+        eid = await submit(http, secure_stack.url, [job(f"j{i}", f"type{i}") for i in range(1000)])
+
+        async def all_queued() -> bool:
+            return bool((await status(http, secure_stack.url, eid))["progress"]["queued"] == 1000)
+
+        await wait_for(all_queued, timeout=30, message="the 1,000 jobs queued")
+        assert (await js.stream_info(secure_stack.names.jobs_stream)).state.consumer_count == before
+        await secure_stack.worker("w1")
+        other = await submit(http, secure_stack.url, [job("a")])
+        assert (await wait_final(http, secure_stack.url, other))["status"] == "completed"
+        # The worker's pools: its capability plus `any`, times its handler types.
+        assert (await js.stream_info(secure_stack.names.jobs_stream)).state.consumer_count <= before + 2 * 3
+        assert (await http.post(f"{secure_stack.url}/execute/{eid}/cancel")).status_code == 200
+    finally:
+        await operator.close()

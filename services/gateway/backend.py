@@ -119,12 +119,16 @@ class Backend:
 
     # --- executions and queue ------------------------------------------------------------------------
 
-    async def execute(self, request: ExecuteRequest, idempotency_key: str | None = None) -> ExecuteReply:
+    async def execute(
+        self, request: ExecuteRequest, idempotency_key: str | None = None, submitted_by: str | None = None
+    ) -> ExecuteReply:
         # One NATS message carries at most the server's max_payload (1 MiB by default): a DAG whose command
         # is larger is staged in the object store and the command names it (the scheduler reads and deletes
         # it). The decision is on the command as encoded, defaults filled in, which can be more than twice
         # the size of the body a client sent.
-        inline = _encoder.encode(ExecuteCommand(request=request, idempotency_key=idempotency_key))
+        inline = _encoder.encode(
+            ExecuteCommand(request=request, idempotency_key=idempotency_key, submitted_by=submitted_by)
+        )
         if len(inline) <= self.nc.max_payload - HEADROOM_BYTES:
             return await self._scheduler("execute", inline, ExecuteReply, slow=True)
         try:
@@ -133,7 +137,7 @@ class Backend:
             await asyncio.wait_for(store.put(name, msgspec.json.encode(request)), self.timeout * 4)
         except Exception as exc:
             raise Unavailable(f"could not stage the submission in NATS ({_describe(exc)})") from None
-        command = ExecuteCommand(staged=name, idempotency_key=idempotency_key)
+        command = ExecuteCommand(staged=name, idempotency_key=idempotency_key, submitted_by=submitted_by)
         return await self._scheduler("execute", command, ExecuteReply, slow=True)
 
     async def get_execution(self, execution_id: str) -> ExecutionView:

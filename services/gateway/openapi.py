@@ -65,6 +65,7 @@ _DESCRIPTIONS = {
     404: "The worker or execution does not exist",
     409: "The request conflicts with the resource's state",
     413: "The body is larger than the configured limit",
+    429: "The token has as many open executions as it may (JETDAG_MAX_OPEN_EXECUTIONS_PER_TOKEN)",
     503: "A backing service (NATS, the registry, the scheduler) did not answer in time",
 }
 

@@ -94,6 +94,8 @@ class Commands:
     max_open_jobs: int
     timeout_s: float
     idempotency_ttl_s: float = 24 * 3600.0
+    max_types: int = 0
+    max_open_per_token: int = 0
     _counts: tuple[float, bool] | None = None
 
     def endpoints(self) -> dict[str, Endpoint]:
@@ -193,16 +195,25 @@ class Commands:
         key = cmd.idempotency_key or request.idempotency_key
         if cmd.idempotency_key and request.idempotency_key and cmd.idempotency_key != request.idempotency_key:
             raise Invalid("the Idempotency-Key header and the idempotencyKey field differ; send one of them")
-        dag = validate(request, self.max_jobs)
+        dag = validate(request, self.max_jobs, self.max_types)
         if key is None:
-            self._admit(len(dag.jobs))
+            self._admit(len(dag.jobs), cmd.submitted_by)
             shard = await self._shard_for_new()
-            return ExecuteReply(execution=await self._create(request, dag, shard, self._new_id(shard)))
-        return await self._idempotent(check_idempotency_key(key), request, dag)
+            execution_id = self._new_id(shard)
+            return ExecuteReply(execution=await self._create(request, dag, shard, execution_id, cmd.submitted_by))
+        return await self._idempotent(check_idempotency_key(key), request, dag, cmd.submitted_by)
 
-    def _admit(self, jobs: int) -> None:
-        """Backpressure: refuse a submission that would push the open jobs over the bound, before anything of
-        it is written."""
+    def _admit(self, jobs: int, submitted_by: str | None) -> None:
+        """Backpressure: refuse a submission that would push the open jobs over the bound, or its token's open
+        executions over theirs, before anything of it is written."""
+        if submitted_by is not None and self.max_open_per_token:
+            open_executions = self.index.open_for(submitted_by)
+            if open_executions >= self.max_open_per_token:
+                raise CommandError(
+                    f"token {submitted_by} has {open_executions} open executions (the limit is "
+                    f"{self.max_open_per_token}, JETDAG_MAX_OPEN_EXECUTIONS_PER_TOKEN); wait for some to end",
+                    429,
+                )
         open_jobs = self.index.open_jobs
         if open_jobs + jobs > self.max_open_jobs:
             raise Unavailable(
@@ -225,7 +236,9 @@ class Commands:
             execution_id = new_execution_id()
         return execution_id
 
-    async def _create(self, request: ExecuteRequest, dag: Dag, shard: Shard, execution_id: str) -> ExecutionView:
+    async def _create(
+        self, request: ExecuteRequest, dag: Dag, shard: Shard, execution_id: str, submitted_by: str | None
+    ) -> ExecutionView:
         owned = await create(
             self.ctx,
             execution_id=execution_id,
@@ -234,6 +247,7 @@ class Commands:
             jobs=list(dag.jobs.values()),
             shard=shard.n,
             epoch=shard.revision,
+            submitted_by=submitted_by,
         )
         self.manager.owned[execution_id] = owned
         view = await owned.view()
@@ -249,7 +263,7 @@ class Commands:
         )
         return view
 
-    async def _idempotent(self, key: str, request: ExecuteRequest, dag: Dag) -> ExecuteReply:
+    async def _idempotent(self, key: str, request: ExecuteRequest, dag: Dag, submitted_by: str | None) -> ExecuteReply:
         """The execution this key created (200), or a new one (201) the key then names for its TTL. A retry
         after a 503 or a lost answer is therefore safe: it never creates a second execution."""
         fingerprint = hashlib.sha256(_encode(msgspec.structs.replace(request, idempotency_key=None))).hexdigest()
@@ -257,7 +271,7 @@ class Commands:
         for _ in range(3):
             found = await self.ctx.pipeline.kv_get(self.ctx.bucket, record_key)
             if found is None:
-                self._admit(len(dag.jobs))
+                self._admit(len(dag.jobs), submitted_by)
                 shard = await self._shard_for_new()
                 execution_id = self._new_id(shard)
                 record = IdempotencyRecord(execution_id=execution_id, fingerprint=fingerprint, created_at=now_iso())
@@ -268,17 +282,19 @@ class Commands:
                     if exc.wrong_last_sequence:
                         continue  # the same key at the same moment elsewhere: read what it wrote
                     raise
-                return ExecuteReply(execution=await self._create(request, dag, shard, execution_id))
+                return ExecuteReply(execution=await self._create(request, dag, shard, execution_id, submitted_by))
             record = _idempotency_decoder.decode(found[0])
             if record.fingerprint != fingerprint:
                 raise Conflict(
                     f"Idempotency-Key {key!r} was already used with a different request "
                     f"(it created execution {record.execution_id})"
                 )
-            return await self._existing(key, record, request, dag)
+            return await self._existing(key, record, request, dag, submitted_by)
         raise Unavailable("the Idempotency-Key is being used by another request right now; try again")
 
-    async def _existing(self, key: str, record: IdempotencyRecord, request: ExecuteRequest, dag: Dag) -> ExecuteReply:
+    async def _existing(
+        self, key: str, record: IdempotencyRecord, request: ExecuteRequest, dag: Dag, submitted_by: str | None
+    ) -> ExecuteReply:
         """What an earlier request with this key created, finishing the creation if its creator died midway."""
         execution_id = record.execution_id
         deadline = time.monotonic() + OWNER_WAIT_S
@@ -296,14 +312,14 @@ class Commands:
             msg = await forward(
                 self.ctx.nc,
                 self.names.scheduler_shard(self.manager.shard_of(execution_id), "execute"),
-                _encode(ExecuteCommand(request=request, idempotency_key=key)),
+                _encode(ExecuteCommand(request=request, idempotency_key=key, submitted_by=submitted_by)),
                 service="scheduler replica",
                 timeout=self.timeout_s,
             )
             return _reply(msg, ExecuteReply)
         with contextlib.suppress(Fenced):
             await self.ctx.journal.purge(execution_id)  # a journal without a record: never committed
-            return ExecuteReply(execution=await self._create(request, dag, shard, execution_id))
+            return ExecuteReply(execution=await self._create(request, dag, shard, execution_id, submitted_by))
         return ExecuteReply(execution=await self.get(ExecutionRef(execution_id=execution_id)), created=False)
 
     async def _staged(self, name: str) -> ExecuteRequest:

@@ -42,13 +42,21 @@ def _find_cycle(jobs: dict[str, JobConfig], stuck: set[str]) -> list[str]:
     return [*cycle, cycle[0]]
 
 
-def validate(request: ExecuteRequest, max_jobs: int) -> Dag:
-    """Check `request` and return its graph; raise Invalid (400) naming the first problem."""
+def validate(request: ExecuteRequest, max_jobs: int, max_pools: int = 0) -> Dag:
+    """Check `request` and return its graph; raise Invalid (400) naming the first problem. `max_pools` bounds
+    the distinct (capability, type) pairs one execution may use (0: no bound)."""
     jobs: Sequence[JobConfig] = request.jobs
     if not jobs:
         raise Invalid("jobs must not be empty: an execution needs at least one job")
     if len(jobs) > max_jobs:
         raise Invalid(f"too many jobs: {len(jobs)} (the limit is {max_jobs})")
+    if max_pools:
+        pools = {(job.capability, job.type) for job in jobs}
+        if len(pools) > max_pools:
+            raise Invalid(
+                f"the jobs use {len(pools)} distinct (capability, type) pairs; the limit is {max_pools} "
+                "(JETDAG_MAX_TYPES_PER_EXECUTION)"
+            )
     by_id: dict[str, JobConfig] = {}
     for index, job in enumerate(jobs):
         if job.id in by_id:

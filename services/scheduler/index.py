@@ -60,6 +60,7 @@ class _View:
         self.totals = Counts()
         self.archive = Archive()
         """What executions removed by retention counted (services/scheduler/retention.py)."""
+        self.open_by_submitter: dict[str, int] = {}
         self._workflows: dict[str, str] = {}
 
     def removed_uncounted(self) -> tuple[int, int]:
@@ -78,6 +79,7 @@ class _View:
         done = self.finished.pop(key, None)
         if old is not None:
             self._add(old[0].counts, -1)
+            self._count_open(old[0].submitted_by, -1)
         elif done is not None:
             self.totals.completed -= done.completed
             self.totals.failed -= done.failed
@@ -103,7 +105,16 @@ class _View:
             return done
         self.open[key] = (record, revision)
         self._add(record.counts, 1)
+        self._count_open(record.submitted_by, 1)
         return None
+
+    def _count_open(self, submitter: str | None, delta: int) -> None:
+        if submitter is not None:
+            n = self.open_by_submitter.get(submitter, 0) + delta
+            if n > 0:
+                self.open_by_submitter[submitter] = n
+            else:
+                self.open_by_submitter.pop(submitter, None)
 
     def _add(self, counts: Counts, sign: int) -> None:
         t = self.totals
@@ -160,6 +171,10 @@ class ExecutionIndex:
     @property
     def running(self) -> int:
         return self._view.totals.running
+
+    def open_for(self, submitter: str) -> int:
+        """Open executions the API token `submitter` submitted."""
+        return self._view.open_by_submitter.get(submitter, 0)
 
     @property
     def open_jobs(self) -> int:

@@ -686,6 +686,7 @@ class Owned:
             error=state.error,
             snapshot=self.snapshot,
             snapshot_parts=self.snapshot_parts,
+            submitted_by=state.submitted_by,
         )
 
     async def _maybe_write_record(self, *, force: bool = False) -> None:

@@ -180,6 +180,8 @@ class ExecutionState:
     completed_at: str | None = None
     error: str | None = None
     counts: Counts = field(default_factory=Counts)
+    submitted_by: str | None = None
+    """The API token that submitted it (its open executions are counted against a limit)."""
     ready: deque[int] = field(default_factory=deque)
     """Ready jobs in the order they became ready: they get free parallelism slots first-come."""
 

@@ -82,6 +82,7 @@ async def replay(
                         created_at=head.at,
                         configs=created,
                     )
+                    state.submitted_by = head.submitted_by
                     started_at = head.at
             case JournalReopened():
                 records = await load_snapshot(ctx, execution_id, entry.generation, entry.parts)
@@ -97,6 +98,7 @@ async def replay(
                     error=entry.error,
                     records=records,
                 )
+                state.submitted_by = entry.submitted_by
                 started_at = entry.started_at
                 generation = entry.generation
             case JournalAdopted():
@@ -173,6 +175,7 @@ async def create(
     jobs: list[JobConfig],
     shard: int,
     epoch: int,
+    submitted_by: str | None = None,
 ) -> Owned:
     """Journal the DAG, fence it as ours, write the record (the commit point: from here on it exists)."""
     now = ctx.env().now
@@ -184,6 +187,7 @@ async def create(
         created_at=now,
         configs=jobs,
     )
+    state.submitted_by = submitted_by
     chunks = _chunks(jobs)
     entries = [
         _encode(
@@ -195,6 +199,7 @@ async def create(
                 part=n,
                 parts=len(chunks),
                 jobs=chunk,
+                submitted_by=submitted_by,
             )
         )
         for n, chunk in enumerate(chunks)
@@ -237,6 +242,7 @@ async def reopen(ctx: Context, record: ExecutionRecord, shard: int, epoch: int) 
         error=record.error,
         records=records,
     )
+    state.submitted_by = record.submitted_by
     await _load_large_results(ctx, state)
     last = await ctx.journal.last_seq(execution_id)
     entries = [
@@ -254,6 +260,7 @@ async def reopen(ctx: Context, record: ExecutionRecord, shard: int, epoch: int) 
                 error=record.error,
                 generation=record.snapshot,
                 parts=record.snapshot_parts,
+                submitted_by=record.submitted_by,
             )
         ),
         _encode(JournalAdopted(at=ctx.env().now, owner=ctx.replica_id, epoch=epoch)),

@@ -165,6 +165,8 @@ class SchedulerService:
             max_open_jobs=self.settings.max_open_jobs,
             timeout_s=ctx.nats.request_timeout_s,
             idempotency_ttl_s=self.settings.idempotency_ttl_s,
+            max_types=self.settings.max_types_per_execution,
+            max_open_per_token=self.settings.max_open_per_token,
         )
         owner_endpoints = commands.owner_endpoints()
 

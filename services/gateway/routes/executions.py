@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
@@ -15,6 +15,7 @@ from shared.messages import ExecuteRequest, ExecutionStatus, ExecutionView, List
 
 from ..backend import Backend
 from ..body import strict_body
+from ..guard import TOKEN_STATE
 from ..openapi import PathId, errors
 
 
@@ -43,7 +44,7 @@ class ExecutionController(Controller):
             200: ResponseSpec(
                 ExecuteResponse, description="The Idempotency-Key was used before with this body: its execution"
             ),
-            **errors(400, 409, 413, 415),
+            **errors(400, 409, 413, 415, 429),
         },
         before_request=strict_body(
             ExecuteRequest, lambda body: ((f"jobs[{i}].config", job.config) for i, job in enumerate(body.jobs))
@@ -52,6 +53,7 @@ class ExecutionController(Controller):
     async def execute(
         self,
         data: ExecuteRequest,
+        request: Request[Any, Any, Any],
         backend: Backend,
         idempotency_key: Annotated[
             str | None,
@@ -65,7 +67,8 @@ class ExecutionController(Controller):
     ) -> Response[ExecuteResponse]:
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
-        reply = await backend.execute(data, idempotency_key)
+        token = request.state.get(TOKEN_STATE)
+        reply = await backend.execute(data, idempotency_key, token.name if token is not None else None)
         return Response(summary(reply.execution), status_code=HTTP_201_CREATED if reply.created else HTTP_200_OK)
 
     @get(
