@@ -473,6 +473,8 @@ class JobFinishedReport(JobReport, tag="finished"):
     cancelled: bool = False
     delivery: int = 1
     logs: list[str] = msgspec.field(default_factory=list)
+    traceparent: str | None = None
+    """W3C trace context of the worker's span of the job (when tracing is on)."""
 
 
 class JobProgressReport(JobReport, tag="progress"):
@@ -617,6 +619,8 @@ class JournalCreated(JournalEntry, tag="created"):
     parts: int
     jobs: list[JobConfig]
     submitted_by: str | None = None
+    traceparent: str | None = None
+    """W3C trace context of the submit (when tracing is on): the execution's dispatches continue that trace."""
 
 
 class JournalAdopted(JournalEntry, tag="adopted"):

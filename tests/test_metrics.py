@@ -17,6 +17,7 @@ from prometheus_client.samples import Sample
 
 from shared.messages import MetricsExposition
 from shared.metrics import HttpMetrics, NatsMetrics, RegistryMetrics, SchedulerMetrics, merge, render
+from tests.api import job, submit, wait_final
 from tests.conftest import Stack, start_nats
 from tests.helpers import ROOT, wait_for
 
@@ -122,6 +123,31 @@ async def test_one_scrape_target_for_every_service(stack: Stack, http: httpx.Asy
     assert value(found, "jetdag_worker_slots_busy", service="registry") == 0
     for service in ("gateway", "registry", "scheduler", "worker"):
         assert value(found, "jetdag_nats_reconnects_total", service=service) == 0
+
+
+async def test_the_scheduler_counts_jobs_executions_and_its_writes(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.up(workers=1, JETDAG_SWEEP_INTERVAL_S="0.2")
+    base = stack.url.removesuffix("/api/distributed")
+    dag = [job("a", "sleep", config={"seconds": 0.2}), job("b", "noop", ["a"]), job("c", "fail", ["a"])]
+    dag.append(job("d", "noop", ["c"]))
+    eid = await submit(http, stack.url, dag)
+    assert (await wait_final(http, stack.url, eid))["status"] == "failed"
+
+    async def counted() -> list[Sample] | None:
+        found = samples((await http.get(f"{base}/metrics")).text)
+        return found if value(found, "jetdag_executions_total", service="scheduler", status="failed") == 1 else None
+
+    found = await wait_for(counted, timeout=20, message="the execution counted")
+    assert value(found, "jetdag_jobs_total", state="completed", type="sleep") == 1
+    assert value(found, "jetdag_jobs_total", state="completed", type="noop") == 1
+    assert value(found, "jetdag_jobs_total", state="failed", type="fail") == 1
+    assert value(found, "jetdag_jobs_total", state="skipped", type="noop") == 1
+    assert value(found, "jetdag_job_duration_seconds_count", type="sleep") == 1
+    assert value(found, "jetdag_job_duration_seconds_sum", type="sleep") >= 0.1
+    assert value(found, "jetdag_job_queue_wait_seconds_count", type="noop") == 1  # b started; d never did
+    assert value(found, "jetdag_scheduler_batch_size_count", service="scheduler") >= 3
+    assert value(found, "jetdag_scheduler_commit_seconds_count", service="scheduler") >= 3
+    assert value(found, "jetdag_executions_open", service="scheduler") == 0
 
 
 def defined_series() -> set[str]:

@@ -166,3 +166,40 @@ async def test_one_trace_from_the_caller_through_the_gateway_to_the_scheduler(
     assert "POST" in http_span.name
     assert client.parent_id == http_span.span_id, "the NATS request is a child of the HTTP request"
     assert command.parent_id == client.span_id, "the scheduler's command span continues the gateway's request"
+
+
+async def test_an_executions_jobs_are_spans_of_its_submit(
+    stack: Stack, http: httpx.AsyncClient, collector: Collector
+) -> None:
+    """The submit's trace goes on: the scheduler's dispatch of each job, the worker's span of the job (in another
+    process), the scheduler's verdict on its result — parent to child across three processes."""
+    await stack.up(
+        workers=1,
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    r = await http.post(
+        f"{stack.url}/execute", json={"workflowId": "traced", "jobs": [job("a"), job("b", "noop", ["a"])]}
+    )
+    assert r.status_code == 201, r.text
+
+    def chain() -> list[tuple[Received, Received, Received]] | None:
+        command = next(
+            (s for s in collector.spans if s.service == "jetdag-scheduler" and s.name.endswith(" execute")), None
+        )
+        if command is None:
+            return None
+        ours = [s for s in collector.spans if s.trace_id == command.trace_id]
+        found = []
+        for dispatch in (s for s in ours if s.name == "dispatch noop" and s.service == "jetdag-scheduler"):
+            run = next((s for s in ours if s.service == "jetdag-worker" and s.parent_id == dispatch.span_id), None)
+            verdict = run and next((s for s in ours if s.name == "result" and s.parent_id == run.span_id), None)
+            if run and verdict:
+                found.append((dispatch, run, verdict))
+        return found if len(found) == 2 else None
+
+    links = await wait_for(chain, timeout=30, message="both jobs' spans in the submit's trace")
+    for dispatch, run, verdict in links:
+        assert run.name == "job noop" and verdict.service == "jetdag-scheduler"
+        assert dispatch.trace_id == run.trace_id == verdict.trace_id

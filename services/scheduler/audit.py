@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 from shared.commands import CommandError, request
 from shared.logging import get_logger
 from shared.messages import ListWorkers, WorkerList, WorkerView
+from shared.metrics import SchedulerMetrics
 from shared.timeutil import ms_from_iso, now_ms
 
 from .lifecycle import Context, Owned
@@ -28,6 +30,9 @@ from .shards import ShardManager
 __all__ = ["Audit", "waiting_reason"]
 
 log = get_logger(__name__)
+METRICS = SchedulerMetrics.process()
+METRICS_EVERY = 5
+"""Rounds between two measurements of the gauges (they walk every owned job)."""
 
 
 def waiting_reason(job_type: str, capability: str | None, workers: list[WorkerView], paused: bool) -> str:
@@ -64,12 +69,27 @@ class Audit:
     _warned: dict[tuple[str, str], str] = field(default_factory=dict)
 
     async def run(self, interval_s: float) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.once()
+                if rounds % METRICS_EVERY == 0:
+                    await self.measure()
             except Exception as exc:
                 log.warning("audit failed; retrying", error=repr(exc))
+            rounds += 1
+
+    async def measure(self) -> None:
+        """The gauges: open executions this replica owns, jobs queued per (capability, type), paused consumers."""
+        owned = [o for o in self.manager.owned.values() if not o.gone and not o.state.final]
+        METRICS.open_executions(len(owned))
+        depths: Counter[tuple[str, str]] = Counter()
+        for o in owned:
+            if o.state.counts.queued:
+                depths.update((j.capability, j.type) for j in o.state.jobs if j.status == "queued")
+        METRICS.queue_depths(depths)
+        METRICS.consumers_paused(await self.queue.paused_consumers())
 
     async def once(self) -> None:
         await self._stragglers()

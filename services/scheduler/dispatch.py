@@ -16,6 +16,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from shared import tracing
 from shared.keys import result_key
 from shared.logging import get_logger
 from shared.messages import CancelNotice, JobBundle, JobItem
@@ -75,6 +76,7 @@ class Outgoing:
     subject: str
     data: bytes
     job_ids: tuple[str, ...]
+    headers: dict[str, str]
 
 
 class Dispatcher:
@@ -137,7 +139,18 @@ class Dispatcher:
                     jobs=part,
                 )
                 msg_id = bundle if len(parts) == 1 else f"{bundle}.{n}"
-                out.append(Outgoing(bundle, msg_id, subject, _encode(message), tuple(i.job_id for i in part)))
+                headers = {"Nats-Msg-Id": msg_id}
+                if tracing.enabled():
+                    # The dispatch is a span of the submit's trace; the worker's span of the job continues it.
+                    attributes: dict[str, str | int] = {
+                        "jetdag.execution_id": state.execution_id,
+                        "jetdag.jobs": len(part),
+                    }
+                    with tracing.span(
+                        f"dispatch {first.type}", parent=state.traceparent, kind="producer", attributes=attributes
+                    ):
+                        headers = tracing.inject(headers) or headers
+                out.append(Outgoing(bundle, msg_id, subject, _encode(message), tuple(i.job_id for i in part), headers))
         # Results that did not fit inline are read by the worker from the bucket: write them before the job goes.
         for key, parent in {k: p for k, p in spilled}.items():
             await self.pipeline.kv_write(self.bucket, key, _encode(parent.result), last=None)
@@ -152,7 +165,7 @@ class Dispatcher:
         return placed
 
     async def _publish_one(self, o: Outgoing) -> bool:
-        headers = {"Nats-Msg-Id": o.msg_id}
+        headers = o.headers
         for attempt in range(PUBLISH_ATTEMPTS):
             try:
                 await self.pipeline.publish(o.subject, o.data, headers)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import random
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from shared import tracing
 from shared.commands import Conflict, Unavailable
 from shared.keys import (
     checkpoint_msg_id,
@@ -39,6 +41,7 @@ from shared.keys import (
 from shared.logging import get_logger
 from shared.messages import (
     FINAL_EXECUTION_STATES,
+    FINAL_JOB_STATES,
     AnyJobReport,
     Checkpoint,
     ExecutionEvent,
@@ -53,6 +56,7 @@ from shared.messages import (
     JournalStep,
     SnapshotPart,
 )
+from shared.metrics import SchedulerMetrics
 from shared.pipeline import JetStreamError, Pipeline
 from shared.subjects import Names
 from shared.timeutil import ms_from_iso, now_ms
@@ -66,6 +70,7 @@ from .views import change_of, execution_view, job_change, progress
 __all__ = ["INLINE_RESULT_BYTES", "AckRef", "Context", "Owned"]
 
 log = get_logger(__name__)
+METRICS = SchedulerMetrics.process()
 
 INLINE_RESULT_BYTES = 64 * 1024
 """Results up to this size live in the journal; larger ones in the executions bucket (`result_key`)."""
@@ -324,6 +329,13 @@ class Owned:
                     job = state.job(report.job_id)
                     if job is not None and report.token == job.token:
                         self.ctx.durations.add(job.capability, job.type, report.duration_ms)
+                    if report.traceparent is not None:
+                        # The scheduler's verdict on a result: a span of the trace the job's dispatch started.
+                        with tracing.span(
+                            "result", parent=report.traceparent, attributes={"jetdag.job_id": report.job_id}
+                        ):
+                            step = machine.on_report(state, env, report, worker_id)
+                        return step, None
                 step = machine.on_report(state, env, report, worker_id)
                 if step.ignored and "forged" in step.ignored:
                     self.log.warning(
@@ -389,10 +401,12 @@ class Owned:
         patches = [p for step in steps for p in step.jobs]
         if patches or execution is not None:
             entry = JournalStep(at=env.now, jobs=await self._journal_patches(patches), execution=execution)
+            started = time.perf_counter()
             try:
                 self.seq = await self.ctx.journal.append_all(
                     self.execution_id, split_step(entry, _encode(entry)), last=self.seq
                 )
+                METRICS.batch(len(patches), time.perf_counter() - started)
             except Fenced:
                 await self._lost("another replica appended to its journal", items=items)
                 return
@@ -414,6 +428,7 @@ class Owned:
                     )
         await self._ack(refs)
         self._arm_timers(patches)
+        self._count(patches)
         if steps:
             status_changed = execution if execution is not None and state.status != was else None
             events = self._events(steps, env.now, status_changed)
@@ -458,6 +473,22 @@ class Owned:
 
     def _settle_refs(self, refs: list[AckRef], ok: bool) -> None:
         asyncio.get_running_loop().create_task(self._ack(refs, ok))
+
+    def _count(self, patches: list[JobPatch]) -> None:
+        """Metrics of what the step changed: jobs that ended (and how long they ran), waits for a worker."""
+        jobs, by_id = self.state.jobs, self.state.by_id
+        for patch in patches:
+            status = patch.status
+            if status is msgspec.UNSET:
+                continue
+            job = jobs[by_id[patch.job]]
+            if status in FINAL_JOB_STATES:
+                seconds = None
+                if job.started_at is not None and job.completed_at is not None and status != "skipped":
+                    seconds = (ms_from_iso(job.completed_at) - ms_from_iso(job.started_at)) / 1000
+                METRICS.job_finished(status, job.type, seconds)
+            if isinstance(patch.started_at, str) and job.queued_at is not None:
+                METRICS.queue_wait(job.type, (ms_from_iso(patch.started_at) - ms_from_iso(job.queued_at)) / 1000)
 
     # --- timers -----------------------------------------------------------------------------------------------
 
@@ -781,6 +812,7 @@ class Owned:
                 subject=f"$KV.{self.ctx.bucket}.{self.execution_id}.snapshot.{previous}.>",
             )
         self.log.info("execution finished", status=state.status, round=state.round)
+        METRICS.execution_finished(state.status)
         self.finished.set()
         self.gone = True
         self.ctx.on_gone(self)

@@ -182,6 +182,8 @@ class ExecutionState:
     counts: Counts = field(default_factory=Counts)
     submitted_by: str | None = None
     """The API token that submitted it (its open executions are counted against a limit)."""
+    traceparent: str | None = None
+    """The submit's trace context: job dispatches are spans of that trace."""
     ready: deque[int] = field(default_factory=deque)
     """Ready jobs in the order they became ready: they get free parallelism slots first-come."""
 

@@ -124,3 +124,7 @@ class JobQueue:
                 await self.js.resume_consumer(self.names.jobs_stream, info.name)
         log.info("queue paused" if paused else "queue resumed", consumers=len(consumers), changed=was != paused)
         return was != paused, len(consumers)
+
+    async def paused_consumers(self) -> int:
+        """How many job consumers the server holds paused now."""
+        return sum(1 for info in await self._consumers() if getattr(info, "paused", False))

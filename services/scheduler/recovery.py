@@ -10,6 +10,7 @@ import zlib
 
 import msgspec
 
+from shared import tracing
 from shared.keys import execution_key, snapshot_key
 from shared.logging import get_logger
 from shared.messages import (
@@ -83,6 +84,7 @@ async def replay(
                         configs=created,
                     )
                     state.submitted_by = head.submitted_by
+                    state.traceparent = head.traceparent
                     started_at = head.at
             case JournalReopened():
                 records = await load_snapshot(ctx, execution_id, entry.generation, entry.parts)
@@ -188,6 +190,7 @@ async def create(
         configs=jobs,
     )
     state.submitted_by = submitted_by
+    state.traceparent = tracing.current_traceparent()
     chunks = _chunks(jobs)
     entries = [
         _encode(
@@ -200,6 +203,7 @@ async def create(
                 parts=len(chunks),
                 jobs=chunk,
                 submitted_by=submitted_by,
+                traceparent=state.traceparent if n == 0 else None,
             )
         )
         for n, chunk in enumerate(chunks)

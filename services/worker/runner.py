@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from shared import tracing
 from shared.commands import CommandError, request
 from shared.consume import PullConsumer, delivery_of
 from shared.keys import result_key
@@ -364,7 +365,12 @@ class Runner:
         t0 = time.perf_counter()
         report: JobFinishedReport | None = None
         try:
-            report = await self._execute(run, handler)
+            bundle = held.bundle
+            attributes = {"jetdag.execution_id": bundle.execution_id, "jetdag.job_id": item.job_id}
+            with tracing.span(f"job {bundle.type}", headers=held.msg.headers, kind="consumer", attributes=attributes):
+                report = await self._execute(run, handler)
+                if report is not None and tracing.enabled():
+                    report.traceparent = tracing.current_traceparent()
         finally:
             run.finished = True
             if run.start_timer is not None:
