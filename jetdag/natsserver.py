@@ -81,8 +81,6 @@ class NatsServerConfig:
     authorization: str | None = None
     """An `authorization { ... }` block (jetdag.natsauth); None: anyone who reaches the port may do anything."""
     tls: TlsFiles | None = None
-    max_payload: int | None = None
-    """Largest message the server accepts; None: nats-server's default, 1 MiB."""
 
     def render(self) -> str:
         lines = [
@@ -95,8 +93,6 @@ class NatsServerConfig:
         if self.sync_interval:
             lines.append(f"  sync_interval: {self.sync_interval}")
         lines.append("}")
-        if self.max_payload is not None:
-            lines.append(f"max_payload: {self.max_payload}")
         if self.lame_duck_duration_s is not None:
             lines.append(f'lame_duck_duration: "{self.lame_duck_duration_s}s"')
             lines.append('lame_duck_grace_period: "0s"')

@@ -3,15 +3,13 @@ cancel, the list with retry, and a 10,000-job DAG."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.api import FINAL, job, submit
 from tests.chromium import Browser, base, shoot, text_of
-from tests.conftest import Stack, start_nats
+from tests.conftest import Stack
 from tests.helpers import wait_for
 
 NODES = "() => [...document.querySelectorAll('.graph [data-job-id]')].map(n => [n.dataset.jobId, n.dataset.state])"
@@ -137,24 +135,9 @@ def layered_dag(layers: int, width: int) -> list[dict[str, object]]:
     return jobs
 
 
-@pytest.fixture
-async def big_stack(namespace: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    """A stack on a server that takes 8 MiB messages. The scheduler answers GET /execute/{id}/jobs in one NATS
-    message, over the default 1 MiB at 10,000 jobs (the new scheduler core pages it, issue 8); the page reads
-    pages as soon as the listing has them. Until then this server lets the test measure the page itself."""
-    server = start_nats(tmp_path, "big", max_payload=8 * 1024 * 1024)
-    s = Stack(server.url, namespace, tmp_path / "logs")
-    try:
-        yield s
-    finally:
-        s.stop_all()
-        server.stop()
-
-
 async def test_a_10k_job_dag_is_condensed_and_searchable(
-    big_stack: Stack, http: httpx.AsyncClient, browser: Browser, tmp_path: Path
+    stack: Stack, http: httpx.AsyncClient, browser: Browser, tmp_path: Path
 ) -> None:
-    stack = big_stack
     # No workers: the DAG stays open, and the machine's cores go to the page, not to running 10,000 jobs.
     await stack.up(JETDAG_REQUEST_TIMEOUT_S="60")
     jobs = layered_dag(100, 100)
