@@ -1,7 +1,7 @@
 """Stream and KV bucket definitions, and idempotent `ensure_*` helpers every service calls at start.
 
 The definitions live here because more than one service ensures the same stream (everyone publishes events);
-which service *writes* what is fixed by DESIGN.md, not by who created it first.
+which service *writes* what is fixed by docs/architecture.md, not by who created it first.
 """
 
 from __future__ import annotations

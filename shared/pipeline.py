@@ -1,7 +1,7 @@
 """Pipelined JetStream requests: many publishes (and direct gets) in flight on one reply subscription.
 
 nats-py's `js.publish` is a full request per call (a fresh future, `wait_for`, an API-response object), and
-its `publish_async` never resolves the future of a publish the server rejects (nats-py 2.16, see DESIGN.md),
+its `publish_async` never resolves the future of a publish the server rejects (nats-py 2.16; see its test),
 which is exactly what a lost compare-and-set is. The scheduler's hot path is made of those, so it uses this:
 one wildcard reply subscription, a counter per request, the ack parsed with msgspec, rejections raised as
 `JetStreamError` with the server's error code, and a timer per request instead of a `wait_for` task.

@@ -40,7 +40,7 @@ async def test_pipelined_publishes_keep_their_order_and_dedupe(nc: Client, names
 
 
 async def test_nats_py_publish_async_never_resolves_a_rejected_publish(nc: Client, namespace: str) -> None:
-    """Why shared.pipeline exists (nats-py 2.16, DESIGN.md): a rejected publish_async future hangs. If this
+    """Why shared.pipeline exists (nats-py 2.16): a rejected publish_async future hangs. If this
     starts failing, nats-py fixed it and the pipeline could go back to publish_async."""
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name=f"{namespace}_R", subjects=[f"{namespace}.r"]))
