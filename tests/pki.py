@@ -1,5 +1,4 @@
-"""A certificate authority of a test's own making, for TLS to NATS (tests/test_nats_tls.py, the production
-cluster of tests/test_production.py)."""
+"""A certificate authority of a test's own making, for TLS to NATS."""
 
 from __future__ import annotations
 
