@@ -7,6 +7,7 @@ plain JSON.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 MAX_METADATA_BYTES = 16 * 1024
+MAX_DELAY_S = 366 * 24 * 3600.0
+"""How far ahead an execution may be set to start (`runAt`, `delayS`)."""
 
 WorkerId = Annotated[
     str,
@@ -227,6 +230,11 @@ class ExecuteRequest(ApiRequest):
     idempotency_key: IdempotencyKey | None = None
     """The same key with the same request returns the execution it created (200), never a second one; with
     another request it is a 409. The `Idempotency-Key` header does the same."""
+    run_at: Annotated[datetime, Meta(tz=True)] | None = None
+    """Persist the execution now, start it at this time (ISO 8601 with a UTC offset; a time past starts it
+    at once). Not with `delayS`."""
+    delay_s: Annotated[float, Meta(ge=0, le=MAX_DELAY_S)] | None = None
+    """Persist the execution now, start it this many seconds later. Not with `runAt`."""
 
 
 class ExecuteCommand(Message):
@@ -284,6 +292,8 @@ class ExecutionView(Message):
     parallelism: int | None
     round: int
     error: str | None = None
+    run_at: Timestamp | None = None
+    """When a delayed execution (`runAt`, `delayS`) starts; it stays `pending` until then."""
 
 
 class ErrorInfo(Message):
@@ -621,6 +631,8 @@ class JournalCreated(JournalEntry, tag="created"):
     submitted_by: str | None = None
     traceparent: str | None = None
     """W3C trace context of the submit (when tracing is on): the execution's dispatches continue that trace."""
+    run_at: str | None = None
+    """A delayed execution's start: the owner (or whoever takes it over) starts it then."""
 
 
 class JournalAdopted(JournalEntry, tag="adopted"):
@@ -684,6 +696,8 @@ class ExecutionRecord(Message):
     submitted_by: str | None = None
     """Name of the API token that submitted it."""
     snapshot_parts: int = 0
+    run_at: str | None = None
+    """When a delayed execution starts (None: at once)."""
 
 
 class JobRecord(Message):
