@@ -186,6 +186,8 @@ class ExecutionState:
     """The submit's trace context: job dispatches are spans of that trace."""
     ready: deque[int] = field(default_factory=deque)
     """Ready jobs in the order they became ready: they get free parallelism slots first-come."""
+    run_at: str | None = None
+    """A delayed execution's start (`runAt`, `delayS`): its owner starts it then (lifecycle's start timer)."""
 
     @property
     def final(self) -> bool:
