@@ -278,10 +278,30 @@ class Owned:
         return await future
 
     def start(self) -> None:
-        self.submit(_Start())
+        """A new execution starts now, or at its runAt when it is a delayed one."""
+        if self._due():
+            self.submit(_Start())
+        else:
+            self._arm_start()
 
     def resume(self) -> None:
-        self.submit(_Resume())
+        """After a takeover; a delayed execution not due yet waits for its start timer (arm_all)."""
+        if self._due():
+            self.submit(_Resume())
+
+    def _due(self) -> bool:
+        run_at = self.state.run_at
+        return run_at is None or self.state.round > 1 or ms_from_iso(run_at) <= now_ms()
+
+    def _arm_start(self) -> None:
+        """Start a delayed execution at its runAt. Re-armed at most hourly: a long wait follows the wall clock,
+        not the event loop's monotonic one."""
+        if self._due():
+            self.submit(_Start())
+            return
+        assert self.state.run_at is not None
+        wait = (ms_from_iso(self.state.run_at) - now_ms()) / 1000
+        self._timers[("start", "")] = asyncio.get_running_loop().call_later(min(wait, 3600.0), self._arm_start)
 
     def waiting(self, reasons: dict[str, str | None]) -> None:
         self.submit(_Waiting(reasons))
@@ -510,6 +530,8 @@ class Owned:
 
     def arm_all(self) -> None:
         """After a takeover: the timers the state implies."""
+        if not self._due() and not self.state.final:
+            self._arm_start()
         for job in self.state.jobs:
             if job.status == "delayed" and job.retry_at is not None:
                 self._arm("backoff", job.id, (ms_from_iso(job.retry_at) - now_ms()) / 1000)
@@ -718,6 +740,7 @@ class Owned:
             snapshot=self.snapshot,
             snapshot_parts=self.snapshot_parts,
             submitted_by=state.submitted_by,
+            run_at=state.run_at,
         )
 
     async def _maybe_write_record(self, *, force: bool = False) -> None:
