@@ -319,7 +319,9 @@ def _build(located: _Located, filename: str) -> ExecuteRequest:
     for index, rel, message in check_dag(graph):
         problems.add(("jobs", index, *rel), message)
     problems.raise_if_any()
-    return ExecuteRequest(workflow_id=header.workflow_id, jobs=jobs, parallelism=header.parallelism)
+    # Every top-level field of the file (parallelism, idempotencyKey, runAt, delayS, …) as the header had it.
+    request: ExecuteRequest = msgspec.structs.replace(header, jobs=jobs)
+    return request
 
 
 # --- entry points ------------------------------------------------------------------------------------------

@@ -60,6 +60,17 @@ def test_every_job_option_is_accepted() -> None:
     assert (job.name, job.retries, job.backoff_ms, job.timeout_s, job.capability) == ("Step A", 3, 50, 2.5, "gpu")
 
 
+def test_top_level_fields_are_kept() -> None:
+    text = "workflowId: w\nidempotencyKey: k-1\nrunAt: 2030-01-02T03:04:05Z\njobs: [{id: a, type: noop}]\n"
+    request = parse_workflow(text)
+    assert request.idempotency_key == "k-1" and request.run_at is not None
+    assert request.run_at.isoformat() == "2030-01-02T03:04:05+00:00"
+    assert parse_workflow("workflowId: w\ndelayS: 30\njobs: [{id: a, type: noop}]\n").delay_s == 30
+    assert problems("workflowId: w\ndelayS: -1\njobs: [{id: a, type: noop}]\n") == [
+        "pipeline.yaml:2: workflow: delayS: expected `float` >= 0.0"
+    ]
+
+
 def test_a_dangling_dependency_names_file_line_and_job() -> None:
     found = problems(
         """

@@ -95,6 +95,19 @@ def _jobs_table(jobs: list[JobView]) -> None:
     print_table(["job", "type", "status", "attempts", "worker", "duration", "error"], rows)
 
 
+def _aware_time(_: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """An ISO 8601 time with a UTC offset (`2026-12-24T18:00:00+01:00`, `…Z`)."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time", param=param) from None
+    if parsed.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no UTC offset (add Z or +01:00)", param=param)
+    return parsed
+
+
 # --- executions --------------------------------------------------------------------------------------------
 
 
@@ -104,6 +117,8 @@ def _jobs_table(jobs: list[JobView]) -> None:
 @click.option("--parallelism", type=click.IntRange(min=1), help="Override the file's parallelism.")
 @click.option("--workflow-id", help="Override the file's workflowId.")
 @click.option("--idempotency-key", help="Send Idempotency-Key: a retried submit never creates a second execution.")
+@click.option("--at", "run_at", callback=_aware_time, help="Start it at this ISO time (with a UTC offset or Z).")
+@click.option("--delay", "delay_s", type=click.FloatRange(min=0), help="Start it this many seconds from now.")
 @api_command
 def submit(
     client: Client,
@@ -114,9 +129,19 @@ def submit(
     parallelism: int | None,
     workflow_id: str | None,
     idempotency_key: str | None,
+    run_at: datetime | None,
+    delay_s: float | None,
 ) -> int:
-    """Check FILE locally (YAML or JSON workflow), submit it and print the execution id."""
-    run = client.submit(file, parallelism=parallelism, workflow_id=workflow_id, idempotency_key=idempotency_key)
+    """Check FILE locally (YAML or JSON workflow), submit it and print the execution id. With --at or
+    --delay it is persisted now and starts later (pending until then)."""
+    run = client.submit(
+        file,
+        parallelism=parallelism,
+        workflow_id=workflow_id,
+        idempotency_key=idempotency_key,
+        run_at=run_at,
+        delay_s=delay_s,
+    )
     if as_json and not follow:
         print_json(run)
         return 0

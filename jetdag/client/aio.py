@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import TypeVar
 
@@ -86,11 +87,16 @@ class AsyncClient:
         workflow_id: str | None = None,
         parallelism: int | None = None,
         idempotency_key: str | None = None,
+        run_at: datetime | None = None,
+        delay_s: float | None = None,
     ) -> ExecuteResponse:
         """Start an execution of a workflow (a file path, the file's shape as data, an ExecuteRequest, or a
         list of jobs), checked locally first (WorkflowError). With `idempotency_key`, a 503 or a lost
-        connection is retried with the same key, which never creates a second execution."""
-        request = calls.submission(workflow, workflow_id=workflow_id, parallelism=parallelism)
+        connection is retried with the same key, which never creates a second execution. `run_at` (an aware
+        datetime) or `delay_s` persist it now and start it later."""
+        request = calls.submission(
+            workflow, workflow_id=workflow_id, parallelism=parallelism, run_at=run_at, delay_s=delay_s
+        )
         return await self._send(calls.submit(request, idempotency_key))
 
     async def get(self, execution_id: str) -> ExecutionView:

@@ -6,6 +6,7 @@ import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -88,7 +89,14 @@ def _same(value: T) -> T:
 _encoder = msgspec.json.Encoder()
 
 
-def submission(workflow: Workflow, *, workflow_id: str | None, parallelism: int | None) -> ExecuteRequest:
+def submission(
+    workflow: Workflow,
+    *,
+    workflow_id: str | None,
+    parallelism: int | None,
+    run_at: datetime | None = None,
+    delay_s: float | None = None,
+) -> ExecuteRequest:
     """The request `submit` sends, checked locally (a file or data gets the file format's checks)."""
     if isinstance(workflow, ExecuteRequest):
         request = workflow
@@ -104,6 +112,8 @@ def submission(workflow: Workflow, *, workflow_id: str | None, parallelism: int 
         changes["workflow_id"] = workflow_id
     if parallelism is not None:
         changes["parallelism"] = parallelism
+    if run_at is not None or delay_s is not None:
+        changes.update(run_at=run_at, delay_s=delay_s)
     if changes:
         request = msgspec.structs.replace(request, **changes)
         # Re-check what changed the same strict way the gateway will.

@@ -53,10 +53,10 @@ from shared.messages import (
 )
 from shared.pipeline import JetStreamError
 from shared.subjects import Names
-from shared.timeutil import now_iso
+from shared.timeutil import iso_from_ms, now_iso, now_ms
 
 from . import machine
-from .dag import Dag, validate
+from .dag import Dag, start_at, validate
 from .ids import new_execution_id
 from .index import ExecutionIndex
 from .journal import Fenced
@@ -196,6 +196,7 @@ class Commands:
         if cmd.idempotency_key and request.idempotency_key and cmd.idempotency_key != request.idempotency_key:
             raise Invalid("the Idempotency-Key header and the idempotencyKey field differ; send one of them")
         dag = validate(request, self.max_jobs, self.max_types)
+        start_at(request, now_ms())  # runAt / delayS checked before anything is written
         if key is None:
             self._admit(len(dag.jobs), cmd.submitted_by)
             shard = await self._shard_for_new()
@@ -239,6 +240,7 @@ class Commands:
     async def _create(
         self, request: ExecuteRequest, dag: Dag, shard: Shard, execution_id: str, submitted_by: str | None
     ) -> ExecutionView:
+        run_at = start_at(request, now_ms())
         owned = await create(
             self.ctx,
             execution_id=execution_id,
@@ -248,6 +250,7 @@ class Commands:
             shard=shard.n,
             epoch=shard.revision,
             submitted_by=submitted_by,
+            run_at=None if run_at is None else iso_from_ms(run_at),
         )
         self.manager.owned[execution_id] = owned
         view = await owned.view()
@@ -260,6 +263,7 @@ class Commands:
             jobs=len(dag.jobs),
             parallelism=request.parallelism,
             shard=shard.n,
+            runAt=owned.state.run_at,
         )
         return view
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import msgspec
 
 from shared.commands import Invalid
-from shared.messages import ExecuteRequest, JobConfig
+from shared.messages import MAX_DELAY_S, ExecuteRequest, JobConfig
 
-__all__ = ["MAX_CONFIG_BYTES", "Dag", "validate"]
+__all__ = ["MAX_CONFIG_BYTES", "Dag", "start_at", "validate"]
 
 MAX_CONFIG_BYTES = 256 * 1024
 _encode = msgspec.json.Encoder().encode
@@ -93,3 +93,17 @@ def validate(request: ExecuteRequest, max_jobs: int, max_pools: int = 0) -> Dag:
         cycle = _find_cycle(by_id, stuck)
         raise Invalid("the jobs form a cycle: " + " -> ".join(cycle))
     return Dag(jobs=by_id, dependents=dependents, roots=roots)
+
+
+def start_at(request: ExecuteRequest, now_ms: int) -> int | None:
+    """When a delayed execution starts (epoch ms), from `runAt` or `delayS`; None: at once."""
+    if request.run_at is not None and request.delay_s is not None:
+        raise Invalid("runAt and delayS are both given; send one of them")
+    if request.delay_s is not None:
+        return now_ms + round(request.delay_s * 1000) if request.delay_s > 0 else None
+    if request.run_at is None:
+        return None
+    at = round(request.run_at.timestamp() * 1000)
+    if at > now_ms + MAX_DELAY_S * 1000:
+        raise Invalid(f"runAt must be at most {MAX_DELAY_S / 86400:g} days ahead, got {request.run_at.isoformat()}")
+    return at if at > now_ms else None

@@ -85,6 +85,7 @@ async def replay(
                     )
                     state.submitted_by = head.submitted_by
                     state.traceparent = head.traceparent
+                    state.run_at = head.run_at
                     started_at = head.at
             case JournalReopened():
                 records = await load_snapshot(ctx, execution_id, entry.generation, entry.parts)
@@ -178,8 +179,10 @@ async def create(
     shard: int,
     epoch: int,
     submitted_by: str | None = None,
+    run_at: str | None = None,
 ) -> Owned:
-    """Journal the DAG, fence it as ours, write the record (the commit point: from here on it exists)."""
+    """Journal the DAG, fence it as ours, write the record (the commit point: from here on it exists). A
+    delayed execution (`run_at`) journals its start time with the DAG: whoever owns it later starts it then."""
     now = ctx.env().now
     state = machine.new_state(
         execution_id=execution_id,
@@ -191,6 +194,7 @@ async def create(
     )
     state.submitted_by = submitted_by
     state.traceparent = tracing.current_traceparent()
+    state.run_at = run_at
     chunks = _chunks(jobs)
     entries = [
         _encode(
@@ -204,6 +208,7 @@ async def create(
                 jobs=chunk,
                 submitted_by=submitted_by,
                 traceparent=state.traceparent if n == 0 else None,
+                run_at=run_at,
             )
         )
         for n, chunk in enumerate(chunks)

@@ -46,6 +46,7 @@ def execution_view(state: ExecutionState, *, started_at: str, checkpoint_id: str
         parallelism=state.parallelism,
         round=state.round,
         error=state.error,
+        run_at=state.run_at,
     )
 
 
@@ -62,6 +63,7 @@ def record_view(record: ExecutionRecord) -> ExecutionView:
         parallelism=record.parallelism,
         round=record.round,
         error=record.error,
+        run_at=record.run_at,
     )
 
 
