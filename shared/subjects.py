@@ -70,6 +70,12 @@ class Names:
         """Object store where the gateway stages DAGs too large for one NATS message."""
         return f"{self.namespace.replace('-', '_')}_submissions"
 
+    @property
+    def schedules_bucket(self) -> str:
+        """KV bucket of schedules (`<scheduleId>`: the definition, `<scheduleId>.state`: its ticks and runs),
+        written only by the scheduler."""
+        return f"{self.namespace.replace('-', '_')}_schedules"
+
     # --- service commands (request/reply, nats.micro) --------------------------------------------------
 
     @property
@@ -199,6 +205,10 @@ class Names:
     def worker_events(self) -> str:
         return f"{self.events_prefix}.worker.*.*"
 
+    def queue_event(self, what: str) -> str:
+        """`paused` or `resumed`: the job queue (or a part of it) was paused or resumed."""
+        return f"{self.events_prefix}.queue.{what}"
+
     # --- observability ---------------------------------------------------------------------------------
 
     @property
@@ -217,15 +227,15 @@ class Names:
         """Filter subjects of the events whose kind (see `event_kind`) is one of `kinds`; they never overlap."""
         subjects = []
         for kind in sorted(set(kinds)):
-            if kind == "worker":
-                subjects.append(f"{self.events_prefix}.worker.>")
+            if kind in ("worker", "queue"):
+                subjects.append(f"{self.events_prefix}.{kind}.>")
             else:
                 subjects.append(f"{self.events_prefix}.execution.*.{kind}")
         return subjects
 
     def event_kind(self, subject: str) -> str:
         """The kind of an event subject: `<kind>` of `execution.<exec>.<kind>` (`jobs` for the batched job
-        changes), `worker` for `worker.<id>.<what>`."""
+        changes), `worker` for `worker.<id>.<what>`, `queue` for `queue.<what>`."""
         tokens = subject[len(self.events_prefix) + 1 :].split(".")
         if tokens[0] == "execution" and len(tokens) == 3:
             return tokens[2]
