@@ -24,6 +24,9 @@ __all__ = [
     "replica_key",
     "report_msg_id",
     "result_key",
+    "schedule_key",
+    "schedule_run_key",
+    "schedule_state_key",
     "snapshot_key",
 ]
 
@@ -112,3 +115,22 @@ def jobs_event_msg_id(execution_id: str, journal_seq: int, part: int) -> str:
 
 def checkpoint_msg_id(checkpoint_id: str, round_: int) -> str:
     return f"{checkpoint_id}.r{round_}"
+
+
+# --- the schedules bucket ----------------------------------------------------------------------------------
+
+
+def schedule_key(schedule_id: str) -> str:
+    """The ScheduleRecord (the definition)."""
+    return schedule_id
+
+
+def schedule_state_key(schedule_id: str) -> str:
+    """The ScheduleState (paused, last tick, recent runs)."""
+    return f"{schedule_id}.state"
+
+
+def schedule_run_key(schedule_id: str, created_ms: int, tick_ms: int) -> str:
+    """The Idempotency-Key of the execution one tick creates: a tick fired twice (a redelivery, two replicas
+    during a handover) creates one execution. `created_ms` tells apart a schedule deleted and made again."""
+    return f"schedule:{schedule_id}:{created_ms}:{tick_ms}"

@@ -826,3 +826,122 @@ class MetricsExposition(Message):
     process: str
     """`<hostname>-<pid>`: the `process` label the gateway gives this process's samples."""
     text: str
+
+
+# --- schedules (services/scheduler/schedules.py) -------------------------------------------------------------
+
+ScheduleId = Annotated[
+    str, Meta(pattern=ID_RE.pattern, description="1-128 characters of A-Z, a-z, 0-9, '_' or '-'", examples=["nightly"])
+]
+Overlap = Literal["skip", "allow", "cancel-previous"]
+RunTrigger = Literal["tick", "catch-up", "manual", "missed"]
+MAX_SCHEDULE_RUNS = 100
+"""Runs a schedule keeps in its state (the most recent ones): GET /schedules/{id}/runs lists them."""
+
+
+class ScheduleRequest(ApiRequest):
+    """POST /schedules body, and the `scheduler.schedules.create` command."""
+
+    schedule_id: ScheduleId
+    workflow: ExecuteRequest
+    """The POST /execute body each run submits (without runAt, delayS or idempotencyKey)."""
+    cron: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    """A 5-field cron expression (`minute hour day-of-month month day-of-week`, or `@hourly`, `@daily`, …)."""
+    every_s: Annotated[float, Meta(ge=1, le=MAX_DELAY_S)] | None = None
+    """Instead of `cron`: a run every this many seconds, counted from the schedule's creation."""
+    timezone: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    """IANA time zone the cron expression is read in (default UTC)."""
+    overlap: Overlap = "skip"
+    """What a tick does while the previous run is still open: skip it, allow a second one, or cancel the
+    previous run first."""
+    paused: bool = False
+    catch_up: bool = True
+    """A tick missed while no scheduler ran (later than JETDAG_SCHEDULE_MISFIRE_GRACE_S) is fired once when one
+    runs again (true) or skipped (false)."""
+
+
+class ScheduleRecord(Message):
+    """Value of key `<scheduleId>` in the schedules bucket: the definition, written once."""
+
+    spec: ScheduleRequest
+    created_at: str
+    fingerprint: str
+    """Hash of the definition: creating it again with the same one is a no-op (200), with another a 409."""
+
+
+class ScheduleRun(Message):
+    """One tick of a schedule (or a trigger) and what came of it."""
+
+    tick: str
+    """The time the run is for (for a manual trigger, the time of the call)."""
+    at: str
+    """When it fired."""
+    trigger: RunTrigger
+    execution_id: str | None = None
+    skipped: str | None = None
+    """Why no execution was created (the previous run still open with overlap skip, a missed tick, an error)."""
+
+
+class ScheduleState(Message):
+    """Value of key `<scheduleId>.state`: paused or not, the last tick handled and the recent runs."""
+
+    paused: bool
+    since: str
+    """When it was created or last resumed: ticks before this are never fired."""
+    last_tick: str | None = None
+    runs: list[ScheduleRun] = msgspec.field(default_factory=list)
+    """The most recent runs, oldest first, at most MAX_SCHEDULE_RUNS."""
+    fired: int = 0
+    skipped: int = 0
+
+
+class ScheduleView(Message):
+    """A schedule as clients see it."""
+
+    schedule_id: str
+    cron: str | None
+    every_s: float | None
+    timezone: str | None
+    overlap: Overlap
+    catch_up: bool
+    paused: bool
+    created_at: Timestamp
+    workflow_id: str
+    job_count: int
+    next_runs: list[Timestamp]
+    """The next ticks (up to 5; none while paused)."""
+    last_tick: Timestamp | None
+    last_run: ScheduleRun | None
+    fired: int
+    """Executions it created."""
+    skipped: int
+    """Ticks that created none (see each run's `skipped`)."""
+    workflow: ExecuteRequest | None = None
+    """The body each run submits (GET /schedules/{id} only)."""
+
+
+class ScheduleRef(Message):
+    """`scheduler.schedules.get|delete|pause|resume|trigger|runs`."""
+
+    schedule_id: str
+    limit: int = 50
+
+
+class ScheduleReply(Message):
+    schedule: ScheduleView
+    created: bool = True
+
+
+class ScheduleList(Message):
+    schedules: list[ScheduleView]
+
+
+class ScheduleRunView(ScheduleRun):
+    status: ExecutionStatus | None = None
+    """The execution's status now (None: no execution, or removed by retention)."""
+
+
+class ScheduleRuns(Message):
+    schedule_id: str
+    runs: list[ScheduleRunView]
+    """Newest first."""
