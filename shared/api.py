@@ -8,7 +8,16 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from shared.messages import ExecutionStatus, ExecutionView, JobView, QueueStats, WorkerStatus, WorkerView
+from shared.messages import (
+    ExecutionStatus,
+    ExecutionView,
+    JobView,
+    QueueStats,
+    ScheduleRunView,
+    ScheduleView,
+    WorkerStatus,
+    WorkerView,
+)
 from shared.timeutil import Timestamp
 
 __all__ = [
@@ -170,3 +179,28 @@ class Overview(Response):
     executions: list[ExecutionView] | None
     """The most recent executions, newest first."""
     errors: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+# --- schedules -------------------------------------------------------------------------------------------------
+
+
+class ScheduleResponse(Response):
+    """POST /schedules (201, or 200 when the same schedule existed), GET /schedules/{id}, pause, resume."""
+
+    schedule: ScheduleView
+
+
+class ScheduleListResponse(Response):
+    count: int
+    schedules: list[ScheduleView]
+
+
+class ScheduleRunsResponse(Response):
+    schedule_id: str
+    count: int
+    runs: list[ScheduleRunView]
+
+
+class ScheduleDeletedResponse(Response):
+    schedule_id: str
+    message: str

@@ -138,6 +138,7 @@ def permissions(names: Names) -> dict[Role, Permissions]:
             f"{names.registry_prefix}.*",
             f"{names.scheduler_prefix}.*",
             f"{names.scheduler_prefix}.queue.*",
+            f"{names.scheduler_prefix}.schedules.*",
             names.service_ping(names.scheduler_service),
             names.service_ping(names.registry_service),
             scrape,
@@ -174,6 +175,7 @@ def permissions(names: Names) -> dict[Role, Permissions]:
         publish=(
             f"{names.jobs_prefix}.>",
             f"{names.events_prefix}.execution.>",
+            f"{names.events_prefix}.queue.*",
             # Its journals (only it appends: the journal is what fences a former owner), the cancel notices
             # workers obey, the commands it forwards to another replica, the pings that tell a replica gone.
             names.journal_all,
@@ -189,6 +191,7 @@ def permissions(names: Names) -> dict[Role, Permissions]:
             *_kv_owner(names.executions_bucket),
             *_kv_owner(names.checkpoints_bucket),
             *_kv_owner(names.schedulers_bucket),
+            *_kv_owner(names.schedules_bucket),
             f"$O.{submissions}.>",
             *_stream_owner(_object_store(submissions)),
             # nats-py's object store finds the stream of a subject by asking for stream names.

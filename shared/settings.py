@@ -244,6 +244,13 @@ class ExecutionSettings:
         "Most open (not finished) executions one API token may have; one more is a 429. 0: no limit. Without "
         "tokens (a loopback dev stack) there is no per-token count.",
     )
+    schedule_misfire_grace_s: float = env(
+        "JETDAG_SCHEDULE_MISFIRE_GRACE_S",
+        60.0,
+        "A schedule's tick is on time if it fires within this of its time (a restart or a takeover makes it "
+        "late, and it runs); one later than that was missed while no scheduler ran, and the schedule's "
+        "`catchUp` decides whether it runs once or is skipped.",
+    )
     idempotency_ttl_s: float = env(
         "JETDAG_IDEMPOTENCY_TTL_S",
         24 * 3600.0,

@@ -211,7 +211,13 @@ async def check_micro(nats: Cli) -> None:
 async def check_kv(nats: Cli) -> None:
     out = await nats(KV_LS)
     buckets = sorted(row["Bucket"] for row in table(out))  # the test's own server: only jetdag's buckets
-    assert buckets == ["jetdag_checkpoints", "jetdag_executions", "jetdag_schedulers", "jetdag_workers"], out
+    assert buckets == [
+        "jetdag_checkpoints",
+        "jetdag_executions",
+        "jetdag_schedulers",
+        "jetdag_schedules",
+        "jetdag_workers",
+    ], out
 
     out = await nats(KV_GET)
     record: dict[str, Any] = json.loads(out)

@@ -24,7 +24,7 @@ from jetdag.cli.watchview import watch as watch_execution
 from jetdag.cli.workflows import EXIT_USAGE
 from jetdag.client import Client, Invalid, JetdagError, WorkflowError
 from jetdag.watch import exit_code
-from shared.messages import ExecutionStatus, ExecutionView, JobView
+from shared.messages import ExecutionStatus, ExecutionView, JobView, Overlap, ScheduleRunView, ScheduleView
 
 __all__ = ["COMMANDS"]
 
@@ -347,6 +347,161 @@ def queue_resume(client: Client, as_json: bool) -> int:
     return 0
 
 
+# --- schedules ---------------------------------------------------------------------------------------------
+
+
+@click.group(short_help="Schedules: executions on a cron expression or every N seconds.")
+def schedules() -> None:
+    """Schedules run a workflow file on a cron expression (5 fields, in a time zone) or every N seconds."""
+
+
+def _schedule_rows(found: list[ScheduleView]) -> None:
+    rows = [
+        [
+            s.schedule_id,
+            s.cron or f"every {s.every_s:g}s",
+            s.timezone or ("UTC" if s.cron else "-"),
+            "paused" if s.paused else "active",
+            _time(s.next_runs[0]) if s.next_runs else "-",
+            (s.last_run.execution_id or f"skipped: {s.last_run.skipped}") if s.last_run else "-",
+            str(s.fired),
+        ]
+        for s in found
+    ]
+    print_table(["schedule", "cadence", "zone", "state", "next run (UTC)", "last run", "runs"], rows)
+
+
+@schedules.command(name="create", short_help="Create a schedule that runs FILE.")
+@click.argument("schedule_id")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--cron", help="5-field cron expression, e.g. '0 3 * * *' (or @hourly, @daily, …).")
+@click.option("--every", "every_s", type=click.FloatRange(min=1), help="Instead of --cron: every N seconds.")
+@click.option("--timezone", help="IANA time zone the cron expression is read in (default UTC).")
+@click.option(
+    "--overlap",
+    type=click.Choice(["skip", "allow", "cancel-previous"]),
+    default="skip",
+    show_default=True,
+    help="A tick while the previous run is open: skip it, run anyway, or cancel the previous run.",
+)
+@click.option("--paused", is_flag=True, help="Create it paused.")
+@click.option("--no-catch-up", "no_catch_up", is_flag=True, help="Skip a tick missed while no scheduler ran.")
+@api_command
+def schedules_create(
+    client: Client,
+    as_json: bool,
+    *,
+    schedule_id: str,
+    file: Path,
+    cron: str | None,
+    every_s: float | None,
+    timezone: str | None,
+    overlap: str,
+    paused: bool,
+    no_catch_up: bool,
+) -> int:
+    """Create SCHEDULE_ID, running the workflow FILE on --cron or --every (checked locally first)."""
+    made = client.create_schedule(
+        schedule_id,
+        file,
+        cron=cron,
+        every_s=every_s,
+        timezone=timezone,
+        overlap=cast(Overlap, overlap),
+        paused=paused,
+        catch_up=not no_catch_up,
+    )
+    if as_json:
+        print_json(made)
+    else:
+        nxt = _time(made.next_runs[0]) if made.next_runs else "- (paused)"
+        out.print(f"{made.schedule_id} created; next run {nxt} UTC", markup=False)
+    return 0
+
+
+@schedules.command(name="ls", short_help="Every schedule: cadence, state, next and last run.")
+@api_command
+def schedules_ls(client: Client, as_json: bool) -> int:
+    """Every schedule, by id."""
+    found = client.schedules()
+    print_json(found) if as_json else _schedule_rows(found)
+    return 0
+
+
+@schedules.command(name="show", short_help="One schedule, its next runs and its recent runs.")
+@click.argument("schedule_id")
+@api_command
+def schedules_show(client: Client, as_json: bool, schedule_id: str) -> int:
+    """SCHEDULE_ID's definition, its next 5 ticks and its last runs."""
+    found = client.schedule(schedule_id)
+    recent = client.schedule_runs(schedule_id, limit=10)
+    if as_json:
+        print_json({"schedule": found, "runs": recent})
+        return 0
+    _schedule_rows([found])
+    out.print(f"next runs (UTC): {', '.join(_time(t) for t in found.next_runs) or '- (paused)'}", markup=False)
+    out.print()
+    _run_rows(recent)
+    return 0
+
+
+def _run_rows(found: list[ScheduleRunView]) -> None:
+    rows = [[_time(r.tick), r.trigger, r.execution_id or "-", r.status or "-", r.skipped or ""] for r in found]
+    print_table(["tick (UTC)", "trigger", "execution", "status", "skipped"], rows)
+
+
+@schedules.command(name="runs", short_help="The executions a schedule created, newest first.")
+@click.argument("schedule_id")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@api_command
+def schedules_runs(client: Client, as_json: bool, schedule_id: str, limit: int) -> int:
+    """The last runs of SCHEDULE_ID with their executions' status now."""
+    found = client.schedule_runs(schedule_id, limit=limit)
+    print_json(found) if as_json else _run_rows(found)
+    return 0
+
+
+@schedules.command(name="pause", short_help="Stop a schedule's ticks until resumed.")
+@click.argument("schedule_id")
+@api_command
+def schedules_pause(client: Client, as_json: bool, schedule_id: str) -> int:
+    """Pause SCHEDULE_ID (ticks while paused are never caught up)."""
+    found = client.pause_schedule(schedule_id)
+    print_json(found) if as_json else out.print(f"{found.schedule_id} paused", markup=False)
+    return 0
+
+
+@schedules.command(name="resume", short_help="Resume a paused schedule from its next tick.")
+@click.argument("schedule_id")
+@api_command
+def schedules_resume(client: Client, as_json: bool, schedule_id: str) -> int:
+    """Resume SCHEDULE_ID."""
+    found = client.resume_schedule(schedule_id)
+    nxt = _time(found.next_runs[0]) if found.next_runs else "-"
+    print_json(found) if as_json else out.print(f"{found.schedule_id} resumed; next run {nxt} UTC", markup=False)
+    return 0
+
+
+@schedules.command(name="trigger", short_help="Run a schedule's workflow now.")
+@click.argument("schedule_id")
+@api_command
+def schedules_trigger(client: Client, as_json: bool, schedule_id: str) -> int:
+    """Run SCHEDULE_ID now; prints the execution id."""
+    run = client.trigger_schedule(schedule_id)
+    print_json(run) if as_json else print(run.execution_id)
+    return 0
+
+
+@schedules.command(name="delete", short_help="Delete a schedule (its executions stay).")
+@click.argument("schedule_id")
+@api_command
+def schedules_delete(client: Client, as_json: bool, schedule_id: str) -> int:
+    """Delete SCHEDULE_ID."""
+    done = client.delete_schedule(schedule_id)
+    print_json(done) if as_json else out.print(done.message, markup=False)
+    return 0
+
+
 @click.command(short_help="Health of every component (exit 1 when unhealthy).")
 @api_command
 def health(client: Client, as_json: bool) -> int:
@@ -371,4 +526,4 @@ def health(client: Client, as_json: bool) -> int:
     return 0 if report.healthy else 1
 
 
-COMMANDS = [submit, watch, status, jobs, ls, cancel, retry, events, workers, queue, health]
+COMMANDS = [submit, watch, status, jobs, ls, cancel, retry, events, workers, queue, schedules, health]

@@ -15,8 +15,25 @@ from jetdag.client import calls
 from jetdag.client.base import Settings, describe, end_of_wait, stream_failure, wait_interval
 from jetdag.client.errors import JetdagError, Unavailable, error_for
 from jetdag.client.events import Event, read_sse
-from shared.api import ExecuteResponse, HealthResponse, MessageResponse, QueueStatsResponse, StreamDropped, StreamEnd
-from shared.messages import FINAL_EXECUTION_STATES, ExecutionStatus, ExecutionView, JobView, WorkerView
+from shared.api import (
+    ExecuteResponse,
+    HealthResponse,
+    MessageResponse,
+    QueueStatsResponse,
+    ScheduleDeletedResponse,
+    StreamDropped,
+    StreamEnd,
+)
+from shared.messages import (
+    FINAL_EXECUTION_STATES,
+    ExecutionStatus,
+    ExecutionView,
+    JobView,
+    Overlap,
+    ScheduleRunView,
+    ScheduleView,
+    WorkerView,
+)
 
 __all__ = ["Client"]
 
@@ -24,6 +41,8 @@ T = TypeVar("T")
 # `list` is a method of the client: the annotations below name the builtin through these.
 JobList = list[JobView]
 WorkerList = list[WorkerView]
+ScheduleViews = list[ScheduleView]
+ScheduleRunViews = list[ScheduleRunView]
 
 
 class Client:
@@ -178,6 +197,59 @@ class Client:
             failures = 0 if received else failures + 1
             delay = stream_failure(failure, failures, self._settings.retries)
             time.sleep(delay)
+
+    # --- schedules -------------------------------------------------------------------------------------
+
+    def create_schedule(
+        self,
+        schedule_id: str,
+        workflow: calls.Workflow,
+        *,
+        cron: str | None = None,
+        every_s: float | None = None,
+        timezone: str | None = None,
+        overlap: Overlap = "skip",
+        paused: bool = False,
+        catch_up: bool = True,
+    ) -> ScheduleView:
+        """A schedule running `workflow` (anything `submit` takes) on `cron` (5 fields, in `timezone`) or every
+        `every_s` seconds, checked locally first. Creating the same schedule again returns it (Conflict for
+        another definition under the same id)."""
+        spec = calls.schedule_request(
+            schedule_id,
+            workflow,
+            cron=cron,
+            every_s=every_s,
+            timezone=timezone,
+            overlap=overlap,
+            paused=paused,
+            catch_up=catch_up,
+        )
+        return self._send(calls.create_schedule(spec))
+
+    def schedules(self) -> ScheduleViews:
+        return self._send(calls.schedules())
+
+    def schedule(self, schedule_id: str) -> ScheduleView:
+        """One schedule with its workflow, next runs and last run."""
+        return self._send(calls.schedule(schedule_id))
+
+    def delete_schedule(self, schedule_id: str) -> ScheduleDeletedResponse:
+        return self._send(calls.delete_schedule(schedule_id))
+
+    def pause_schedule(self, schedule_id: str) -> ScheduleView:
+        return self._send(calls.schedule_action(schedule_id, "pause"))
+
+    def resume_schedule(self, schedule_id: str) -> ScheduleView:
+        return self._send(calls.schedule_action(schedule_id, "resume"))
+
+    def trigger_schedule(self, schedule_id: str) -> ExecuteResponse:
+        """Run the schedule's workflow now (Conflict while its previous run is open and overlap is skip)."""
+        return self._send(calls.trigger_schedule(schedule_id))
+
+    def schedule_runs(self, schedule_id: str, *, limit: int = 50) -> ScheduleRunViews:
+        """The runs of a schedule, newest first, with their executions' status now."""
+        return self._send(calls.schedule_runs(schedule_id, limit))
 
     # --- workers, queue, health ------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from .routes.health import health
 from .routes.metrics import metrics
 from .routes.overview import OverviewController
 from .routes.queue import QueueController
+from .routes.schedules import ScheduleController
 from .routes.ui import assets, page
 from .routes.workers import WorkerController
 from .streams import EventStreams
@@ -88,6 +89,7 @@ def create_app(backend: Backend, settings: GatewaySettings, policy: AuthPolicy |
             ExecutionController,
             list_executions,
             QueueController,
+            ScheduleController,
             health,
             execution_events,
             all_events,

@@ -36,6 +36,11 @@ from shared.messages import (
     QueueStatsReply,
     RegisterReply,
     RegisterWorker,
+    ScheduleList,
+    ScheduleRef,
+    ScheduleReply,
+    ScheduleRequest,
+    ScheduleRuns,
     WorkerList,
     WorkerRef,
     WorkerSummary,
@@ -161,6 +166,27 @@ class Backend:
 
     async def list_executions(self, query: ListExecutions) -> ExecutionList:
         return await self._scheduler("list", query, ExecutionList)
+
+    # --- schedules -------------------------------------------------------------------------------------
+
+    async def create_schedule(self, spec: ScheduleRequest) -> ScheduleReply:
+        return await self._scheduler("schedules.create", spec, ScheduleReply, slow=True)
+
+    async def list_schedules(self) -> ScheduleList:
+        return await self._scheduler("schedules.list", ScheduleRef(schedule_id=""), ScheduleList)
+
+    async def schedule(self, command: str, schedule_id: str, limit: int = 50) -> ScheduleReply:
+        """`get`, `delete`, `pause` or `resume` of one schedule."""
+        slow = command != "get"
+        ref = ScheduleRef(schedule_id=schedule_id, limit=limit)
+        return await self._scheduler(f"schedules.{command}", ref, ScheduleReply, slow=slow)
+
+    async def trigger_schedule(self, schedule_id: str) -> ExecuteReply:
+        ref = ScheduleRef(schedule_id=schedule_id)
+        return await self._scheduler("schedules.trigger", ref, ExecuteReply, slow=True)
+
+    async def schedule_runs(self, schedule_id: str, limit: int) -> ScheduleRuns:
+        return await self._scheduler("schedules.runs", ScheduleRef(schedule_id=schedule_id, limit=limit), ScheduleRuns)
 
     async def queue_stats(self) -> QueueStatsReply:
         return await self._scheduler("queue.stats", ExecutionRef(execution_id=""), QueueStatsReply)

@@ -41,6 +41,7 @@ from .lifecycle import Context
 from .queue import JobQueue
 from .retention import BATCH as RETENTION_BATCH
 from .retention import Retention
+from .schedules import Schedules
 from .shards import ShardManager, read_layout
 
 __all__ = ["SchedulerService"]
@@ -81,6 +82,9 @@ class SchedulerService:
             ctx.js,
             kv_config(names.schedulers_bucket, "jetdag scheduler replicas and shard leases", storage),
             msg_ttl=True,
+        )
+        self._kv["schedules"] = await ensure_bucket(
+            ctx.js, kv_config(names.schedules_bucket, "jetdag schedules: definitions, ticks and runs", storage)
         )
         self._kv["submissions"] = await ctx.js.create_object_store(
             names.submissions_bucket,
@@ -169,6 +173,15 @@ class SchedulerService:
             max_open_per_token=self.settings.max_open_per_token,
         )
         owner_endpoints = commands.owner_endpoints()
+        schedules = Schedules(
+            js=ctx.js,
+            pipeline=pipeline,
+            names=names,
+            commands=commands,
+            manager=manager,
+            grace_s=self.settings.schedule_misfire_grace_s,
+            max_jobs=self.settings.max_jobs,
+        )
 
         async def serve_shard(n: int) -> Any:
             return await subscribe_endpoints(
@@ -186,17 +199,19 @@ class SchedulerService:
             description="jetdag scheduler: executions, job stream, queue control",
             version=VERSION,
             prefix=names.scheduler_prefix,
-            endpoints=commands.endpoints(),
+            endpoints={**commands.endpoints(), **schedules.endpoints()},
         )
         retention = Retention(ctx.js, pipeline, index, names=names, retention_s=self.settings.execution_retention_s)
         audit = Audit(ctx=context, manager=manager, queue=queue, stall_after_s=self.settings.stall_after_s)
         # Unwound in reverse: stop answering commands, hand every shard over, then report what was done.
         stack.push_async_callback(self._report, context, manager)
         stack.push_async_callback(manager.stop)
+        stack.callback(schedules.stop)  # before the shards go: no tick fires for a shard on its way out
         stack.push_async_callback(svc.stop)
         ctx.spawn(manager.run(), "shards")
         ctx.spawn(self._retention_loop(retention), "retention")
         ctx.spawn(audit.run(self.settings.sweep_interval_s), "audit")
+        ctx.spawn(schedules.run(), "schedules")
         log.info("scheduler replica", replica=self.replica_id, shards=self.shards)
 
     async def _report(self, context: Context, manager: ShardManager) -> None:
