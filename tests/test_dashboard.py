@@ -91,3 +91,33 @@ async def test_sign_in_with_a_token_and_its_scope_is_enforced(
     # The refusals the browser logged are the two expected ones, nothing else.
     logged = await browser.errors()
     assert logged and all("status of 401" in e or "status of 403" in e for e in logged), logged
+
+
+async def test_schedules_listed_paused_and_run_now_from_the_page(
+    stack: Stack, http: httpx.AsyncClient, browser: Browser, tmp_path: Path
+) -> None:
+    await stack.up(workers=1)
+    body = {"scheduleId": "hourly", "everyS": 3600, "workflow": {"workflowId": "wf-hourly", "jobs": [job("a")]}}
+    assert (await http.post(f"{stack.url}/schedules", json=body)).status_code == 201
+    await browser.goto(f"{base(stack)}/ui/schedules")
+    row = '[data-schedule-id="hourly"]'
+    await browser.wait(f"() => document.querySelector('{row}')?.dataset.paused === 'false'", message="schedule row")
+    assert "every 3,600 s" in await browser.eval(text_of(row))
+
+    # Run now asks first, then starts one execution; the row links it as the last run, live.
+    await browser.click(f'{row} [data-action="trigger-schedule"]')
+    await browser.click('dialog [data-action="confirm"]')
+    await browser.wait(f"() => document.querySelector('{row} a[href^=\"/ui/executions/\"]')", message="last run linked")
+    runs = (await http.get(f"{stack.url}/schedules/hourly/runs")).json()["runs"]
+    assert [r["trigger"] for r in runs] == ["manual"]
+    linked = await browser.eval(f"() => document.querySelector('{row} a[href^=\"/ui/executions/\"]').textContent")
+    assert linked == runs[0]["executionId"]
+
+    await browser.click(f'{row} [data-action="pause-schedule"]')
+    await browser.wait(f"() => document.querySelector('{row}').dataset.paused === 'true'", message="shown paused")
+    assert (await http.get(f"{stack.url}/schedules/hourly")).json()["schedule"]["paused"] is True
+    assert await browser.eval(text_of(f"{row} [data-next-run]")) == "\u2013"  # the en dash of "no next run"
+    await shoot(browser, "schedules", tmp_path)
+    await browser.click(f'{row} [data-action="resume-schedule"]')
+    await browser.wait(f"() => document.querySelector('{row}').dataset.paused === 'false'", message="shown resumed")
+    assert await browser.errors() == []

@@ -7,11 +7,13 @@ import { ConfirmHost, Link, Notices, html, usePath } from "./components.js";
 import { ExecutionPage } from "./execution.js";
 import { ExecutionsPage } from "./executions.js";
 import { OverviewPage } from "./overview.js";
+import { SchedulesPage } from "./schedules.js";
 
 function route(path) {
   const one = path.match(/^\/ui\/executions\/([A-Za-z0-9_-]{1,128})\/?$/);
   if (one) return { page: "execution", id: one[1] };
   if (/^\/ui\/executions\/?$/.test(path)) return { page: "executions" };
+  if (/^\/ui\/schedules\/?$/.test(path)) return { page: "schedules" };
   if (path === "/" || /^\/ui\/?$/.test(path)) return { page: "overview" };
   return { page: "missing" };
 }
@@ -76,6 +78,7 @@ function App() {
   if (current.page === "overview") page = html`<${OverviewPage} key=${key} />`;
   else if (current.page === "executions") page = html`<${ExecutionsPage} key=${key} />`;
   else if (current.page === "execution") page = html`<${ExecutionPage} key=${key} id=${current.id} />`;
+  else if (current.page === "schedules") page = html`<${SchedulesPage} key=${key} />`;
   else page = html`<section class="panel"><h1>Not found</h1><p>No page at ${path}.</p></section>`;
   return html`
     <a class="skip" href="#main">Skip to content</a>
@@ -84,6 +87,7 @@ function App() {
       <nav aria-label="Main">
         ${nav("/ui/", "Overview", current.page === "overview")}
         ${nav("/ui/executions", "Executions", current.page === "executions" || current.page === "execution")}
+        ${nav("/ui/schedules", "Schedules", current.page === "schedules")}
       </nav>
       <div class="top-right">
         <button class="button small" type="button" onClick=${() => setSignIn(true)} data-action="sign-in">
