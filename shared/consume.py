@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 
 from shared.logging import get_logger
 
-__all__ = ["PullConsumer", "delivery_of"]
+__all__ = ["PullConsumer", "delivery_of", "pending_of"]
 
 log = get_logger(__name__)
 
@@ -42,11 +42,23 @@ def delivery_of(msg: Msg) -> tuple[int, int]:
     return 1, 0
 
 
+def pending_of(msg: Msg) -> int:
+    """How many messages the consumer still held for delivery when it delivered this one (from the ack
+    subject)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[8])
+    if len(tokens) >= 11:
+        return int(tokens[10])
+    return 0
+
+
 class _PullRequest(msgspec.Struct, omit_defaults=True):
     batch: int
-    expires: int
-    idle_heartbeat: int
+    expires: int = 0
+    idle_heartbeat: int = 0
     max_bytes: int = 0
+    no_wait: bool = False
 
 
 class PullConsumer:
@@ -60,7 +72,12 @@ class PullConsumer:
         credit: Callable[[], int],
         expires_s: float = 10.0,
         heartbeat_s: float = 2.0,
+        on_drained: Callable[[], None] | None = None,
+        probe: bool = False,
     ) -> None:
+        """`heartbeat_s` ≥ `expires_s`: requests ask for no idle heartbeats (a short request's own expiry
+        says it is gone). `on_drained` is called when the consumer becomes known to hold nothing more for us.
+        With `probe`, a request made while that is not known is `no_wait` (see `known`)."""
         self.nc = nc
         self.stream = stream
         self.consumer = consumer
@@ -77,6 +94,15 @@ class PullConsumer:
         self._last_heard = 0.0
         self._stopping = False
         self._sub: Subscription | None = None
+        self.on_drained = on_drained
+        self.probe = probe
+        self.backlog = 0
+        """Messages the consumer held for delivery when it last delivered to us (0 once it ran dry): other
+        consumers' owners use it to know whether work of this consumer is still waiting."""
+        self.known = False
+        """Whether `backlog` is known: after a delivery or a "no messages" (404), not after a request merely
+        expired (408), because a paused consumer holds requests until they expire and a resumed one does not
+        serve the requests it held. While it is not known, requests are `no_wait`: answered at once."""
         self.delivered = 0
         self.log = log.bind(consumer=consumer, stream=stream)
 
@@ -84,9 +110,15 @@ class PullConsumer:
         """Credit grew (a slot freed): ask for more now instead of at the next arrival."""
         self._arrived.set()
 
+    @property
+    def clear(self) -> bool:
+        """Known to hold nothing for us."""
+        return self.known and not self.backlog
+
     def reset(self) -> None:
         """Forget what was requested (after a reconnect the server may have dropped the requests)."""
         self._requested = 0
+        self.known = False
         self._arrived.set()
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -99,8 +131,10 @@ class PullConsumer:
             if status == "408":
                 missed = headers.get("Nats-Pending-Messages")
                 self._requested = max(0, self._requested - (int(missed) if missed else self._requested))
+                self.known = False
             elif status == "404":
                 self._requested = 0
+                self._learned(0)
             else:  # 409 and the rest: the server dropped our requests
                 if status != "409" or "Leadership Change" not in (headers.get("Description") or ""):
                     self.log.debug("pull request ended", status=status, description=headers.get("Description"))
@@ -108,8 +142,16 @@ class PullConsumer:
             self._arrived.set()
             return
         self._requested = max(0, self._requested - 1)
+        self._learned(pending_of(msg))
         self._buffer.append(msg)
         self._arrived.set()
+
+    def _learned(self, backlog: int) -> None:
+        was_clear = self.clear
+        self.backlog = backlog
+        self.known = True
+        if self.clear and not was_clear and self.on_drained is not None:
+            self.on_drained()
 
     async def _pull(self) -> None:
         want = self.credit() - self._requested - len(self._buffer)
@@ -117,11 +159,15 @@ class PullConsumer:
         # the server, and a request that is mostly unused costs nothing.
         if want <= 0 or (self._requested and want < max(1, self.credit() // 4)):
             return
-        request = _PullRequest(
-            batch=want,
-            expires=int(self.expires_s * 1e9),
-            idle_heartbeat=int(self.heartbeat_s * 1e9),
-        )
+        if self.probe and not self.known:
+            # Answered at once: messages, or "no messages" (with an expiry, the server would wait it out).
+            request = _PullRequest(batch=want, no_wait=True)
+        else:
+            request = _PullRequest(
+                batch=want,
+                expires=int(self.expires_s * 1e9),
+                idle_heartbeat=int(self.heartbeat_s * 1e9) if self.heartbeat_s < self.expires_s else 0,
+            )
         await self.nc.publish(self._next_subject, _encode(request), reply=self._inbox)
         if not self._requested:
             self._last_heard = asyncio.get_running_loop().time()

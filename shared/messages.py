@@ -193,6 +193,10 @@ FINAL_JOB_STATES: frozenset[str] = frozenset({"completed", "failed", "skipped", 
 FINAL_EXECUTION_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 ANY_CAPABILITY = "any"
 """Capability token of jobs that any worker may run (every worker consumes it)."""
+PRIORITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+"""Priority bands, highest first: each (capability, type) has one consumer per band, drained in this order."""
+DEFAULT_PRIORITY = 3
+Priority = Annotated[int, Meta(ge=1, le=5, description="1 (highest) to 5 (lowest); default 3")]
 
 
 class JobConfig(ApiRequest):
@@ -213,6 +217,8 @@ class JobConfig(ApiRequest):
     """Only workers that registered this capability receive the job; default: any worker."""
     schedule_timeout_s: Annotated[float, Meta(gt=0, le=7 * 24 * 3600)] | None = None
     """A job no worker has started this long after it was queued fails (default: the scheduler's setting)."""
+    priority: Priority | None = None
+    """When workers are saturated, ready jobs of a higher priority start first (default: the execution's)."""
 
 
 IdempotencyKey = Annotated[
@@ -227,6 +233,8 @@ class ExecuteRequest(ApiRequest):
     workflow_id: WorkflowId
     jobs: Annotated[list[JobConfig], Meta(min_length=1)]
     parallelism: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    priority: Priority | None = None
+    """Priority of the execution's jobs that set none (default 3)."""
     idempotency_key: IdempotencyKey | None = None
     """The same key with the same request returns the execution it created (200), never a second one; with
     another request it is a 409. The `Idempotency-Key` header does the same."""
@@ -294,6 +302,7 @@ class ExecutionView(Message):
     error: str | None = None
     run_at: Timestamp | None = None
     """When a delayed execution (`runAt`, `delayS`) starts; it stays `pending` until then."""
+    priority: int = DEFAULT_PRIORITY
 
 
 class ErrorInfo(Message):
@@ -343,6 +352,7 @@ class JobView(Message):
     progress: JobProgress | None = None
     waiting_reason: str | None = None
     retry_at: str | None = None
+    priority: int = DEFAULT_PRIORITY
 
 
 class ExecutionRef(Message):
@@ -418,6 +428,14 @@ class ConsumerRef(Message):
     ack_wait_s: float
     max_deliveries: int = 5
     """A message delivered more often than this without a result fails its jobs as poison jobs."""
+    priority: int = DEFAULT_PRIORITY
+    """The band this consumer takes: a worker pulls the higher bands first."""
+
+
+class ConsumerSet(Message):
+    """`scheduler.consumer` reply: the (capability, type) consumers, one per priority band, highest first."""
+
+    consumers: list[ConsumerRef]
 
 
 # --- the job stream and worker reports ---------------------------------------------------------------------
@@ -441,8 +459,9 @@ class JobItem(Message):
 
 
 class JobBundle(Message):
-    """Payload of `<ns>.jobs.<capability>.<type>.<executionId>`: jobs of one type of one execution, dispatched
-    together (one job when they run long; several when they are quick, see services/scheduler/dispatch.py)."""
+    """Payload of `<ns>.jobs.<capability>.<type>.p<priority>.<executionId>`: jobs of one type and priority of one
+    execution, dispatched together (one job when they run long; several when they are quick, see
+    services/scheduler/dispatch.py)."""
 
     execution_id: str
     workflow_id: str
@@ -631,6 +650,8 @@ class JournalCreated(JournalEntry, tag="created"):
     submitted_by: str | None = None
     traceparent: str | None = None
     """W3C trace context of the submit (when tracing is on): the execution's dispatches continue that trace."""
+    priority: int | None = None
+    """The execution's priority (its jobs that set none take it)."""
     run_at: str | None = None
     """A delayed execution's start: the owner (or whoever takes it over) starts it then."""
 
@@ -665,6 +686,7 @@ class JournalReopened(JournalEntry, tag="reopened"):
     generation: int
     parts: int
     submitted_by: str | None = None
+    priority: int = DEFAULT_PRIORITY
 
 
 AnyJournalEntry = JournalCreated | JournalAdopted | JournalStep | JournalReopened
@@ -698,6 +720,7 @@ class ExecutionRecord(Message):
     snapshot_parts: int = 0
     run_at: str | None = None
     """When a delayed execution starts (None: at once)."""
+    priority: int = DEFAULT_PRIORITY
 
 
 class JobRecord(Message):
@@ -728,6 +751,8 @@ class JobRecord(Message):
     deliveries: list[Delivery] = msgspec.field(default_factory=list)
     progress: JobProgress | None = None
     logs: list[str] = msgspec.field(default_factory=list)
+    priority: int = DEFAULT_PRIORITY
+    """Its priority in effect (its own, else its execution's)."""
 
 
 class SnapshotPart(Message):
@@ -814,6 +839,14 @@ class CancelNotice(Message):
     execution_id: str
     round: int
     """Handlers of this round (and earlier ones) stop; a retry's later round is not affected."""
+
+
+class ConsumerPauseAdvisory(msgspec.Struct, kw_only=True):
+    """JetStream's `$JS.EVENT.ADVISORY.CONSUMER.PAUSE.<stream>.<consumer>` (the server's format, snake_case)."""
+
+    stream: str
+    consumer: str
+    paused: bool
 
 
 # --- observability -----------------------------------------------------------------------------------------

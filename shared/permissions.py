@@ -216,7 +216,7 @@ def permissions(names: Names) -> dict[Role, Permissions]:
             # Results of a job's parents too large to travel in its job message.
             *_stream_reader(_kv(names.executions_bucket)),
         ),
-        subscribe=(inbox(Role.WORKER), names.workers_cancel, scrape),
+        subscribe=(inbox(Role.WORKER), names.workers_cancel, names.jobs_pause_advisories, scrape),
         # For the scrape. It also lets a worker answer once to the reply subject of a message it receives, such
         # as a cancellation event's JetStream-ack inbox (docs/security.md: what is not covered yet).
         allow_responses=True,

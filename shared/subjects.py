@@ -130,17 +130,18 @@ class Names:
     def jobs_all(self) -> str:
         return f"{self.jobs_prefix}.>"
 
-    def jobs(self, capability: str, job_type: str, execution_id: str) -> str:
-        """Subject of a bundle of `job_type` jobs of one execution needing `capability`."""
-        return f"{self.jobs_prefix}.{capability}.{job_type}.{execution_id}"
+    def jobs(self, capability: str, job_type: str, priority: int, execution_id: str) -> str:
+        """Subject of a bundle of `job_type` jobs of one execution needing `capability`, in a priority band:
+        `jetdag.jobs.gpu.train.p1.<executionId>`."""
+        return f"{self.jobs_prefix}.{capability}.{job_type}.p{priority}.{execution_id}"
 
-    def jobs_filter(self, capability: str, job_type: str) -> str:
-        """What the (capability, type) consumer takes: that pool's jobs of every execution."""
-        return f"{self.jobs_prefix}.{capability}.{job_type}.*"
+    def jobs_filter(self, capability: str, job_type: str, priority: int) -> str:
+        """What the (capability, type, band) consumer takes: that pool's jobs of every execution."""
+        return f"{self.jobs_prefix}.{capability}.{job_type}.p{priority}.*"
 
     def jobs_of_execution(self, execution_id: str) -> str:
         """Every queued job message of one execution (withdrawn with one purge when it is cancelled)."""
-        return f"{self.jobs_prefix}.*.*.{execution_id}"
+        return f"{self.jobs_prefix}.*.*.*.{execution_id}"
 
     # --- the journal and worker reports ---------------------------------------------------------------
 
@@ -177,9 +178,23 @@ class Names:
         """Core NATS: the scheduler tells workers to stop handlers of a cancelled execution (CancelNotice)."""
         return f"{self.namespace}.workers.cancel"
 
-    def jobs_consumer(self, capability: str, job_type: str) -> str:
-        """Durable consumer shared by every worker able to run (capability, type)."""
-        return f"{capability}__{job_type}"
+    def jobs_consumer(self, capability: str, job_type: str, priority: int) -> str:
+        """Durable consumer shared by every worker able to run (capability, type), one per priority band:
+        `gpu__train__p1`."""
+        return f"{capability}__{job_type}__p{priority}"
+
+    @property
+    def jobs_pause_advisories(self) -> str:
+        """JetStream's own advisories (ConsumerPauseAdvisory) when a job consumer is paused or resumed, by a
+        command or when its pause runs out: workers probe a resumed band's consumers again (services/worker/
+        bands.py)."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.PAUSE.{self.jobs_stream}.*"
+
+    @staticmethod
+    def jobs_consumer_priority(consumer: str) -> int | None:
+        """The band of a `jobs_consumer` name (None: not one of them)."""
+        _, _, band = consumer.rpartition("__p")
+        return int(band) if band.isdigit() else None
 
     # --- events ----------------------------------------------------------------------------------------
 

@@ -253,6 +253,29 @@ def test_bundles_group_ready_jobs_of_one_type_up_to_the_bundle_size() -> None:
     assert len({j.bundle for j in s.jobs if j.type == "sleep"}) == 1
 
 
+def test_free_slots_go_to_the_highest_priority_first_and_the_jobs_own_priority_wins() -> None:
+    clock = Clock()
+    jobs = [cfg("low"), cfg("urgent", priority=1), cfg("normal", priority=3), cfg("later", priority=5)]
+    s = m.new_state(
+        execution_id="exec-1", workflow_id="wf", shard=0, parallelism=2, created_at=AT, configs=jobs, priority=4
+    )
+    assert [j.priority for j in s.jobs] == [4, 1, 3, 5] and s.priority == 4
+    step = m.on_start(s, clock.env())
+    assert [s.jobs[i].id for i in step.dispatched] == ["urgent", "normal"]
+    step = m.on_report(s, clock.env(), finished(s.jobs[1]), "w")
+    assert [s.jobs[i].id for i in step.dispatched] == ["low"]
+    # Kept in the snapshot record, so a retried round keeps it.
+    assert m.record_of(s, s.jobs[3]).priority == 5
+
+
+def test_a_bundle_holds_jobs_of_one_priority() -> None:
+    clock = Clock()
+    s = state_of(*(cfg(f"j{i}", priority=1 + i % 2) for i in range(6)))
+    m.on_start(s, clock.env(bundle=10))
+    bundles = {j.bundle: {k.priority for k in s.jobs if k.bundle == j.bundle} for j in s.jobs}
+    assert sorted(len(p) for p in bundles.values()) == [1, 1]
+
+
 def test_a_job_never_picked_up_fails_after_its_schedule_timeout() -> None:
     clock = Clock()
     s = state_of(cfg("gpu", capability="tpu"), cfg("after", ["gpu"]))

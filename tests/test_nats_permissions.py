@@ -115,7 +115,7 @@ async def test_a_worker_credential_cannot_steer_the_system(
         # Publishes a worker may not make: job messages, events other than its reports, KV writes, commands
         # it has no business sending, and JetStream calls that would delete, purge or re-shape streams.
         forbidden = [
-            names.jobs("any", "sleep", eid),
+            names.jobs("any", "sleep", 3, eid),
             names.execution_event(eid, "cancelled"),
             names.execution_event(eid, "jobs"),
             names.journal(eid),
@@ -132,7 +132,7 @@ async def test_a_worker_credential_cannot_steer_the_system(
             f"$JS.API.STREAM.UPDATE.{names.jobs_stream}",
             f"$JS.API.STREAM.MSG.DELETE.{names.jobs_stream}",
             f"$JS.API.CONSUMER.CREATE.{names.jobs_stream}",
-            f"$JS.API.CONSUMER.DELETE.{names.jobs_stream}.any__sleep",
+            f"$JS.API.CONSUMER.DELETE.{names.jobs_stream}.any__sleep__p3",
         ]
         for subject in forbidden:
             await worker.publish(subject, b"{}")
@@ -182,7 +182,7 @@ async def test_the_gateway_credential_cannot_run_jobs_or_write_state(secure_nats
     gateway = await secure_nats.connect(Role.GATEWAY, error_cb=refused.record)
     try:
         forbidden = [
-            names.jobs("any", "noop", "e"),
+            names.jobs("any", "noop", 3, "e"),
             names.reports(0),
             f"$KV.{names.executions_bucket}.e",
             f"$JS.API.CONSUMER.DURABLE.CREATE.{names.events_stream}.mine",
@@ -213,13 +213,13 @@ def matches(pattern: str, subject: str) -> bool:
 def test_the_table_keeps_roles_to_their_namespace_and_never_deletes_streams() -> None:
     table, other = permissions(Names("jetdag")), Names("jetdag-b")
     foreign = [
-        other.jobs("any", "noop", "e"),
+        other.jobs("any", "noop", 3, "e"),
         other.reports(0),
         other.journal("e"),
         other.registry("register"),
         f"$KV.{other.workers_bucket}.w",
         f"$JS.API.STREAM.INFO.{other.jobs_stream}",
-        f"$JS.API.CONSUMER.MSG.NEXT.{other.jobs_stream}.any__noop",
+        f"$JS.API.CONSUMER.MSG.NEXT.{other.jobs_stream}.any__noop__p3",
         f"{other.inbox_prefix(Role.WORKER)}.x",
     ]
     for role, perms in table.items():
@@ -335,8 +335,8 @@ async def test_consumers_follow_the_worker_pools_not_the_types_clients_send(
         await secure_stack.worker("w1")
         other = await submit(http, secure_stack.url, [job("a")])
         assert (await wait_final(http, secure_stack.url, other))["status"] == "completed"
-        # The worker's pools: its capability plus `any`, times its handler types.
-        assert (await js.stream_info(secure_stack.names.jobs_stream)).state.consumer_count <= before + 2 * 3
+        # The worker's pools: its capability plus `any`, times its handler types, times the 5 priority bands.
+        assert (await js.stream_info(secure_stack.names.jobs_stream)).state.consumer_count <= before + 2 * 3 * 5
         assert (await http.post(f"{secure_stack.url}/execute/{eid}/cancel")).status_code == 200
     finally:
         await operator.close()

@@ -48,20 +48,20 @@ async def test_pause_holds_new_jobs_until_resume(stack: Stack, http: httpx.Async
     body = await stats(http, stack.url)
     assert body["stats"]["waiting"] == 0 and body["stats"]["active"] == 0
     # The consumers are paused on the server: that is what JetStream reports.
-    info = await nc.jetstream().consumer_info(stack.names.jobs_stream, stack.names.jobs_consumer("any", "noop"))
+    info = await nc.jetstream().consumer_info(stack.names.jobs_stream, stack.names.jobs_consumer("any", "noop", 3))
     assert info.paused is True and (info.num_pending or 0) == 5
     assert (await status(http, stack.url, eid))["progress"]["running"] == 0
     assert {j["startedAt"] for j in (await jobs(http, stack.url, eid)).values()} == {None}
     # A consumer created while paused starts paused.
     await stack.worker("late", "tests.handlers")
-    info = await nc.jetstream().consumer_info(stack.names.jobs_stream, stack.names.jobs_consumer("any", "add"))
+    info = await nc.jetstream().consumer_info(stack.names.jobs_stream, stack.names.jobs_consumer("any", "add", 3))
     assert info.paused is True
     r = await http.post(f"{stack.url}/queue/resume")
     assert r.status_code == 200 and r.json()["isPaused"] is False
     r = await http.post(f"{stack.url}/queue/resume")
     assert r.status_code == 200 and "not paused" in r.json()["message"]
     assert (await wait_final(http, stack.url, eid))["status"] == "completed"
-    info = await nc.jetstream().consumer_info(stack.names.jobs_stream, stack.names.jobs_consumer("any", "add"))
+    info = await nc.jetstream().consumer_info(stack.names.jobs_stream, stack.names.jobs_consumer("any", "add", 3))
     assert not info.paused
 
 

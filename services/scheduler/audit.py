@@ -150,7 +150,7 @@ class Audit:
 
     async def _lost_messages(self, owned: Owned, jobs: list[Job]) -> list[Job]:
         """Jobs seen twice in a row queued under the same token while their execution has no message of their
-        (capability, type) left in the job stream."""
+        (capability, type, band) left in the job stream."""
         if not jobs:
             return []
         names = self.ctx.names
@@ -161,7 +161,7 @@ class Audit:
         lost = []
         for job in jobs:
             key = (owned.execution_id, job.id)
-            if names.jobs(job.capability, job.type, owned.execution_id) in present:
+            if names.jobs(job.capability, job.type, job.priority, owned.execution_id) in present:
                 self._missing.pop(key, None)
                 continue
             if self._missing.get(key) == job.token:

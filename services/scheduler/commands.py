@@ -33,7 +33,7 @@ from shared.keys import execution_key, idempotency_key, kv_subject
 from shared.logging import get_logger
 from shared.messages import (
     FINAL_EXECUTION_STATES,
-    ConsumerRef,
+    ConsumerSet,
     EnsureConsumer,
     ExecuteCommand,
     ExecuteReply,
@@ -246,6 +246,7 @@ class Commands:
             execution_id=execution_id,
             workflow_id=request.workflow_id,
             parallelism=request.parallelism,
+            priority=request.priority,
             jobs=list(dag.jobs.values()),
             shard=shard.n,
             epoch=shard.revision,
@@ -397,6 +398,7 @@ class Commands:
             completed_at=record.completed_at,
             error=record.error,
             records=records,
+            priority=record.priority,
         )
         for job in state.jobs[query.offset : query.offset + limit]:
             if job.result_ref is not None and job.result is None:
@@ -504,10 +506,10 @@ class Commands:
         self._counts = None
         return QueueControl(is_paused=False, changed=changed, consumers=consumers)
 
-    async def consumer(self, cmd: EnsureConsumer) -> ConsumerRef:
+    async def consumer(self, cmd: EnsureConsumer) -> ConsumerSet:
         check_name("capability", cmd.capability)
         check_name("type", cmd.type)
-        return await self.queue.ensure_consumer(cmd.capability, cmd.type)
+        return await self.queue.ensure_consumers(cmd.capability, cmd.type)
 
 
 def _page(state: machine.ExecutionState, offset: int, limit: int) -> JobList:

@@ -126,7 +126,7 @@ class Dispatcher:
         spilled: list[tuple[str, Job]] = []
         for bundle, members in bundles.items():
             first = members[0]
-            subject = self.names.jobs(first.capability, first.type, state.execution_id)
+            subject = self.names.jobs(first.capability, first.type, first.priority, state.execution_id)
             items = [self._item(state, job, spilled) for job in members]
             parts = _split(items)
             for n, part in enumerate(parts):

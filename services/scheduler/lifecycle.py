@@ -741,6 +741,7 @@ class Owned:
             snapshot_parts=self.snapshot_parts,
             submitted_by=state.submitted_by,
             run_at=state.run_at,
+            priority=state.priority,
         )
 
     async def _maybe_write_record(self, *, force: bool = False) -> None:

@@ -23,7 +23,9 @@ import msgspec
 from shared.keys import bundle_msg_id
 from shared.messages import (
     ANY_CAPABILITY,
+    DEFAULT_PRIORITY,
     FINAL_EXECUTION_STATES,
+    PRIORITIES,
     AnyJobReport,
     Counts,
     Delivery,
@@ -135,6 +137,8 @@ class Job(msgspec.Struct, gc=False):
     backoff_ms: int
     timeout_s: float | None
     schedule_timeout_s: float | None
+    priority: int = DEFAULT_PRIORITY
+    """In effect: the job's own, else its execution's."""
     status: JobStatus = "pending"
     remaining: int = 0
     """Parents not completed yet; the job is ready at 0."""
@@ -184,10 +188,12 @@ class ExecutionState:
     """The API token that submitted it (its open executions are counted against a limit)."""
     traceparent: str | None = None
     """The submit's trace context: job dispatches are spans of that trace."""
-    ready: deque[int] = field(default_factory=deque)
-    """Ready jobs in the order they became ready: they get free parallelism slots first-come."""
     run_at: str | None = None
     """A delayed execution's start (`runAt`, `delayS`): its owner starts it then (lifecycle's start timer)."""
+    priority: int = DEFAULT_PRIORITY
+    ready: dict[int, deque[int]] = field(default_factory=lambda: {p: deque() for p in PRIORITIES})
+    """Ready jobs by priority band, each in the order they became ready: free parallelism slots go to the
+    highest band first, first-come within it."""
 
     @property
     def final(self) -> bool:
@@ -246,7 +252,7 @@ def _set_status(state: ExecutionState, job: Job, status: JobStatus) -> None:
     setattr(counts, status, getattr(counts, status) + 1)
     job.status = status
     if status == "ready":
-        state.ready.append(job.index)
+        state.ready[job.priority].append(job.index)
     elif status == "completed":
         for child in job.children:
             state.jobs[child].remaining -= 1
@@ -335,8 +341,10 @@ def new_state(
     parallelism: int | None,
     created_at: str,
     configs: Iterable[JobConfig],
+    priority: int | None = None,
 ) -> ExecutionState:
     """The state of a just-submitted (already validated) DAG: every job pending."""
+    default = priority or DEFAULT_PRIORITY
     configs = list(configs)
     jobs: list[Job] = []
     by_id: dict[str, int] = {}
@@ -357,9 +365,10 @@ def new_state(
                 backoff_ms=cfg.backoff_ms,
                 timeout_s=cfg.timeout_s,
                 schedule_timeout_s=cfg.schedule_timeout_s,
+                priority=cfg.priority or default,
             )
         )
-    state = ExecutionState(execution_id, workflow_id, shard, parallelism, created_at, jobs, by_id)
+    state = ExecutionState(execution_id, workflow_id, shard, parallelism, created_at, jobs, by_id, priority=default)
     _link(state, ((j, cfg.depends_on) for j, cfg in zip(jobs, configs, strict=True)))
     state.counts.pending = len(jobs)
     return state
@@ -385,6 +394,7 @@ def state_from_records(
     completed_at: str | None,
     error: str | None,
     records: list[JobRecord],
+    priority: int = DEFAULT_PRIORITY,
 ) -> ExecutionState:
     """The state of an ended execution from its snapshot (to show it, or to retry it)."""
     jobs: list[Job] = []
@@ -407,6 +417,7 @@ def state_from_records(
                 backoff_ms=r.backoff_ms,
                 timeout_s=r.timeout_s,
                 schedule_timeout_s=r.schedule_timeout_s,
+                priority=r.priority,
                 status=r.status,
                 round=r.round,
                 attempt=r.attempt,
@@ -425,7 +436,7 @@ def state_from_records(
             )
         )
         setattr(counts, r.status, getattr(counts, r.status) + 1)
-    state = ExecutionState(execution_id, workflow_id, shard, parallelism, created_at, jobs, by_id)
+    state = ExecutionState(execution_id, workflow_id, shard, parallelism, created_at, jobs, by_id, priority=priority)
     _link(state, ((job, r.depends_on) for job, r in zip(jobs, records, strict=True)))
     for job in jobs:
         job.remaining = sum(1 for p in job.parents if jobs[p].status != "completed")
@@ -451,6 +462,7 @@ def record_of(state: ExecutionState, job: Job) -> JobRecord:
         backoff_ms=job.backoff_ms,
         timeout_s=job.timeout_s,
         schedule_timeout_s=job.schedule_timeout_s,
+        priority=job.priority,
         status=job.status,
         round=job.round,
         attempt=job.attempt,
@@ -473,24 +485,28 @@ def record_of(state: ExecutionState, job: Job) -> JobRecord:
 
 
 def _fill(b: _Builder) -> None:
-    """Give free parallelism slots to ready jobs, first-come; group what is dispatched into bundles."""
+    """Give free parallelism slots to ready jobs, highest priority first, then first-come; group what is
+    dispatched into bundles (one band, type and capability per bundle)."""
     state = b.state
     if state.final:
         return
-    free = len(state.ready) if state.parallelism is None else state.parallelism - state.counts.in_flight
+    free = state.parallelism - state.counts.in_flight if state.parallelism is not None else None
     taken: list[Job] = []
-    while free > 0 and state.ready:
-        job = state.jobs[state.ready.popleft()]
-        if job.status != "ready":
-            continue  # left the queue another way (a cancel, a retry): dropped lazily
-        taken.append(job)
-        free -= 1
+    for band in PRIORITIES:
+        ready = state.ready[band]
+        while ready and (free is None or free > 0):
+            job = state.jobs[ready.popleft()]
+            if job.status != "ready":
+                continue  # left the queue another way (a cancel, a retry): dropped lazily
+            taken.append(job)
+            if free is not None:
+                free -= 1
     if not taken:
         return
-    groups: dict[tuple[str, str], list[Job]] = {}
+    groups: dict[tuple[str, str, int], list[Job]] = {}
     for job in taken:
-        groups.setdefault((job.capability, job.type), []).append(job)
-    for (capability, job_type), jobs in groups.items():
+        groups.setdefault((job.capability, job.type, job.priority), []).append(job)
+    for (capability, job_type, _), jobs in groups.items():
         size = max(1, b.env.bundle_size(capability, job_type))
         bundle: str | None = None
         in_bundle = 0

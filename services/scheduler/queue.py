@@ -1,5 +1,5 @@
-"""The job stream's consumers: one durable pull consumer per (capability, type), created on demand; pause and
-resume by JetStream consumer pause; whether the queue is paused.
+"""The job stream's consumers: one durable pull consumer per (capability, type, priority band), created when a
+worker asks for them; pause and resume by JetStream consumer pause; whether the queue is paused.
 
 Pause is a persisted switch (`control.queue` in the executions bucket) plus server-side consumer pause on
 every consumer. Both orders of a race between "create a consumer" and "pause" end paused: the creator checks
@@ -18,7 +18,7 @@ from nats.js.kv import KeyValue
 
 from shared.keys import QUEUE_KEY
 from shared.logging import get_logger
-from shared.messages import ConsumerRef, QueueState
+from shared.messages import PRIORITIES, ConsumerRef, ConsumerSet, QueueState
 from shared.subjects import Names
 from shared.timeutil import now_iso
 
@@ -56,11 +56,13 @@ class JobQueue:
         assert entry.value is not None
         return msgspec.json.decode(entry.value, type=QueueState).paused
 
-    def consumer_config(self, capability: str, job_type: str, *, paused: bool) -> ConsumerConfig:
+    def consumer_config(self, capability: str, job_type: str, priority: int, *, paused: bool) -> ConsumerConfig:
         return ConsumerConfig(
-            durable_name=self.names.jobs_consumer(capability, job_type),
-            description=f"workers able to run {job_type!r} jobs needing capability {capability!r}",
-            filter_subject=self.names.jobs_filter(capability, job_type),
+            durable_name=self.names.jobs_consumer(capability, job_type, priority),
+            description=(
+                f"workers able to run {job_type!r} jobs needing capability {capability!r}, priority {priority}"
+            ),
+            filter_subject=self.names.jobs_filter(capability, job_type, priority),
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             # Short: a dead worker's jobs come back quickly; live workers extend it with in-progress acks.
@@ -73,33 +75,41 @@ class JobQueue:
             pause_until=PAUSE_FOREVER if paused else None,
         )
 
-    async def ensure_consumer(self, capability: str, job_type: str) -> ConsumerRef:
-        """Create the (capability, type) consumer if missing, paused when the queue is paused."""
-        name = self.names.jobs_consumer(capability, job_type)
-        ref = ConsumerRef(
+    def _ref(self, capability: str, job_type: str, priority: int) -> ConsumerRef:
+        return ConsumerRef(
             stream=self.names.jobs_stream,
-            consumer=name,
-            subject=self.names.jobs_filter(capability, job_type),
+            consumer=self.names.jobs_consumer(capability, job_type, priority),
+            subject=self.names.jobs_filter(capability, job_type, priority),
             ack_wait_s=self.ack_wait_s,
             max_deliveries=self.max_deliver,
+            priority=priority,
         )
-        if name in self._known:
-            return ref
-        async with self._lock:
-            if name in self._known:
-                return ref
-            try:
-                await self.js.consumer_info(self.names.jobs_stream, name)
-            except NotFoundError:
-                paused = await self.is_paused()
-                await self.js.add_consumer(
-                    self.names.jobs_stream, self.consumer_config(capability, job_type, paused=paused)
-                )
-                log.info("consumer created", consumer=name, paused=paused)
-                if not paused and await self.is_paused():
-                    await self.js.pause_consumer(self.names.jobs_stream, name, PAUSE_FOREVER)
-            self._known.add(name)
-        return ref
+
+    async def ensure_consumers(self, capability: str, job_type: str) -> ConsumerSet:
+        """Create the (capability, type) consumers of every priority band if missing, paused when the queue is
+        paused."""
+        refs = [self._ref(capability, job_type, p) for p in PRIORITIES]
+        missing = [ref for ref in refs if ref.consumer not in self._known]
+        if missing:
+            async with self._lock:
+                for ref in missing:
+                    if ref.consumer not in self._known:
+                        await self._ensure(capability, job_type, ref)
+        return ConsumerSet(consumers=refs)
+
+    async def _ensure(self, capability: str, job_type: str, ref: ConsumerRef) -> None:
+        name = ref.consumer
+        try:
+            await self.js.consumer_info(self.names.jobs_stream, name)
+        except NotFoundError:
+            paused = await self.is_paused()
+            await self.js.add_consumer(
+                self.names.jobs_stream, self.consumer_config(capability, job_type, ref.priority, paused=paused)
+            )
+            log.info("consumer created", consumer=name, paused=paused)
+            if not paused and await self.is_paused():
+                await self.js.pause_consumer(self.names.jobs_stream, name, PAUSE_FOREVER)
+        self._known.add(name)
 
     async def _consumers(self) -> list[ConsumerInfo]:
         infos: list[ConsumerInfo] = []
@@ -116,6 +126,8 @@ class JobQueue:
         was = await self.is_paused()
         await self.kv.put(QUEUE_KEY, msgspec.json.encode(QueueState(paused=paused, changed_at=now_iso())))
         consumers = await self._consumers()
+        # Highest band first: on a resume, a worker's first deliveries come from the most urgent jobs.
+        consumers.sort(key=lambda info: self.names.jobs_consumer_priority(info.name or "") or 0)
         for info in consumers:
             assert info.name is not None
             if paused:

@@ -82,6 +82,7 @@ async def replay(
                         parallelism=head.parallelism,
                         created_at=head.at,
                         configs=created,
+                        priority=head.priority,
                     )
                     state.submitted_by = head.submitted_by
                     state.traceparent = head.traceparent
@@ -100,6 +101,7 @@ async def replay(
                     completed_at=entry.completed_at,
                     error=entry.error,
                     records=records,
+                    priority=entry.priority,
                 )
                 state.submitted_by = entry.submitted_by
                 started_at = entry.started_at
@@ -180,6 +182,7 @@ async def create(
     epoch: int,
     submitted_by: str | None = None,
     run_at: str | None = None,
+    priority: int | None = None,
 ) -> Owned:
     """Journal the DAG, fence it as ours, write the record (the commit point: from here on it exists). A
     delayed execution (`run_at`) journals its start time with the DAG: whoever owns it later starts it then."""
@@ -191,6 +194,7 @@ async def create(
         parallelism=parallelism,
         created_at=now,
         configs=jobs,
+        priority=priority,
     )
     state.submitted_by = submitted_by
     state.traceparent = tracing.current_traceparent()
@@ -209,6 +213,7 @@ async def create(
                 submitted_by=submitted_by,
                 traceparent=state.traceparent if n == 0 else None,
                 run_at=run_at,
+                priority=priority,
             )
         )
         for n, chunk in enumerate(chunks)
@@ -250,6 +255,7 @@ async def reopen(ctx: Context, record: ExecutionRecord, shard: int, epoch: int) 
         completed_at=record.completed_at,
         error=record.error,
         records=records,
+        priority=record.priority,
     )
     state.submitted_by = record.submitted_by
     await _load_large_results(ctx, state)
@@ -270,6 +276,7 @@ async def reopen(ctx: Context, record: ExecutionRecord, shard: int, epoch: int) 
                 generation=record.snapshot,
                 parts=record.snapshot_parts,
                 submitted_by=record.submitted_by,
+                priority=record.priority,
             )
         ),
         _encode(JournalAdopted(at=ctx.env().now, owner=ctx.replica_id, epoch=epoch)),

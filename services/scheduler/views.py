@@ -47,6 +47,7 @@ def execution_view(state: ExecutionState, *, started_at: str, checkpoint_id: str
         round=state.round,
         error=state.error,
         run_at=state.run_at,
+        priority=state.priority,
     )
 
 
@@ -64,6 +65,7 @@ def record_view(record: ExecutionRecord) -> ExecutionView:
         round=record.round,
         error=record.error,
         run_at=record.run_at,
+        priority=record.priority,
     )
 
 
@@ -88,6 +90,7 @@ def job_view(state: ExecutionState, job: Job) -> JobView:
         progress=job.progress,
         waiting_reason=job.waiting_reason,
         retry_at=job.retry_at,
+        priority=job.priority,
     )
 
 

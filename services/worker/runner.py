@@ -24,7 +24,6 @@ import functools
 import math
 import time
 import traceback
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,9 @@ from shared.logging import get_logger
 from shared.messages import (
     ANY_CAPABILITY,
     CancelNotice,
+    ConsumerPauseAdvisory,
     ConsumerRef,
+    ConsumerSet,
     EnsureConsumer,
     ErrorInfo,
     JobBundle,
@@ -55,6 +56,7 @@ from shared.pipeline import Pipeline
 from shared.service import ServiceContext
 from shared.timeutil import now_iso
 
+from .bands import Waiting, first_unclear, may_take
 from .handlers import Handler, HandlerRegistry, JobContext, JobFailed, NonRetryable
 from .options import WorkerOptions
 from .reports import Reporter
@@ -79,12 +81,15 @@ _encode = msgspec.json.Encoder().encode
 
 @dataclass
 class _Pool:
-    """One (capability, type) consumer and what the worker learned of its messages."""
+    """One (capability, type, band) consumer and what the worker learned of its messages."""
 
     ref: ConsumerRef
     consumer: PullConsumer | None = None
     jobs_per_message: float = 1.0
     mean_ms: float | None = None
+    paused: bool = False
+    """As JetStream's last pause advisory said. Its requests go on (a missed advisory costs order, not
+    progress)."""
 
 
 @dataclass(eq=False)
@@ -139,7 +144,7 @@ class Runner:
         )
         self.running: dict[str, _Run] = {}
         """By dispatch token."""
-        self.waiting: deque[tuple[JobItem, _Held]] = deque()
+        self.waiting: Waiting[tuple[JobItem, _Held]] = Waiting()
         self.held: dict[int, _Held] = {}
         """By the message's stream sequence."""
         self.pools: list[_Pool] = []
@@ -168,22 +173,26 @@ class Runner:
         names = self.ctx.names
         await self.pipeline.start()
         await self.ctx.nc.subscribe(names.workers_cancel, cb=self._on_cancel)
+        await self.ctx.nc.subscribe(names.jobs_pause_advisories, cb=self._on_pause_advisory)
         for cap, job_type in self.pairs():
-            ref = await self._consumer(cap, job_type)
-            pool = _Pool(ref)
-            pool.consumer = PullConsumer(
-                self.ctx.nc,
-                stream=ref.stream,
-                consumer=ref.consumer,
-                handle=functools.partial(self._on_messages, pool),
-                credit=functools.partial(self._credit, pool),
-                # Short-lived requests: one outstanding on this consumer when a job of another consumer took the
-                # last slot is credit the worker no longer has (a frozen worker would sit on what it brings).
-                expires_s=PULL_EXPIRES_S,
-                heartbeat_s=PULL_EXPIRES_S / 2,
-            )
-            self.pools.append(pool)
-            self._tasks.append(asyncio.create_task(pool.consumer.run(), name=f"pull {ref.consumer}"))
+            for ref in (await self._consumers(cap, job_type)).consumers:
+                pool = _Pool(ref)
+                pool.consumer = PullConsumer(
+                    self.ctx.nc,
+                    stream=ref.stream,
+                    consumer=ref.consumer,
+                    handle=functools.partial(self._on_messages, pool),
+                    credit=functools.partial(self._credit, pool),
+                    # Short-lived requests: one outstanding on this consumer when a job of another consumer took
+                    # the last slot is credit the worker no longer has (a frozen worker would sit on what it
+                    # brings). Their expiry says they are gone: no heartbeats needed.
+                    expires_s=PULL_EXPIRES_S,
+                    heartbeat_s=PULL_EXPIRES_S,
+                    on_drained=self._on_drained,
+                    probe=True,
+                )
+                self.pools.append(pool)
+                self._tasks.append(asyncio.create_task(pool.consumer.run(), name=f"pull {ref.consumer}"))
         self._tasks.append(asyncio.create_task(self._keepalive(), name="keepalive"))
         self.ctx.reconnect_listeners.append(self._on_reconnect)
         self.log.info("consuming", consumers=[p.ref.consumer for p in self.pools], concurrency=self.options.concurrency)
@@ -193,8 +202,9 @@ class Runner:
             if pool.consumer is not None:
                 pool.consumer.reset()
 
-    async def _consumer(self, cap: str, job_type: str) -> ConsumerRef:
-        """Ask the scheduler (owner of the job stream) for the consumer; wait for it if it is not up yet."""
+    async def _consumers(self, cap: str, job_type: str) -> ConsumerSet:
+        """Ask the scheduler (owner of the job stream) for the consumers (one per priority band); wait for it if
+        it is not up yet."""
         delay = 0.2
         while True:
             try:
@@ -202,7 +212,7 @@ class Runner:
                     self.ctx.nc,
                     self.ctx.names.scheduler("consumer"),
                     EnsureConsumer(capability=cap, type=job_type),
-                    ConsumerRef,
+                    ConsumerSet,
                     service="scheduler",
                     timeout=self.ctx.nats.request_timeout_s,
                 )
@@ -215,11 +225,37 @@ class Runner:
 
     # --- taking messages ----------------------------------------------------------------------------------------
 
+    def _top_unclear(self) -> int | None:
+        return first_unclear(
+            (p.ref.priority, p.paused or p.consumer.clear) for p in self.pools if p.consumer is not None
+        )
+
+    async def _on_pause_advisory(self, msg: Msg) -> None:
+        """A paused consumer answers "no messages" and holds long requests past its resume: while it is paused
+        it holds nothing for us (lower bands go on), and once resumed nothing is known of it until it is
+        probed again. JetStream sends these in the order the consumers changed, and the scheduler resumes the
+        highest band first, so a higher band's consumers are unknown again before a lower one's are pulled."""
+        try:
+            advisory = msgspec.json.decode(msg.data, type=ConsumerPauseAdvisory)
+        except msgspec.DecodeError:
+            return
+        for pool in self.pools:
+            if pool.ref.consumer == advisory.consumer and pool.consumer is not None:
+                pool.paused = advisory.paused
+                if not advisory.paused:
+                    pool.consumer.reset()
+        self._start_waiting()
+        self._wake()
+
     def _credit(self, pool: _Pool) -> int:
-        """Messages this consumer may have outstanding: the free slots, in messages of the size it has seen."""
+        """Messages this consumer may have outstanding: the free slots, in messages of the size it has seen;
+        none while a higher band holds jobs (see bands.py)."""
         if self.stopping.is_set():
             return 0
-        free = self.options.concurrency - len(self.running) - len(self.waiting)
+        band = pool.ref.priority
+        if not may_take(band, self._top_unclear()):
+            return 0
+        free = self.options.concurrency - len(self.running) - self.waiting.up_to(band)
         if pool.mean_ms is not None and pool.mean_ms < QUICK_JOB_MS:
             free += self.options.concurrency // 2
         if free <= 0:
@@ -230,6 +266,11 @@ class Runner:
         for pool in self.pools:
             if pool.consumer is not None:
                 pool.consumer.wake()
+
+    def _on_drained(self) -> None:
+        """A band ran dry: held jobs of lower bands may start, their consumers be pulled."""
+        self._start_waiting()
+        self._wake()
 
     async def _on_messages(self, pool: _Pool, msgs: list[Msg]) -> None:
         for msg in msgs:
@@ -251,7 +292,7 @@ class Runner:
             elif delivery > 1 and n > 1:
                 self._split(held)
             else:
-                self.waiting.extend((item, held) for item in bundle.jobs)
+                self.waiting.add(pool.ref.priority, ((item, held) for item in bundle.jobs))
         self._start_waiting()
         await self._flush_acks()
 
@@ -298,8 +339,12 @@ class Runner:
                 await msg.ack()
 
     def _start_waiting(self) -> None:
-        while self.waiting and len(self.running) < self.options.concurrency and not self.stopping.is_set():
-            item, held = self.waiting.popleft()
+        top = self._top_unclear()
+        while len(self.running) < self.options.concurrency and not self.stopping.is_set():
+            band = self.waiting.first_band()
+            if band is None or not may_take(band, top):
+                return  # a higher band's jobs are on their way (or its requests will say it ran dry)
+            item, held = self.waiting.popleft(band)
             if (held.bundle.execution_id, held.bundle.round) in self._cancelled:
                 self._close(held, 1)
                 continue
@@ -519,13 +564,11 @@ class Runner:
                 run.ctx.log.info("cancelling: the execution was cancelled")
                 if run.task is not None:
                     run.task.cancel()
-        kept: deque[tuple[JobItem, _Held]] = deque()
-        for item, held in self.waiting:
-            if held.bundle.execution_id == notice.execution_id and held.bundle.round <= notice.round:
-                self._close(held, 1)
-            else:
-                kept.append((item, held))
-        self.waiting = kept
+        for _, held in self.waiting.remove_if(
+            lambda entry: entry[1].bundle.execution_id == notice.execution_id and entry[1].bundle.round <= notice.round
+        ):
+            self._close(held, 1)
+        self._start_waiting()
         await self._flush_acks()
 
     # --- shutdown -----------------------------------------------------------------------------------------------
