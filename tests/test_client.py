@@ -123,11 +123,16 @@ async def test_workers_queue_and_health(stack: Stack) -> None:
 async def test_async_client(stack: Stack) -> None:
     await stack.up(workers=1)
     async with AsyncClient(stack.url) as jd:
-        run = await jd.submit({"workflowId": "async", "jobs": [{"id": "a", "type": "noop"}]})
+        run = await jd.submit(
+            {"workflowId": "async", "jobs": [{"id": "a", "type": "noop"}, {"id": "b", "type": "noop", "priority": 1}]},
+            priority=2,
+        )
         final = await jd.wait(run.execution_id, timeout=60)
-        assert final.status == "completed"
-        assert [j.id for j in await jd.jobs(run.execution_id)] == ["a"]
+        assert final.status == "completed" and final.priority == 2
+        assert [(j.id, j.priority) for j in await jd.jobs(run.execution_id)] == [("a", 2), ("b", 1)]
         assert [e.execution_id async for e in jd.list(workflow_id="async")] == [run.execution_id]
+        with pytest.raises(WorkflowError, match="priority"):
+            await jd.submit([{"id": "a", "type": "noop"}], priority=6)
         assert [w.worker_id for w in await jd.workers()] == ["w1"]
         assert (await jd.health()).healthy
         with pytest.raises(NotFound):

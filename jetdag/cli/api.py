@@ -119,6 +119,7 @@ def _aware_time(_: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--idempotency-key", help="Send Idempotency-Key: a retried submit never creates a second execution.")
 @click.option("--at", "run_at", callback=_aware_time, help="Start it at this ISO time (with a UTC offset or Z).")
 @click.option("--delay", "delay_s", type=click.FloatRange(min=0), help="Start it this many seconds from now.")
+@click.option("--priority", type=click.IntRange(1, 5), help="The execution's priority, 1 (highest) to 5.")
 @api_command
 def submit(
     client: Client,
@@ -131,6 +132,7 @@ def submit(
     idempotency_key: str | None,
     run_at: datetime | None,
     delay_s: float | None,
+    priority: int | None,
 ) -> int:
     """Check FILE locally (YAML or JSON workflow), submit it and print the execution id. With --at or
     --delay it is persisted now and starts later (pending until then)."""
@@ -141,6 +143,7 @@ def submit(
         idempotency_key=idempotency_key,
         run_at=run_at,
         delay_s=delay_s,
+        priority=priority,
     )
     if as_json and not follow:
         print_json(run)

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import msgspec
 
 from jetdag.client.errors import Invalid, ServerError
-from jetdag.workflow import load_workflow, workflow_from_mapping
+from jetdag.workflow import WorkflowError, load_workflow, workflow_from_mapping
 from shared.api import (
     ExecuteResponse,
     ExecutionListResponse,
@@ -114,6 +114,7 @@ def submission(
     parallelism: int | None,
     run_at: datetime | None = None,
     delay_s: float | None = None,
+    priority: int | None = None,
 ) -> ExecuteRequest:
     """The request `submit` sends, checked locally (a file or data gets the file format's checks)."""
     if isinstance(workflow, ExecuteRequest):
@@ -132,10 +133,15 @@ def submission(
         changes["parallelism"] = parallelism
     if run_at is not None or delay_s is not None:
         changes.update(run_at=run_at, delay_s=delay_s)
+    if priority is not None:
+        changes["priority"] = priority
     if changes:
         request = msgspec.structs.replace(request, **changes)
         # Re-check what changed the same strict way the gateway will.
-        request = msgspec.convert(msgspec.to_builtins(request), ExecuteRequest)
+        try:
+            request = msgspec.convert(msgspec.to_builtins(request), ExecuteRequest)
+        except msgspec.ValidationError as exc:
+            raise WorkflowError([f"submit options: {exc}"]) from None
     return request
 
 

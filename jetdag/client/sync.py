@@ -107,13 +107,20 @@ class Client:
         idempotency_key: str | None = None,
         run_at: datetime | None = None,
         delay_s: float | None = None,
+        priority: int | None = None,
     ) -> ExecuteResponse:
         """Start an execution of a workflow (a file path, the file's shape as data, an ExecuteRequest, or a
         list of jobs), checked locally first (WorkflowError). With `idempotency_key`, a 503 or a lost
         connection is retried with the same key, which never creates a second execution. `run_at` (an aware
-        datetime) or `delay_s` persist it now and start it later."""
+        datetime) or `delay_s` persist it now and start it later. `priority` (1 highest … 5) is the execution's,
+        for its jobs that set none."""
         request = calls.submission(
-            workflow, workflow_id=workflow_id, parallelism=parallelism, run_at=run_at, delay_s=delay_s
+            workflow,
+            workflow_id=workflow_id,
+            parallelism=parallelism,
+            run_at=run_at,
+            delay_s=delay_s,
+            priority=priority,
         )
         return self._send(calls.submit(request, idempotency_key))
 
