@@ -21,6 +21,12 @@ and `GET /queue/stats`, and last the peak RSS (VmHWM) of every process of the st
 
 `--quick` is the CI smoke version: W1 as a chain of 20, W2 as 1 → 50 → 1, one run, no warm-up, 1 s of gateway
 load.
+
+For docs/tuning.md and docs/scaling.md: `--set VAR=VALUE` (repeatable) gives every service a setting (the bench
+otherwise runs the defaults); `--nodes 3` runs a local 3-node nats-server cluster with every stream at R3 (the
+floor too); `--recovery` kills -9 the worker running a long job and reports how long until another worker runs
+it and until the registry shows the dead one unhealthy. Every run also reports the CPU each kind of process spent
+per job (from /proc: what a core of each buys) and what the streams and buckets hold per job run.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
 import math
 import os
 import random
@@ -38,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,9 +55,11 @@ from types import FrameType
 from typing import Any
 
 import httpx
+import nats
 
 from jetdag.bench_floor import FloorRun, die_with_parent, measure_floor
 from jetdag.natsserver import NatsServer, NatsServerConfig, free_port
+from shared.settings import all_settings_classes
 
 __all__ = ["main"]
 
@@ -173,25 +184,49 @@ class BenchStack:
     Stack, but private to the bench: own ports, own store, own namespace."""
 
     def __init__(
-        self, root: Path, *, workers: int, concurrency: int, max_jobs: int, schedulers: int = 1, durable: bool = False
+        self,
+        root: Path,
+        *,
+        workers: int,
+        concurrency: int,
+        max_jobs: int,
+        schedulers: int = 1,
+        durable: bool = False,
+        nodes: int = 1,
+        sets: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.schedulers = schedulers
         self.workers = workers
         self.concurrency = concurrency
         self.max_jobs = max_jobs
+        self.sets = dict(sets or {})
         self.port = free_port()
-        self.nats = NatsServer(
-            NatsServerConfig(
-                store_dir=root / "nats" / "store",
-                port=free_port(),
-                monitor_port=free_port(),
-                server_name="bench",
-                sync_interval="always" if durable else None,
-            ),
-            config_path=root / "nats" / "nats.conf",
-        )
+        names = ["bench"] if nodes == 1 else [f"n{i}" for i in range(1, nodes + 1)]
+        cluster_ports = [free_port() for _ in names] if nodes > 1 else []
+        self.nodes = [
+            NatsServer(
+                NatsServerConfig(
+                    store_dir=root / "nats" / name / "store",
+                    port=free_port(),
+                    monitor_port=free_port(),
+                    server_name=name,
+                    sync_interval="always" if durable else None,
+                    cluster_name="bench" if nodes > 1 else None,
+                    cluster_port=cluster_ports[i] if nodes > 1 else None,
+                    routes=[f"nats-route://127.0.0.1:{port}" for port in cluster_ports],
+                ),
+                config_path=root / "nats" / name / "nats.conf",
+            )
+            for i, name in enumerate(names)
+        ]
+        self.nats = self.nodes[0]
+        self.replicas = int(self.sets.get("JETDAG_REPLICAS", str(nodes)))
         self.procs: list[Proc] = []
+
+    @property
+    def nats_url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
 
     @property
     def url(self) -> str:
@@ -201,7 +236,8 @@ class BenchStack:
         # Nothing of the caller's jetdag or NATS configuration leaks in: the bench always measures the defaults.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JETDAG_", "NATS_"))}
         env.update(
-            NATS_URL=self.nats.url,
+            NATS_URL=self.nats_url,
+            JETDAG_REPLICAS=str(self.replicas),
             JETDAG_NAMESPACE=NAMESPACE,
             JETDAG_PORT=str(self.port),
             JETDAG_LOG_LEVEL="warning",
@@ -210,6 +246,7 @@ class BenchStack:
             JETDAG_MAX_BODY_BYTES=str(64 * 1024 * 1024),
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.sets)
         return env
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
@@ -232,10 +269,15 @@ class BenchStack:
         return popen
 
     def start(self) -> None:
-        self.nats.write_config()
-        self.nats.proc = self._spawn("nats-server", self.nats.argv(), None)
-        self.nats.wait_ready()
-        say(f"nats-server ready on {self.nats.url} (store {self.nats.config.store_dir})")
+        for node in self.nodes:
+            node.write_config()
+            suffix = "" if len(self.nodes) == 1 else f"-{node.config.server_name}"
+            node.proc = self._spawn(f"nats-server{suffix}", node.argv(), None)
+        for node in self.nodes:
+            node.wait_ready(timeout=30)
+        if len(self.nodes) > 1:
+            wait_meta_leader(self.nodes)
+        say(f"nats-server ready on {self.nats_url} (store {self.nats.config.store_dir}, R{self.replicas})")
         env = self.env()
         py = sys.executable
         for service in ("registry", "scheduler", "gateway"):
@@ -243,9 +285,29 @@ class BenchStack:
         for n in range(2, self.schedulers + 1):
             self._spawn(f"scheduler-{n}", [py, "-m", "services.scheduler"], env)
         for i in range(1, self.workers + 1):
-            argv = [py, "-m", "services.worker", "--id", f"bench-worker-{i}", "--concurrency", str(self.concurrency)]
-            self._spawn(f"worker-{i}", argv, env)
+            self._spawn(f"worker-{i}", self.worker_argv(i), env)
         self.wait_ready()
+
+    def worker_argv(self, i: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "services.worker",
+            "--id",
+            f"bench-worker-{i}",
+            "--concurrency",
+            str(self.concurrency),
+        ]
+
+    def respawn(self, name: str) -> None:
+        """Start again a process the bench killed (the recovery measurement), with the same command."""
+        proc = next(p for p in self.procs if p.name == name)
+        self.procs.remove(proc)
+        self._spawn(name, list(proc.popen.args), self.env())  # type: ignore[arg-type]
+
+    def cpu_ms(self) -> dict[str, float]:
+        """CPU time (user + system) every process has used so far, by process name."""
+        return {p.name: cpu_ms(p.popen.pid) for p in self.procs}
 
     def wait_ready(self) -> None:
         """The gateway answers /health with 200 and lists every worker as live."""
@@ -303,6 +365,44 @@ class BenchStack:
                     say(f"{proc.name} did not stop within {STOP_TIMEOUT_S:g} s of SIGTERM; killing it")
                     proc.popen.kill()
                     proc.popen.wait()
+
+
+def wait_meta_leader(nodes: Sequence[NatsServer], timeout: float = 30.0) -> None:
+    """Every node of a cluster sees a JetStream meta leader (before that, stream commands fail)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leaders = []
+        for node in nodes:
+            try:
+                with urllib.request.urlopen(f"{node.monitor_url}/jsz", timeout=1) as r:
+                    leaders.append(((json.loads(r.read()) or {}).get("meta_cluster") or {}).get("leader"))
+            except (OSError, ValueError):
+                leaders.append(None)
+        if all(leaders):
+            return
+        time.sleep(0.1)
+    raise BenchError(f"no JetStream meta leader within {timeout:g} s")
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms(pid: int) -> float:
+    """utime + stime of a running process, in ms (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * 1000 / CLOCK_TICKS
+
+
+def kind_of(name: str) -> str:
+    """The kind of a bench process: `worker-2` → worker, `scheduler-3` → scheduler, `nats-server-n1` → nats-server."""
+    for kind in ("nats-server", "scheduler", "worker", "gateway", "registry"):
+        if name.startswith(kind):
+            return kind
+    return name
 
 
 def peak_rss_kib(pid: int) -> int | None:
@@ -508,6 +608,12 @@ class WorkloadSummary:
     floors: list[FloorRun]
     scheduler_rss_kib: list[int | None] = field(default_factory=list)
     """The scheduler's resident set after each measured run (does memory grow from run to run?)."""
+    cpu_ms: list[dict[str, float]] = field(default_factory=list)
+    """CPU ms each kind of process spent in each measured run (summed over its processes)."""
+
+    def cpu_ms_per_job(self, kind: str) -> float | None:
+        per_run = [run[kind] / self.workload.jobs for run in self.cpu_ms if kind in run]
+        return statistics.median(per_run) if per_run else None
 
     @property
     def wall_s(self) -> float:
@@ -551,6 +657,9 @@ class Options:
     keep: bool
     schedulers: int = 1
     durable: bool = False
+    nodes: int = 1
+    sets: dict[str, str] = field(default_factory=dict)
+    recovery: bool = False
 
 
 @dataclass
@@ -559,6 +668,10 @@ class Report:
     summaries: list[WorkloadSummary] = field(default_factory=list)
     loads: list[LoadResult] = field(default_factory=list)
     rss_kib: dict[str, int | None] = field(default_factory=dict)
+    recovery: dict[str, float] = field(default_factory=dict)
+    stored: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Stream → (messages, bytes) it holds at the end."""
+    jobs_run: int = 0
 
 
 async def bench_workload(
@@ -569,18 +682,85 @@ async def bench_workload(
     floors: list[FloorRun] = []
     total = opts.warmup + opts.repeats
     # Each run is followed by a floor run of the same size: both see the machine as it is at that moment.
+    cpu: list[dict[str, float]] = []
     for i in range(total):
         kind = "warm-up" if i < opts.warmup else f"run {i - opts.warmup + 1}/{opts.repeats}"
+        before = stack.cpu_ms()
         result = await run_once(client, stack.url, workload, f"bench-{workload.key}-{i}")
+        after = stack.cpu_ms()
         stack.assert_alive()
         say(f"{workload.title} {kind}: {result.wall_s:.2f} s, {result.jobs_per_s:,.0f} jobs/s")
-        floor = await measure_floor(stack.nats.url, workload.jobs, f"{workload.key}_{i}")
+        floor = await measure_floor(stack.nats.url, workload.jobs, f"{workload.key}_{i}", replicas=stack.replicas)
         say(f"{workload.title} floor {kind}: {floor.messages} msgs in {floor.elapsed_s:.3f} s")
         if i >= opts.warmup:
             runs.append(result)
             rss.append(stack.rss("scheduler"))
             floors.append(floor)
-    return WorkloadSummary(workload, runs, floors, rss)
+            spent: dict[str, float] = {}
+            for name, ms in after.items():
+                spent[kind_of(name)] = spent.get(kind_of(name), 0.0) + ms - before.get(name, 0.0)
+            cpu.append(spent)
+    return WorkloadSummary(workload, runs, floors, rss, cpu)
+
+
+async def measure_recovery(stack: BenchStack, client: httpx.AsyncClient) -> dict[str, float]:
+    """kill -9 the worker running a long job: how long until another worker runs it (its lease,
+    JETDAG_JOB_ACK_WAIT_S) and until the registry shows the dead one unhealthy (3 heartbeat intervals)."""
+    if stack.workers < 2:
+        raise BenchError("--recovery needs at least 2 workers (one to kill, one to take over)")
+    dag = [{"id": "long", "name": "long", "type": "sleep", "dependsOn": [], "config": {"seconds": 600}}]
+    execution_id = await submit(client, stack.url, "bench-recovery", dag)
+    deadline = time.monotonic() + 60
+
+    async def the_job() -> dict[str, Any]:
+        return (await job_list(client, stack.url, execution_id, 1))[0]
+
+    job = await the_job()
+    while job["status"] != "running" or not job.get("workerId"):
+        if time.monotonic() > deadline:
+            raise BenchError(f"the recovery job never started: {job}")
+        await asyncio.sleep(0.05)
+        job = await the_job()
+    victim = job["workerId"]
+    name = f"worker-{victim.rsplit('-', 1)[1]}"
+    proc = next(p for p in stack.procs if p.name == name)
+    proc.popen.kill()
+    proc.popen.wait()
+    killed = time.monotonic()
+    say(f"recovery: killed {name} ({victim}) running job 'long'")
+    out: dict[str, float] = {}
+    while "redelivered" not in out or "unhealthy" not in out:
+        if time.monotonic() - killed > 180:
+            raise BenchError(f"recovery not seen within 180 s: {out}")
+        if "redelivered" not in out:
+            job = await the_job()
+            if len(job.get("deliveries") or []) >= 2 and job.get("workerId") != victim:
+                out["redelivered"] = time.monotonic() - killed
+        if "unhealthy" not in out:
+            workers = (await client.get(f"{stack.url}/workers")).json()["workers"]
+            if any(w["workerId"] == victim and w["status"] == "unhealthy" for w in workers):
+                out["unhealthy"] = time.monotonic() - killed
+        await asyncio.sleep(0.05)
+    await client.post(f"{stack.url}/execute/{execution_id}/cancel")
+    stack.respawn(name)
+    await asyncio.to_thread(stack.wait_ready)
+    say(f"recovery: redelivered after {out['redelivered']:.2f} s, shown unhealthy after {out['unhealthy']:.2f} s")
+    return out
+
+
+async def stored(stack: BenchStack) -> dict[str, tuple[int, int]]:
+    """What every stream of the bench's namespace holds now: (messages, bytes)."""
+    nc = await nats.connect([node.url for node in stack.nodes])
+    try:
+        js = nc.jetstream()
+        out = {}
+        for info in await js.streams_info():
+            name = info.config.name or ""
+            if NAMESPACE in name.lower():
+                out[name] = (info.state.messages, info.state.bytes)
+        return out
+    finally:
+        await nc.close()
 
 
 async def run_bench(stack: BenchStack, opts: Options) -> Report:
@@ -589,6 +769,10 @@ async def run_bench(stack: BenchStack, opts: Options) -> Report:
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         for workload in opts.workloads:
             report.summaries.append(await bench_workload(stack, client, workload, opts))
+        report.jobs_run = sum(s.workload.jobs * (opts.warmup + opts.repeats) for s in report.summaries)
+        report.stored = await stored(stack)
+        if opts.recovery:
+            report.recovery = await measure_recovery(stack, client)
     execution_id = report.summaries[-1].runs[-1].execution_id
     for path, label in ((f"/execute/{execution_id}", "GET /execute/{id}"), ("/queue/stats", "GET /queue/stats")):
         load = await gateway_load(stack.url, path, label, clients=opts.gateway_clients, seconds=opts.gateway_seconds)
@@ -614,8 +798,10 @@ def render(report: Report) -> str:
         "",
         f"{opts.workers} workers x {opts.concurrency} concurrency, {opts.schedulers} scheduler replica(s), `noop` "
         f"jobs submitted over REST, {runs}; {os.cpu_count()} CPUs; JetStream fsync "
-        f"{'always' if opts.durable else 'default (2 min)'}. Floor: raw JetStream from Python, same message "
-        "count, same nats-server, measured right after each run.",
+        f"{'always' if opts.durable else 'default (2 min)'}; {opts.nodes} nats-server node(s), R"
+        f"{opts.sets.get('JETDAG_REPLICAS', opts.nodes)}"
+        + (f"; settings {' '.join(f'{k}={v}' for k, v in sorted(opts.sets.items()))}" if opts.sets else "")
+        + ". Floor: raw JetStream from Python, same message count, same nats-server, measured right after each run.",
         "",
         "| workload | jobs | wall s | jobs/s | floor msgs/s | ratio | hop e2e ms | hop p50 ms | hop p99 ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -645,6 +831,25 @@ def render(report: Report) -> str:
     lines += ["", "| process | peak RSS MiB |", "| --- | ---: |"]
     for name, kib in report.rss_kib.items():
         lines.append(f"| {name} | {'?' if kib is None else f'{kib / 1024:.0f}'} |")
+    kinds = ["scheduler", "worker", "nats-server", "gateway", "registry"]
+    lines += [
+        "",
+        "| workload | CPU ms per job: " + " | ".join(kinds) + " |",
+        "| --- | " + " | ".join("---:" for _ in kinds) + " |",
+    ]
+    for s in report.summaries:
+        cells = ["-" if (v := s.cpu_ms_per_job(k)) is None else f"{v:.3f}" for k in kinds]
+        lines.append(f"| {s.workload.title} | " + " | ".join(cells) + " |")
+    if report.stored:
+        lines += ["", f"| stream | messages | bytes | bytes per job run ({report.jobs_run:,} jobs) |"]
+        lines.append("| --- | ---: | ---: | ---: |")
+        for name, (messages, size) in sorted(report.stored.items()):
+            per_job = size / report.jobs_run if report.jobs_run else 0.0
+            lines.append(f"| {name} | {messages:,} | {size:,} | {per_job:,.0f} |")
+    if report.recovery:
+        lines += ["", "| recovery (worker kill -9) | seconds |", "| --- | ---: |"]
+        lines.append(f"| the job runs on another worker | {report.recovery['redelivered']:.2f} |")
+        lines.append(f"| the dead worker shown unhealthy | {report.recovery['unhealthy']:.2f} |")
     return "\n".join(lines)
 
 
@@ -668,7 +873,23 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--durable", action="store_true", help="production durability: JetStream fsyncs every write (sync: always)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="a setting for every service (repeatable), e.g. --set JETDAG_JOB_ACK_WAIT_S=2",
+    )
+    parser.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="nats-server nodes (3: a cluster, R3)")
+    parser.add_argument("--recovery", action="store_true", help="also measure recovery from a worker kill -9")
     args = parser.parse_args(argv)
+    known = {f.metadata["env"] for cls in all_settings_classes() for f in dataclasses.fields(cls)}
+    sets: dict[str, str] = {}
+    for item in args.set:
+        var, eq, value = item.partition("=")
+        if not eq or var not in known:
+            parser.error(f"--set {item!r}: expected VAR=VALUE with VAR one of jetdag's settings (jetdag settings)")
+        sets[var] = value
     available = workloads(args.quick)
     wanted = [w.strip().upper() for w in args.workloads.split(",") if w.strip()] or [
         w.key for w in available if not w.optional
@@ -690,6 +911,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         keep=args.keep,
         schedulers=args.schedulers,
         durable=args.durable,
+        nodes=args.nodes,
+        sets=sets,
+        recovery=args.recovery,
     )
 
 
@@ -709,6 +933,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_jobs=max_jobs,
         schedulers=opts.schedulers,
         durable=opts.durable,
+        nodes=opts.nodes,
+        sets=opts.sets,
     )
     signal.signal(signal.SIGTERM, _interrupt)
     try:

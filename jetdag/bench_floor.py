@@ -162,8 +162,9 @@ async def _collect(sub: nats.js.JetStreamContext.PullSubscription, n: int) -> fl
     return last_progress
 
 
-async def measure_floor(url: str, n: int, tag: str) -> FloorRun:
-    """One floor measurement of n messages on fresh streams named after `tag`; the streams are deleted after."""
+async def measure_floor(url: str, n: int, tag: str, *, replicas: int = 1) -> FloorRun:
+    """One floor measurement of n messages on fresh streams named after `tag` (with `replicas`, as jetdag's own
+    streams have on a cluster); the streams are deleted after."""
     jobs_stream, results_stream = f"FLOOR_JOBS_{tag}", f"FLOOR_RESULTS_{tag}"
     jobs_subject, result_subject = f"floor.{tag}.jobs", f"floor.{tag}.results"
     nc = await nats.connect(url)
@@ -171,16 +172,21 @@ async def measure_floor(url: str, n: int, tag: str) -> FloorRun:
     procs: list[asyncio.subprocess.Process] = []
     collecting: asyncio.Task[float] | None = None
     try:
-        # File storage, one replica: what jetdag's own streams use by default.
+        # File storage, as jetdag's own streams.
         await js.add_stream(
             StreamConfig(
                 name=jobs_stream,
                 subjects=[jobs_subject],
                 retention=RetentionPolicy.WORK_QUEUE,
                 storage=StorageType.FILE,
+                num_replicas=replicas,
             )
         )
-        await js.add_stream(StreamConfig(name=results_stream, subjects=[result_subject], storage=StorageType.FILE))
+        await js.add_stream(
+            StreamConfig(
+                name=results_stream, subjects=[result_subject], storage=StorageType.FILE, num_replicas=replicas
+            )
+        )
         await js.add_consumer(
             jobs_stream,
             ConsumerConfig(durable_name="workers", ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=10_000),
