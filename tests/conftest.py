@@ -240,6 +240,20 @@ async def nc(nats_server: NatsServer, request: Any) -> AsyncIterator[Client]:
 
 
 @pytest.fixture
+def nats_cli() -> str:
+    """The real `nats` CLI; skipped without it, unless JETDAG_REQUIRE_NATS_CLI=1 (CI)."""
+    from tests.test_nats_cli import find_nats_cli
+
+    path = find_nats_cli()
+    if path is None:
+        message = "the nats CLI is not installed: go install github.com/nats-io/natscli/nats@v0.5.0"
+        if os.environ.get("JETDAG_REQUIRE_NATS_CLI") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=15.0) as client:
         yield client

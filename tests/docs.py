@@ -20,7 +20,17 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Block", "anchors", "blocks", "commands", "links", "prose"]
+__all__ = [
+    "Block",
+    "anchors",
+    "assert_shows",
+    "blocks",
+    "commands",
+    "console_commands",
+    "line_pattern",
+    "links",
+    "prose",
+]
 
 FENCE = re.compile(r"^(```|~~~)")
 MARKER = re.compile(r"^<!-- test: ([a-z0-9-]+) -->$")
@@ -39,13 +49,13 @@ class Block:
         pending = ""
         for line in self.lines:
             if pending:
-                pending += " " + line.strip()
+                pending += line  # bash drops a backslash-newline and keeps what follows as it is
             elif line.startswith("$ "):
                 pending = line[2:].strip()
             else:
                 continue
             if pending.endswith("\\"):
-                pending = pending[:-1].rstrip()
+                pending = pending[:-1]
                 continue
             out.append(pending)
             pending = ""
@@ -142,3 +152,109 @@ def anchors(doc: Path) -> set[str]:
 def links(doc: Path) -> list[str]:
     """Every link target in `doc`'s prose (images too)."""
     return [a or b for a, b in LINK.findall(prose(doc.read_text()))]
+
+
+# --- running a document's commands and checking what it shows ---------------------------------------------------
+
+OUTPUT_PLACEHOLDERS = ("<exec>", "<host>")
+"""Placeholders a document writes in an output line for what differs in every run."""
+
+
+DURATION = r"(?:\d+(?:\.\d+)?(?:h|ms|µs|ns|m|s))+\b"
+"""A Go duration as the nats CLI prints one (`853ms`, `31.80s`, `2m4s`): any duration stands for any other."""
+
+
+def line_pattern(shown: str) -> re.Pattern[str]:
+    """The regex of a line a document shows as output: digits stand for any number (ids, times, sizes and counts
+    differ in every run), a duration for any duration, runs of blanks for any blanks (table columns size to their content), a placeholder of
+    OUTPUT_PLACEHOLDERS for any word; the rest is literal. A line starting with `... ` (and maybe ending in ` ...`)
+    may be part of a longer line."""
+    partial = shown.startswith("... ")
+    text = shown[4:] if partial else shown
+    if partial and text.endswith(" ..."):
+        text = text[:-4]  # `... middle ...`: the line contains it
+    alternatives = "|".join(re.escape(p) for p in OUTPUT_PLACEHOLDERS)
+    parts: list[str] = []
+    for token in re.split(rf"({alternatives}|{DURATION}|\d+|\s+)", text.strip()):
+        if not token:
+            continue
+        if re.fullmatch(DURATION, token):
+            parts.append(DURATION)
+        elif token in OUTPUT_PLACEHOLDERS:
+            parts.append(r"\S+")
+        elif token.isdigit():
+            parts.append(r"\d+")
+        elif token.isspace():
+            parts.append(r"\s+")
+        else:
+            parts.append(re.escape(token))
+    body = "".join(parts)
+    return re.compile(body if partial else rf"^\s*{body}\s*$")
+
+
+def assert_shows(block: Block, command: str, output: str) -> None:
+    """Every output line `block` shows after `command` (`...` lines aside) is a line of `output`, in order."""
+    lines = output.splitlines()
+    at = 0
+    for shown in block.output_after(command):
+        if shown.strip() in ("", "..."):
+            continue
+        pattern = line_pattern(shown)
+        for i in range(at, len(lines)):
+            if pattern.search(lines[i]):
+                at = i + 1
+                break
+        else:
+            raise AssertionError(
+                f"{block.name}: `{command}` should show the line\n  {shown}\nin order; it printed:\n{output}"
+            )
+
+
+def console_commands(doc: Path) -> list[str]:
+    """Every `$ ` command of every console block of `doc`, marked or not (to prove each is in a marked block)."""
+    out: list[str] = []
+    fence: str | None = None
+    info = ""
+    for line in doc.read_text().splitlines():
+        match = FENCE.match(line)
+        if match and fence is None:
+            fence, info = match.group(1), line[3:].strip()
+            continue
+        if fence is not None and line.startswith(fence):
+            fence = None
+            continue
+        if fence is not None and info == "console" and line.startswith("$ "):
+            out.append(line[2:].strip())
+    return out
+
+
+@dataclass
+class Shell:
+    """Runs a document's commands with bash the way a reader would, after swapping what the document writes for
+    `jetdag up`'s addresses (`swap`: the gateway, the monitoring port, paths) and its placeholders (`<exec>`) for
+    this test's. stdout and stderr are one text, as a terminal shows them."""
+
+    env: dict[str, str]
+    cwd: Path
+    swap: dict[str, str]
+
+    def expand(self, command: str, **placeholders: str) -> str:
+        for old, new in {**self.swap, **{f"<{k.replace('_', '-')}>": v for k, v in placeholders.items()}}.items():
+            command = command.replace(old, new)
+        return command
+
+    def run(self, command: str, *, timeout: float = 60, **placeholders: str) -> tuple[int, str]:
+        import subprocess
+
+        proc = subprocess.run(
+            ["bash", "-c", self.expand(command, **placeholders)],
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return proc.returncode, proc.stdout

@@ -88,17 +88,6 @@ def find_nats_cli() -> str | None:
     return None
 
 
-@pytest.fixture
-def nats_cli() -> str:
-    path = find_nats_cli()
-    if path is None:
-        message = "the nats CLI is not installed: go install github.com/nats-io/natscli/nats@v0.5.0"
-        if os.environ.get("JETDAG_REQUIRE_NATS_CLI") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 class Cli:
     """Runs `nats ...` with an empty HOME and no NATS_* or XDG_* variables, so only the context the test saves
     (as the document says) can point it at a server: neither the caller's contexts nor its environment."""
@@ -108,7 +97,9 @@ class Cli:
         self.swap = {DOC_SERVER: server_url, DOC_SEED: seed}
         home.mkdir(parents=True, exist_ok=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "XDG_"))}
-        self.env["HOME"] = str(home)
+        # The CLI finds its contexts through XDG_CONFIG_HOME, else the passwd entry's home: $HOME alone would let
+        # the saved context land in (and select it for) the real user's ~/.config/nats.
+        self.env["HOME"], self.env["XDG_CONFIG_HOME"] = str(home), str(home / ".config")
 
     async def __call__(self, args: list[str], execution_id: str = "") -> str:
         args = [self.swap.get(a, a).replace(EXEC, execution_id) for a in args]
