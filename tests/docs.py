@@ -166,9 +166,9 @@ DURATION = r"(?:\d+(?:\.\d+)?(?:h|ms|µs|ns|m|s))+\b"
 
 def line_pattern(shown: str) -> re.Pattern[str]:
     """The regex of a line a document shows as output: digits stand for any number (ids, times, sizes and counts
-    differ in every run), a duration for any duration, runs of blanks for any blanks (table columns size to their content), a placeholder of
-    OUTPUT_PLACEHOLDERS for any word; the rest is literal. A line starting with `... ` (and maybe ending in ` ...`)
-    may be part of a longer line."""
+    differ in every run), a duration for any duration, runs of blanks for any blanks (table columns size to their
+    content), a placeholder of OUTPUT_PLACEHOLDERS for any word; the rest is literal. A line starting with `... `
+    (and maybe ending in ` ...`) may be part of a longer line."""
     partial = shown.startswith("... ")
     text = shown[4:] if partial else shown
     if partial and text.endswith(" ..."):
@@ -243,7 +243,7 @@ class Shell:
             command = command.replace(old, new)
         return command
 
-    def run(self, command: str, *, timeout: float = 60, **placeholders: str) -> tuple[int, str]:
+    def run(self, command: str, **placeholders: str) -> tuple[int, str]:
         import subprocess
 
         proc = subprocess.run(
@@ -254,7 +254,7 @@ class Shell:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            timeout=timeout,
+            timeout=60,
             check=False,
         )
         return proc.returncode, proc.stdout

@@ -86,7 +86,7 @@ def test_units_start_commands_that_exist_with_settings_jetdag_has() -> None:
         service = unit(name)["Service"]
         assert service["EnvironmentFile"] == "/etc/jetdag/jetdag.env", name
         argv = shlex.split(service["ExecStart"])
-        assert argv[0] == "/opt/jetdag/venv/bin/jetdag" and argv[1] in cli.commands, name  # type: ignore[attr-defined]
+        assert argv[0] == "/opt/jetdag/venv/bin/jetdag" and argv[1] in cli.commands, name
         unknown = set(unit_environment(name)) - SETTINGS
         assert not unknown, f"{name} sets variables jetdag does not read: {unknown}"
         role = name.removeprefix("jetdag-").split("@")[0].split(".")[0]
@@ -318,6 +318,8 @@ async def test_the_documented_cluster_runs_an_execution_and_survives_a_node(
         cluster.nodes["n3"].kill()
         cluster.nodes["n3"].wait()
         await wait_for(lambda: _offline_replica(shell), timeout=30, message="the job stream to see n3 outdated")
+        # Every stream and consumer with a replica on n1 has a leader again (elections take a moment).
+        await wait_for(lambda: cluster.monitor("n1", "/healthz") == {"status": "ok"}, timeout=30, message="n1 ok")
         await run_block_of(TROUBLESHOOTING, shell, "node-lost")
         r = await http.post(f"{services.gateways[1]}/execute", json={"workflowId": "prod", "jobs": dag})
         assert r.status_code == 201, r.text

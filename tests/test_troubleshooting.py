@@ -8,6 +8,7 @@ print is the one the document uses."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -71,8 +72,8 @@ async def run_block(
     outputs: dict[str, str] = {}
     assert block.commands, f"block {name} shows no command"
     for command in block.commands:
-        rc, out = await asyncio.to_thread(shell.run, command, **placeholders)
-        wanted = next((rc for prefix, rc in (expect_rc or {}).items() if command.startswith(prefix)), 0)
+        rc, out = await asyncio.to_thread(functools.partial(shell.run, command, **placeholders))
+        wanted = next((code for prefix, code in (expect_rc or {}).items() if command.startswith(prefix)), 0)
         assert rc == wanted, f"{name}: `{command}` exited {rc}, not {wanted}:\n{out}"
         assert_shows(block, command, out)
         outputs[command] = out
@@ -227,7 +228,7 @@ async def _reason(http: httpx.AsyncClient, stack: Stack, eid: str, jid: str, wan
 
 
 async def _status_is(http: httpx.AsyncClient, stack: Stack, eid: str, jid: str, want: str) -> bool:
-    return (await job_of(http, stack, eid, jid))["status"] == want
+    return bool((await job_of(http, stack, eid, jid))["status"] == want)
 
 
 async def _worker_is(http: httpx.AsyncClient, stack: Stack, wid: str, want: str) -> bool:
@@ -259,7 +260,7 @@ async def test_503s_a_frozen_scheduler_and_backpressure(tmp_path: Path, nats_cli
 LIMITED_ACCOUNT = """
 accounts {
   JETDAG: {
-    jetstream: { max_file: 2MB, max_consumers: 8 }
+    jetstream: { max_file: 2MB, max_consumers: 40 }
     users: [ { user: jetdag, password: secret } ]
   }
 }
@@ -268,7 +269,7 @@ accounts {
 
 @pytest.mark.timeout(180)
 async def test_the_consumer_limit_and_a_full_store(tmp_path: Path, nats_cli: str, http: httpx.AsyncClient) -> None:
-    """An account allowed 8 consumers per stream and 2 MB of file store: a worker needing more consumers never
+    """An account allowed 40 consumers per stream and 2 MB of file store: a worker needing more consumers never
     consumes, and submissions fail once the store is full."""
     server = own_nats(tmp_path, authorization=LIMITED_ACCOUNT)
     stack = Stack(server.url, "jetdag", tmp_path / "logs")
@@ -280,7 +281,7 @@ async def test_the_consumer_limit_and_a_full_store(tmp_path: Path, nats_cli: str
         shell = Shell(env, tmp_path, {DOC_GATEWAY: base, DOC_MONITOR: f"127.0.0.1:{server.config.monitor_port}"})
         scheduler = next(p for p in stack.procs if p.name == "scheduler")
 
-        # w1 took 6 consumers (3 handlers x cpu, any); w2's gpu needs 3 more.
+        # w1 took 30 consumers (3 handlers x cpu, any x 5 bands); w2's gpu needs 15 more.
         w2 = stack.process("w2", "services.worker", "--id", "w2", "--capabilities", "cpu,gpu").start()
         await wait_for(lambda: "maximum consumers limit reached" in scheduler.log_path.read_text(), message="limit")
         await wait_for(lambda: "waiting for the scheduler" in w2.log_path.read_text(), message="w2 waits")
