@@ -107,8 +107,13 @@ def test_every_service_module_is_importable_and_runnable() -> None:
 
 
 def test_services_mirror_jetdag_up() -> None:
+    """The same services with the same commands; `jetdag up`'s N workers are the `worker` service's N replicas
+    (their ids come from the containers' hostnames, so the service names none)."""
     specs = stack_specs(2)
-    expected = {spec.name: spec.argv[1:] for spec in specs}
+    workers = [spec for spec in specs if spec.argv[1:3] == ["-m", "services.worker"]]
+    expected = {spec.name: spec.argv[1:] for spec in specs if spec not in workers}
+    expected["worker"] = ["-m", "services.worker"]
+    assert all(spec.argv[3:] == ["--id", f"local-worker-{i}"] for i, spec in enumerate(workers, 1)), workers
     actual = {name: command(name, svc)[1:] for name, svc in jetdag_services().items()}
     assert set(actual) == set(expected), (
         f"compose.yaml services {sorted(actual)} differ from what `jetdag up` starts {sorted(expected)}: "
@@ -118,6 +123,7 @@ def test_services_mirror_jetdag_up() -> None:
         assert actual[name] == argv, (
             f"service {name!r}: compose.yaml runs python {actual[name]}, `jetdag up` runs python {argv}"
         )
+    assert services()["worker"]["deploy"]["replicas"] == len(workers) == 2
 
 
 def test_jetdag_services_share_image_wait_for_nats_and_restart() -> None:
@@ -202,7 +208,8 @@ def test_compose_is_consistent_without_docker() -> None:
     named_volumes = set(data.get("volumes") or {})
     for name, svc in services().items():
         assert isinstance(svc, dict), f"service {name!r} must be a mapping"
-        assert ("image" in svc) != ("build" in svc), f"service {name!r} needs exactly one of image and build"
+        # Both is allowed: compose builds and tags the image with that name.
+        assert "image" in svc or "build" in svc, f"service {name!r} needs an image or a build"
         for dep in svc.get("depends_on", {}):
             assert dep in names, f"service {name!r} depends on unknown service {dep!r}"
         for volume in svc.get("volumes", []):
@@ -276,7 +283,7 @@ def test_nats_runs_with_the_generated_authorization_and_each_service_with_its_ro
     assert mounts(nats)[str(loaded.parent)] == (volume, True) and loaded.name == block.name
     assert nats["depends_on"][AUTH_SERVICE] == {"condition": "service_completed_successfully"}
     # Every service: the seed of the role `jetdag up` gives it, from that volume, read-only.
-    roles = {spec.name: spec.role for spec in stack_specs(2)}
+    roles = {spec.name.removesuffix("-1"): spec.role for spec in stack_specs(2)}
     for name, svc in jetdag_services().items():
         role = roles[name]
         assert role is not None
