@@ -196,6 +196,11 @@ class Names:
         _, _, band = consumer.rpartition("__p")
         return int(band) if band.isdigit() else None
 
+    def jobs_consumer_pair(self, consumer: str) -> tuple[str, str] | None:
+        """The (capability, type) a job consumer serves (neither has `__`); None: not a job consumer's name."""
+        parts = consumer.split("__")
+        return (parts[0], parts[1]) if len(parts) >= 2 else None
+
     # --- events ----------------------------------------------------------------------------------------
 
     @property
