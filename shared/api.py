@@ -12,6 +12,7 @@ from shared.messages import (
     ExecutionStatus,
     ExecutionView,
     JobView,
+    QueuePause,
     QueueStats,
     ScheduleRunView,
     ScheduleView,
@@ -100,6 +101,9 @@ class HealthResponse(Response):
     checked_at: Timestamp
     error: str | None = None
     """Present when unhealthy: which components failed."""
+    pauses: list[QueuePause] | None = None
+    """The pauses of the job queue in effect (as in GET /queue/stats); absent when the scheduler does not
+    answer."""
 
 
 class ExecuteResponse(Response):
@@ -128,15 +132,25 @@ class JobListResponse(Response):
     jobs: list[JobView]
 
 
+class MessageResponse(Response):
+    message: str
+    is_paused: bool
+
+
 class QueueStatsResponse(Response):
     healthy: bool
     stats: QueueStats
     is_paused: bool
+    """A pause of everything is in effect (`stats.paused` counts the jobs it holds)."""
+    pauses: list[QueuePause] = msgspec.field(default_factory=list)
+    """Every pause in effect: what it covers (no capability and no type: everything), until when, why."""
 
 
-class MessageResponse(Response):
-    message: str
-    is_paused: bool
+class QueueControlResponse(MessageResponse):
+    """POST /queue/pause and /queue/resume."""
+
+    pauses: list[QueuePause] = msgspec.field(default_factory=list)
+    """The pauses in effect after the call."""
 
 
 # --- server-sent events (GET /execute/{id}/events, GET /events) ------------------------------------------------

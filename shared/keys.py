@@ -21,6 +21,7 @@ __all__ = [
     "jobs_event_msg_id",
     "kv_subject",
     "lease_key",
+    "queue_event_msg_id",
     "replica_key",
     "report_msg_id",
     "result_key",
@@ -35,7 +36,7 @@ __all__ = [
 ARCHIVE_KEY = "archive"
 """What executions removed by retention counted (services/scheduler/retention.py)."""
 QUEUE_KEY = "control.queue"
-"""The persisted pause switch of the job queue."""
+"""The pauses of the job queue (QueueState)."""
 
 
 def execution_key(execution_id: str) -> str:
@@ -115,6 +116,12 @@ def jobs_event_msg_id(execution_id: str, journal_seq: int, part: int) -> str:
 
 def checkpoint_msg_id(checkpoint_id: str, round_: int) -> str:
     return f"{checkpoint_id}.r{round_}"
+
+
+def queue_event_msg_id(what: str, capability: str | None, job_type: str | None, at: str) -> str:
+    """A queue event: `what` (paused, resumed, expired) of one pause scope at one time. Every replica announces
+    the end of a timed pause at its `until`: the same id makes it one event."""
+    return f"queue.{what}.{capability or '*'}.{job_type or '*'}.{at}"
 
 
 # --- the schedules bucket ----------------------------------------------------------------------------------

@@ -404,6 +404,7 @@ class QueueStatsReply(Message):
     stats: QueueStats
     is_paused: bool
     healthy: bool
+    pauses: list[QueuePause] = msgspec.field(default_factory=list)
 
 
 class QueueControl(Message):
@@ -412,6 +413,10 @@ class QueueControl(Message):
     is_paused: bool
     changed: bool
     consumers: int
+    pauses: list[QueuePause] = msgspec.field(default_factory=list)
+    """The pauses in effect after the command."""
+    ended: list[QueuePause] = msgspec.field(default_factory=list)
+    """The pauses a resume ended."""
 
 
 class EnsureConsumer(Message):
@@ -799,10 +804,13 @@ class Archive(Message):
 
 
 class QueueState(Message):
-    """Value of key `control.queue` in the executions bucket: the persisted pause switch."""
+    """Value of key `control.queue` in the executions bucket: the pauses of the job queue."""
 
     paused: bool
+    """A pause of everything is in effect (what a reader from before scoped pauses understands)."""
     changed_at: str
+    pauses: list[QueuePause] = msgspec.field(default_factory=list)
+    """Every pause (some may have ended by their `until` since): see shared/pauses.py."""
 
 
 # --- scheduler replicas -------------------------------------------------------------------------------------
@@ -978,3 +986,73 @@ class ScheduleRuns(Message):
     schedule_id: str
     runs: list[ScheduleRunView]
     """Newest first."""
+
+
+# --- queue pauses (shared/pauses.py, services/scheduler/queue.py) --------------------------------------------
+
+
+class QueuePauseRequest(ApiRequest):
+    """POST /queue/pause body (optional: no body pauses everything until resumed), `scheduler.queue.pause`."""
+
+    until: Annotated[datetime, Meta(tz=True)] | None = None
+    """End the pause by itself at this time (ISO 8601 with a UTC offset). Not with `durationS`."""
+    duration_s: Annotated[float, Meta(gt=0, le=MAX_DELAY_S)] | None = None
+    """End the pause by itself this many seconds from now. Not with `until`."""
+    capability: Capability | None = None
+    """Pause only the jobs needing this capability (with `type`: only that pair)."""
+    type: JobType | None = None
+    """Pause only the jobs of this type (of every capability, unless `capability` is given too)."""
+    reason: Annotated[str, Meta(max_length=500)] | None = None
+    """Why, shown by GET /queue/stats, /health and the queue events."""
+
+
+class QueueResumeRequest(ApiRequest):
+    """POST /queue/resume body (optional: no body ends every pause), `scheduler.queue.resume`."""
+
+    capability: Capability | None = None
+    type: JobType | None = None
+    """With `capability` and/or `type`: end only the pause of exactly that scope."""
+
+
+class QueuePauseCommand(Message):
+    """`scheduler.queue.pause` (no `pause`: everything, until resumed)."""
+
+    pause: QueuePauseRequest | None = None
+
+
+class QueueResumeCommand(Message):
+    """`scheduler.queue.resume` (no `resume`: every pause ends)."""
+
+    resume: QueueResumeRequest | None = None
+
+
+class QueuePause(Message):
+    """One pause in effect: of everything (no capability, no type), a capability, a job type, or a pair."""
+
+    capability: str | None = None
+    type: str | None = None
+    until: Timestamp | None = None
+    """When it ends by itself (None: when resumed)."""
+    reason: str | None = None
+    paused_at: Timestamp = ""
+
+
+class QueuePauses(Message):
+    """`scheduler.queue.pauses` reply: the pauses in effect now."""
+
+    is_paused: bool
+    """A pause of everything is in effect."""
+    pauses: list[QueuePause]
+
+
+class QueueEvent(Message):
+    """`<ns>.events.queue.paused|resumed`: a pause began or ended (by a resume, or by itself at its `until`)."""
+
+    event: Literal["paused", "resumed"]
+    at: Timestamp
+    capability: str | None = None
+    type: str | None = None
+    until: Timestamp | None = None
+    reason: str | None = None
+    expired: bool = False
+    """A timed pause that ended by itself."""
