@@ -121,6 +121,13 @@ async def test_inspection_commands_and_json(stack: Stack) -> None:
     stats = json.loads((await jetdag(stack, "queue", "stats", "--json")).stdout)
     assert stats["isPaused"] is True and stats["stats"]["completed"] >= 5
     assert "resumed" in (await jetdag(stack, "queue", "resume")).stdout
+    scoped = await jetdag(stack, "queue", "pause", "--type", "train", "--duration", "600", "--reason", "deploy")
+    assert scoped.returncode == 0 and scoped.stdout.startswith("queue paused: type 'train' until "), scoped
+    table = (await jetdag(stack, "queue", "stats")).stdout
+    assert re.search(r"^type 'train'\s+\d{4}-\d\d-\d\d \S+\s+deploy", table, re.M) and "delivering" in table, table
+    late = await jetdag(stack, "queue", "pause", "--until", "2020-01-01T00:00:00Z")
+    assert late.returncode != 0 and "until must be in the future" in late.stderr, late
+    assert "resumed: type 'train'" in (await jetdag(stack, "queue", "resume", "--type", "train")).stdout
     health = await jetdag(stack, "health")
     assert health.returncode == 0 and re.search(r"^scheduler\s+ok", health.stdout, re.M)
 

@@ -21,6 +21,14 @@ async def test_overview_pause_and_resume_from_the_page(
         "() => document.querySelectorAll('.component-healthy').length === 4", message="four healthy components"
     )
 
+    # A pause of one job type, from the API, shows live with its reason.
+    r = await http.post(f"{stack.url}/queue/pause", json={"type": "sleep", "reason": "deploy"})
+    assert r.status_code == 200, r.text
+    await browser.wait(
+        "() => document.querySelector('[data-pause=\"type sleep\"]')?.textContent.includes('deploy')",
+        message="the type pause shown",
+    )
+
     await browser.click('[data-action="pause-queue"]')
     await browser.wait("() => document.querySelector('[data-queue-paused=\"true\"]')", message="queue shown paused")
     assert (await stats(http, stack.url))["isPaused"] is True
@@ -32,6 +40,8 @@ async def test_overview_pause_and_resume_from_the_page(
     await browser.click('[data-action="resume-queue"]')
     await browser.wait("() => document.querySelector('[data-queue-paused=\"false\"]')", message="queue shown resumed")
     await browser.wait(text_of('[data-stat="completed"] dd') + " === '3'", message="the 3 jobs completed")
+    # The page's Resume ends every pause, the type's too.
+    assert await browser.eval("() => document.querySelector('[data-pause]') === null")
     assert await browser.eval(text_of('[data-stat="paused"] dd')) == "0"
     assert (await stats(http, stack.url))["isPaused"] is False
 

@@ -24,7 +24,16 @@ from jetdag.cli.watchview import watch as watch_execution
 from jetdag.cli.workflows import EXIT_USAGE
 from jetdag.client import Client, Invalid, JetdagError, WorkflowError
 from jetdag.watch import exit_code
-from shared.messages import ExecutionStatus, ExecutionView, JobView, Overlap, ScheduleRunView, ScheduleView
+from shared.messages import (
+    ExecutionStatus,
+    ExecutionView,
+    JobView,
+    Overlap,
+    QueuePause,
+    ScheduleRunView,
+    ScheduleView,
+)
+from shared.pauses import describe
 
 __all__ = ["COMMANDS"]
 
@@ -318,34 +327,65 @@ def queue() -> None:
     """The job queue: counts, and pausing delivery to workers (running jobs finish)."""
 
 
-@queue.command(name="stats", short_help="Waiting, active, completed, failed, delayed, paused jobs.")
+def _pause_rows(pauses: list[QueuePause]) -> None:
+    rows = [
+        [describe(p), _time(p.until) if p.until else "on resume", p.reason or "", _time(p.paused_at)] for p in pauses
+    ]
+    print_table(["paused", "ends", "reason", "since"], rows)
+
+
+@queue.command(name="stats", short_help="Waiting, active, completed, failed, delayed, paused jobs; the pauses.")
 @api_command
 def queue_stats(client: Client, as_json: bool) -> int:
-    """Job counts of the queue."""
+    """Job counts of the queue, and the pauses in effect."""
     reply = client.queue_stats()
     if as_json:
         print_json(reply)
         return 0
     stats = msgspec.structs.asdict(reply.stats)
     print_table(["counter", "jobs"], [[k, str(v)] for k, v in stats.items()])
+    if reply.pauses:
+        _pause_rows(reply.pauses)
     out.print("paused" if reply.is_paused else "delivering", markup=False)
     return 0
 
 
-@queue.command(name="pause", short_help="Stop delivering jobs to workers (idempotent).")
+@queue.command(name="pause", short_help="Stop delivering jobs: all, or one capability's or type's (idempotent).")
+@click.option("--until", "until", callback=_aware_time, help="End the pause by itself at this ISO time (with Z).")
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="End the pause by itself after this many seconds.",
+)
+@click.option("--capability", help="Pause only the jobs needing this capability.")
+@click.option("--type", "job_type", help="Pause only the jobs of this type.")
+@click.option("--reason", help="Why (shown by queue stats, /health and the queue events).")
 @api_command
-def queue_pause(client: Client, as_json: bool) -> int:
-    """Pause delivery; it survives restarts."""
-    reply = client.pause()
+def queue_pause(
+    client: Client,
+    as_json: bool,
+    *,
+    until: datetime | None,
+    duration_s: float | None,
+    capability: str | None,
+    job_type: str | None,
+    reason: str | None,
+) -> int:
+    """Pause delivery to workers (running jobs finish); it survives restarts. Without options: everything, until
+    `jetdag queue resume`."""
+    reply = client.pause(until=until, duration_s=duration_s, capability=capability, job_type=job_type, reason=reason)
     print_json(reply) if as_json else out.print(reply.message, markup=False)
     return 0
 
 
-@queue.command(name="resume", short_help="Deliver jobs again (idempotent).")
+@queue.command(name="resume", short_help="Deliver jobs again: end every pause, or one scope's (idempotent).")
+@click.option("--capability", help="End only the pause of this capability (with --type: of that pair).")
+@click.option("--type", "job_type", help="End only the pause of this job type.")
 @api_command
-def queue_resume(client: Client, as_json: bool) -> int:
-    """Resume delivery."""
-    reply = client.resume()
+def queue_resume(client: Client, as_json: bool, *, capability: str | None, job_type: str | None) -> int:
+    """Resume delivery: every pause ends, or only the one of exactly that capability and/or type."""
+    reply = client.resume(capability=capability, job_type=job_type)
     print_json(reply) if as_json else out.print(reply.message, markup=False)
     return 0
 

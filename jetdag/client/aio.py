@@ -19,7 +19,7 @@ from jetdag.client.events import Event, read_sse
 from shared.api import (
     ExecuteResponse,
     HealthResponse,
-    MessageResponse,
+    QueueControlResponse,
     QueueStatsResponse,
     ScheduleDeletedResponse,
     StreamDropped,
@@ -268,11 +268,23 @@ class AsyncClient:
     async def queue_stats(self) -> QueueStatsResponse:
         return await self._send(calls.queue_stats())
 
-    async def pause(self) -> MessageResponse:
-        return await self._send(calls.pause())
+    async def pause(
+        self,
+        *,
+        until: datetime | None = None,
+        duration_s: float | None = None,
+        capability: str | None = None,
+        job_type: str | None = None,
+        reason: str | None = None,
+    ) -> QueueControlResponse:
+        """Pause delivery: everything (no argument), or one capability's and/or job type's jobs; until resumed, or
+        until `until` / for `duration_s` seconds (it ends by itself). A new pause of the same scope replaces it."""
+        call = calls.pause(until=until, duration_s=duration_s, capability=capability, job_type=job_type, reason=reason)
+        return await self._send(call)
 
-    async def resume(self) -> MessageResponse:
-        return await self._send(calls.resume())
+    async def resume(self, *, capability: str | None = None, job_type: str | None = None) -> QueueControlResponse:
+        """End every pause (no argument), or the pause of exactly that capability and/or job type."""
+        return await self._send(calls.resume(capability=capability, job_type=job_type))
 
     async def health(self) -> HealthResponse:
         """The gateway's health report, healthy or not (it answers 503 with the same body when unhealthy)."""

@@ -21,7 +21,7 @@ from shared.api import (
     ExecutionResponse,
     HealthResponse,
     JobListResponse,
-    MessageResponse,
+    QueueControlResponse,
     QueueStatsResponse,
     ScheduleDeletedResponse,
     ScheduleListResponse,
@@ -37,6 +37,8 @@ from shared.messages import (
     JobConfig,
     JobView,
     Overlap,
+    QueuePauseRequest,
+    QueueResumeRequest,
     ScheduleRequest,
     ScheduleRunView,
     ScheduleView,
@@ -199,12 +201,54 @@ def queue_stats() -> Call[QueueStatsResponse]:
     return Call("GET", "/queue/stats", _reader(QueueStatsResponse, _same))
 
 
-def pause() -> Call[MessageResponse]:
-    return Call("POST", "/queue/pause", _reader(MessageResponse, _same))
+def pause(
+    *,
+    until: datetime | None = None,
+    duration_s: float | None = None,
+    capability: str | None = None,
+    job_type: str | None = None,
+    reason: str | None = None,
+) -> Call[QueueControlResponse]:
+    """No argument: everything, until resumed (sent without a body, as before pauses had options)."""
+    fields = {
+        "until": until,
+        "durationS": duration_s,
+        "capability": capability,
+        "type": job_type,
+        "reason": reason,
+    }
+    given = {k: v for k, v in fields.items() if v is not None}
+    if not given:
+        return Call("POST", "/queue/pause", _reader(QueueControlResponse, _same))
+    if until is not None and until.tzinfo is None:
+        raise Invalid("until must carry a time zone (a naive datetime is ambiguous)")
+    try:
+        request = msgspec.convert(given, QueuePauseRequest, from_attributes=False)
+    except msgspec.ValidationError as exc:
+        raise Invalid(f"invalid pause: {exc}") from None
+    return Call(
+        "POST",
+        "/queue/pause",
+        _reader(QueueControlResponse, _same),
+        body=_encoder.encode(request),
+        headers={"Content-Type": "application/json"},
+        # Sent again, a pause for a duration would end later than asked.
+        idempotent=duration_s is None,
+    )
 
 
-def resume() -> Call[MessageResponse]:
-    return Call("POST", "/queue/resume", _reader(MessageResponse, _same))
+def resume(*, capability: str | None = None, job_type: str | None = None) -> Call[QueueControlResponse]:
+    """No argument: every pause ends; with a capability and/or a type, the pause of exactly that scope."""
+    if capability is None and job_type is None:
+        return Call("POST", "/queue/resume", _reader(QueueControlResponse, _same))
+    request = QueueResumeRequest(capability=capability, type=job_type)
+    return Call(
+        "POST",
+        "/queue/resume",
+        _reader(QueueControlResponse, _same),
+        body=_encoder.encode(request),
+        headers={"Content-Type": "application/json"},
+    )
 
 
 def schedule_request(

@@ -18,7 +18,7 @@ from jetdag.client.events import Event, read_sse
 from shared.api import (
     ExecuteResponse,
     HealthResponse,
-    MessageResponse,
+    QueueControlResponse,
     QueueStatsResponse,
     ScheduleDeletedResponse,
     StreamDropped,
@@ -266,11 +266,23 @@ class Client:
     def queue_stats(self) -> QueueStatsResponse:
         return self._send(calls.queue_stats())
 
-    def pause(self) -> MessageResponse:
-        return self._send(calls.pause())
+    def pause(
+        self,
+        *,
+        until: datetime | None = None,
+        duration_s: float | None = None,
+        capability: str | None = None,
+        job_type: str | None = None,
+        reason: str | None = None,
+    ) -> QueueControlResponse:
+        """Pause delivery: everything (no argument), or one capability's and/or job type's jobs; until resumed, or
+        until `until` / for `duration_s` seconds (it ends by itself). A new pause of the same scope replaces it."""
+        call = calls.pause(until=until, duration_s=duration_s, capability=capability, job_type=job_type, reason=reason)
+        return self._send(call)
 
-    def resume(self) -> MessageResponse:
-        return self._send(calls.resume())
+    def resume(self, *, capability: str | None = None, job_type: str | None = None) -> QueueControlResponse:
+        """End every pause (no argument), or the pause of exactly that capability and/or job type."""
+        return self._send(calls.resume(capability=capability, job_type=job_type))
 
     def health(self) -> HealthResponse:
         """The gateway's health report, healthy or not (it answers 503 with the same body when unhealthy)."""

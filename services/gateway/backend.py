@@ -33,6 +33,11 @@ from shared.messages import (
     ListWorkers,
     MetricsExposition,
     QueueControl,
+    QueuePauseCommand,
+    QueuePauseRequest,
+    QueuePauses,
+    QueueResumeCommand,
+    QueueResumeRequest,
     QueueStatsReply,
     RegisterReply,
     RegisterWorker,
@@ -191,11 +196,14 @@ class Backend:
     async def queue_stats(self) -> QueueStatsReply:
         return await self._scheduler("queue.stats", ExecutionRef(execution_id=""), QueueStatsReply)
 
-    async def pause(self) -> QueueControl:
-        return await self._scheduler("queue.pause", ExecutionRef(execution_id=""), QueueControl)
+    async def pause(self, request: QueuePauseRequest | None) -> QueueControl:
+        return await self._scheduler("queue.pause", QueuePauseCommand(pause=request), QueueControl, slow=True)
 
-    async def resume(self) -> QueueControl:
-        return await self._scheduler("queue.resume", ExecutionRef(execution_id=""), QueueControl)
+    async def resume(self, request: QueueResumeRequest | None) -> QueueControl:
+        return await self._scheduler("queue.resume", QueueResumeCommand(resume=request), QueueControl, slow=True)
+
+    async def pauses(self) -> QueuePauses:
+        return await self._scheduler("queue.pauses", ExecutionRef(execution_id=""), QueuePauses)
 
     # --- metrics -------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ the API explorer served from a pip-installed Swagger UI (no CDN: it works offlin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
@@ -10,7 +11,7 @@ from litestar import Router
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.openapi import ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Schema
+from litestar.openapi.spec import Operation, RequestBody, Schema
 from litestar.params import Parameter
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ASSETS_PATH",
     "SSE_RESPONSE",
+    "OptionalBody",
     "PathId",
     "ServerSentEvent",
     "StrictStructSchemaPlugin",
@@ -34,6 +36,17 @@ __all__ = [
 ]
 
 ASSETS_PATH = "/schema/assets"
+
+
+@dataclass
+class OptionalBody(Operation):
+    """`operation_class=` of a route whose body may be left out (`data: X | None = None`): Litestar documents
+    every request body as required."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.required = False
+
 
 PathId = Annotated[str, Parameter(pattern=ID_RE.pattern, description="1-128 characters of A-Z, a-z, 0-9, '_' or '-'")]
 """An id in a URL path (`{workerId}`, `{executionId}`): validated, and documented with its pattern."""

@@ -64,7 +64,9 @@ class OverviewHub:
 
         async def queue() -> QueueStatsResponse:
             reply = await self.backend.queue_stats()
-            return QueueStatsResponse(healthy=reply.healthy, stats=reply.stats, is_paused=reply.is_paused)
+            return QueueStatsResponse(
+                healthy=reply.healthy, stats=reply.stats, is_paused=reply.is_paused, pauses=reply.pauses
+            )
 
         async def workers() -> list[WorkerView]:
             return (await self.backend.list_workers()).workers

@@ -20,6 +20,7 @@ from shared.commands import CommandError, request
 from shared.logging import get_logger
 from shared.messages import ListWorkers, WorkerList, WorkerView
 from shared.metrics import SchedulerMetrics
+from shared.pauses import consumer_until
 from shared.timeutil import ms_from_iso, now_ms
 
 from .lifecycle import Context, Owned
@@ -109,11 +110,12 @@ class Audit:
             self._missing.clear()
             return
         workers = await self._workers()
-        paused = await self.queue.is_paused()
+        pauses = await self.queue.pauses()
         for owned, jobs in stalled:
             reasons: dict[str, str | None] = {}
+            held = {j.id for j in jobs if consumer_until(pauses, j.capability, j.type) is not None}
             for job in jobs:
-                reason = waiting_reason(job.type, job.requested_capability, workers, paused)
+                reason = waiting_reason(job.type, job.requested_capability, workers, job.id in held)
                 key = (owned.execution_id, job.id)
                 if self._warned.get(key) != reason:
                     self._warned[key] = reason
@@ -124,7 +126,7 @@ class Audit:
                 owned.waiting(reasons)
             if any(not j.placed for j in jobs):
                 owned.republish_soon()
-            lost = await self._lost_messages(owned, [j for j in jobs if j.placed and not paused])
+            lost = await self._lost_messages(owned, [j for j in jobs if j.placed and j.id not in held])
             if lost:
                 owned.log.warning(
                     "job messages missing from the job stream; dispatched again", jobs=[j.id for j in lost]

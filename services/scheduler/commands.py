@@ -48,9 +48,16 @@ from shared.messages import (
     JobView,
     ListExecutions,
     QueueControl,
+    QueuePause,
+    QueuePauseCommand,
+    QueuePauseRequest,
+    QueuePauses,
+    QueueResumeCommand,
+    QueueResumeRequest,
     QueueStats,
     QueueStatsReply,
 )
+from shared.pauses import is_global, pause_of
 from shared.pipeline import JetStreamError
 from shared.subjects import Names
 from shared.timeutil import iso_from_ms, now_iso, now_ms
@@ -96,7 +103,7 @@ class Commands:
     idempotency_ttl_s: float = 24 * 3600.0
     max_types: int = 0
     max_open_per_token: int = 0
-    _counts: tuple[float, bool] | None = None
+    _counts: tuple[float, list[QueuePause]] | None = None
 
     def endpoints(self) -> dict[str, Endpoint]:
         """The queue-grouped endpoints every replica serves."""
@@ -108,8 +115,9 @@ class Commands:
             "cancel": Endpoint(ExecutionRef, self.cancel),
             "retry": Endpoint(ExecutionRef, self.retry),
             "queue.stats": Endpoint(ExecutionRef, self.stats),
-            "queue.pause": Endpoint(ExecutionRef, self.pause),
-            "queue.resume": Endpoint(ExecutionRef, self.resume),
+            "queue.pause": Endpoint(QueuePauseCommand, self.pause),
+            "queue.resume": Endpoint(QueueResumeCommand, self.resume),
+            "queue.pauses": Endpoint(ExecutionRef, self.pauses),
             "consumer": Endpoint(EnsureConsumer, self.consumer),
         }
 
@@ -467,14 +475,14 @@ class Commands:
                 views.append(view)
         return ExecutionList(executions=views, next_cursor=page[-1] if more else None)
 
-    async def _paused(self) -> bool:
-        """The pause switch, shared by the stats requests of a quarter second."""
+    async def _pauses(self) -> list[QueuePause]:
+        """The pauses in effect, shared by the stats requests of a quarter second."""
         now = time.monotonic()
         if self._counts is not None and now - self._counts[0] < STATS_CACHE_S:
             return self._counts[1]
-        paused = await self.queue.is_paused()
-        self._counts = (now, paused)
-        return paused
+        pauses = await self.queue.pauses()
+        self._counts = (now, pauses)
+        return pauses
 
     async def stats(self, _: Any) -> QueueStatsReply:
         # Jobs, not job messages (one message may carry several jobs): counted from the executions' records,
@@ -482,7 +490,10 @@ class Commands:
         # of it may still be in flight.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.index.current.wait(), 5)
-        paused = await self._paused()
+        pauses = await self._pauses()
+        # `paused` counts the jobs held by a pause of everything; a pause of one capability or type is listed
+        # in `pauses`, its jobs still count as waiting (the index counts jobs, not jobs per type).
+        paused = any(is_global(p) for p in pauses)
         queued = self.index.queued
         stats = QueueStats(
             waiting=0 if paused else queued,
@@ -494,17 +505,30 @@ class Commands:
             total=0,
         )
         stats.total = stats.waiting + stats.active + stats.completed + stats.failed + stats.delayed + stats.paused
-        return QueueStatsReply(stats=stats, is_paused=paused, healthy=True)
+        return QueueStatsReply(stats=stats, is_paused=paused, healthy=True, pauses=pauses)
 
-    async def pause(self, _: Any) -> QueueControl:
-        changed, consumers = await self.queue.set_paused(True)
-        self._counts = None
-        return QueueControl(is_paused=True, changed=changed, consumers=consumers)
+    async def pauses(self, _: Any) -> QueuePauses:
+        pauses = await self.queue.pauses()
+        return QueuePauses(is_paused=any(is_global(p) for p in pauses), pauses=pauses)
 
-    async def resume(self, _: Any) -> QueueControl:
-        changed, consumers = await self.queue.set_paused(False)
+    async def pause(self, cmd: QueuePauseCommand) -> QueueControl:
+        pause = pause_of(cmd.pause or QueuePauseRequest(), now_ms())
+        after, consumers, changed = await self.queue.pause(pause)
         self._counts = None
-        return QueueControl(is_paused=False, changed=changed, consumers=consumers)
+        return QueueControl(
+            is_paused=any(is_global(p) for p in after), changed=changed, consumers=consumers, pauses=after
+        )
+
+    async def resume(self, cmd: QueueResumeCommand) -> QueueControl:
+        after, ended, consumers = await self.queue.resume(cmd.resume or QueueResumeRequest())
+        self._counts = None
+        return QueueControl(
+            is_paused=any(is_global(p) for p in after),
+            changed=bool(ended),
+            consumers=consumers,
+            pauses=after,
+            ended=ended,
+        )
 
     async def consumer(self, cmd: EnsureConsumer) -> ConsumerSet:
         check_name("capability", cmd.capability)

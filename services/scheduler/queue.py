@@ -1,33 +1,53 @@
 """The job stream's consumers: one durable pull consumer per (capability, type, priority band), created when a
-worker asks for them; pause and resume by JetStream consumer pause; whether the queue is paused.
+worker asks for them; the pauses of the queue, applied by JetStream consumer pause.
 
-Pause is a persisted switch (`control.queue` in the executions bucket) plus server-side consumer pause on
-every consumer. Both orders of a race between "create a consumer" and "pause" end paused: the creator checks
-the switch again after creating, and the pauser pauses every consumer it lists after setting the switch.
+The pauses are persisted (`control.queue` in the executions bucket, a QueueState); what each one covers and
+until when is pure (shared/pauses.py). A consumer is paused on the server until the latest end of the pauses
+covering it (a pause of a capability or type covers every band of its pairs), so a timed pause ends by
+JetStream's own `pause_until`, with no timer of ours. Both orders of a race between "create a consumer" and
+"pause" end paused: the creator reads the pauses again after creating, and the pauser applies the pauses to every
+consumer it lists after writing them. Every replica announces the end of a
+timed pause (`<ns>.events.queue.resumed`, `expired`) when it falls; one msg-id makes that one event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from shared.keys import QUEUE_KEY
+from shared.events import publish_event
+from shared.keys import QUEUE_KEY, queue_event_msg_id
 from shared.logging import get_logger
-from shared.messages import PRIORITIES, ConsumerRef, ConsumerSet, QueueState
+from shared.messages import (
+    PRIORITIES,
+    ConsumerRef,
+    ConsumerSet,
+    QueueEvent,
+    QueuePause,
+    QueueResumeRequest,
+    QueueState,
+)
+from shared.pauses import active, consumer_until, describe, is_global, paused, resumed
 from shared.subjects import Names
-from shared.timeutil import now_iso
+from shared.timeutil import iso_from_ms, ms_from_iso, now_iso, now_ms
 
-__all__ = ["PAUSE_FOREVER", "JobQueue"]
+__all__ = ["JobQueue"]
 
 log = get_logger(__name__)
 
-# JetStream pauses until a time; "until resumed" is a time far enough away.
-PAUSE_FOREVER = "2999-12-31T23:59:59Z"
+FOLLOW_S = 2.0
+"""How often a replica reads the pauses again to announce the ends of timed pauses another replica set."""
+Change = Callable[[list[QueuePause]], tuple[list[QueuePause], list[QueuePause]]]
+"""The pauses in effect → (the pauses in effect after, the pauses it ended)."""
+KEEP_ENDED_MS = 3_600_000
+"""A timed pause stays in the state this long after its end (it is not in effect): its end is announced once."""
 
 
 class JobQueue:
@@ -47,16 +67,26 @@ class JobQueue:
         self.max_deliver = max_deliver
         self._known: set[str] = set()
         self._lock = asyncio.Lock()
+        self._ends: dict[tuple[str | None, str | None, str], asyncio.Task[None]] = {}
 
-    async def is_paused(self) -> bool:
+    async def _read(self) -> tuple[QueueState | None, int | None]:
         try:
             entry = await self.kv.get(QUEUE_KEY)
         except KeyNotFoundError:
-            return False
-        assert entry.value is not None
-        return msgspec.json.decode(entry.value, type=QueueState).paused
+            return None, None
+        if entry.value is None:
+            return None, entry.revision
+        return msgspec.json.decode(entry.value, type=QueueState), entry.revision
 
-    def consumer_config(self, capability: str, job_type: str, priority: int, *, paused: bool) -> ConsumerConfig:
+    async def pauses(self) -> list[QueuePause]:
+        """The pauses in effect now."""
+        return active((await self._read())[0], now_ms())
+
+    async def is_paused(self) -> bool:
+        """A pause of everything is in effect."""
+        return any(is_global(p) for p in await self.pauses())
+
+    def consumer_config(self, capability: str, job_type: str, priority: int, *, until: str | None) -> ConsumerConfig:
         return ConsumerConfig(
             durable_name=self.names.jobs_consumer(capability, job_type, priority),
             description=(
@@ -72,7 +102,7 @@ class JobQueue:
             max_deliver=-1,
             max_ack_pending=100_000,
             max_waiting=4096,
-            pause_until=PAUSE_FOREVER if paused else None,
+            pause_until=until,
         )
 
     def _ref(self, capability: str, job_type: str, priority: int) -> ConsumerRef:
@@ -86,8 +116,8 @@ class JobQueue:
         )
 
     async def ensure_consumers(self, capability: str, job_type: str) -> ConsumerSet:
-        """Create the (capability, type) consumers of every priority band if missing, paused when the queue is
-        paused."""
+        """Create the (capability, type) consumers of every priority band if missing, paused when a pause covers
+        them."""
         refs = [self._ref(capability, job_type, p) for p in PRIORITIES]
         missing = [ref for ref in refs if ref.consumer not in self._known]
         if missing:
@@ -102,14 +132,21 @@ class JobQueue:
         try:
             await self.js.consumer_info(self.names.jobs_stream, name)
         except NotFoundError:
-            paused = await self.is_paused()
+            until = consumer_until(await self.pauses(), capability, job_type)
             await self.js.add_consumer(
-                self.names.jobs_stream, self.consumer_config(capability, job_type, ref.priority, paused=paused)
+                self.names.jobs_stream, self.consumer_config(capability, job_type, ref.priority, until=until)
             )
-            log.info("consumer created", consumer=name, paused=paused)
-            if not paused and await self.is_paused():
-                await self.js.pause_consumer(self.names.jobs_stream, name, PAUSE_FOREVER)
+            log.info("consumer created", consumer=name, paused_until=until)
+            again = consumer_until(await self.pauses(), capability, job_type)
+            if again != until:
+                await self._pause_one(name, again)
         self._known.add(name)
+
+    async def _pause_one(self, consumer: str, until: str | None) -> None:
+        if until is None:
+            await self.js.resume_consumer(self.names.jobs_stream, consumer)
+        else:
+            await self.js.pause_consumer(self.names.jobs_stream, consumer, until)
 
     async def _consumers(self) -> list[ConsumerInfo]:
         infos: list[ConsumerInfo] = []
@@ -121,22 +158,136 @@ class JobQueue:
                 return infos
             offset += len(page)
 
-    async def set_paused(self, paused: bool) -> tuple[bool, int]:
-        """Persist the switch, then apply it to every consumer. Returns (changed, consumers touched)."""
-        was = await self.is_paused()
-        await self.kv.put(QUEUE_KEY, msgspec.json.encode(QueueState(paused=paused, changed_at=now_iso())))
+    async def _apply(self) -> int:
+        """Pause every consumer until the end of the pauses covering it, resume the others; how many there are.
+        The pauses are read again after the caller's write: of two replicas changing them at once, the one that
+        applies last applies what was written last."""
+        pauses = await self.pauses()
         consumers = await self._consumers()
         # Highest band first: on a resume, a worker's first deliveries come from the most urgent jobs.
         consumers.sort(key=lambda info: self.names.jobs_consumer_priority(info.name or "") or 0)
         for info in consumers:
             assert info.name is not None
-            if paused:
-                await self.js.pause_consumer(self.names.jobs_stream, info.name, PAUSE_FOREVER)
-            else:
-                await self.js.resume_consumer(self.names.jobs_stream, info.name)
-        log.info("queue paused" if paused else "queue resumed", consumers=len(consumers), changed=was != paused)
-        return was != paused, len(consumers)
+            pair = self.names.jobs_consumer_pair(info.name)
+            if pair is not None:
+                await self._pause_one(info.name, consumer_until(pauses, *pair))
+        return len(consumers)
+
+    async def _write(self, change: Change) -> tuple[QueueState, list[QueuePause], list[QueuePause], bool]:
+        """Change the pauses by compare-and-set (replicas may pause at once).
+        Returns (what was written, the pauses in effect, the pauses it ended, whether the pauses in effect changed)."""
+        while True:
+            state, revision = await self._read()
+            now = now_ms()
+            before = active(state, now)
+            after, ended = change(before)
+            if after == before and state is not None:
+                return state, after, ended, False
+            # Ended timed pauses stay a while (see KEEP_ENDED_MS): every replica announces their end once.
+            recent = [
+                p
+                for p in (state.pauses if state is not None else [])
+                if p.until is not None and now - KEEP_ENDED_MS < ms_from_iso(p.until) <= now
+            ]
+            value = QueueState(
+                paused=any(is_global(p) for p in after), changed_at=iso_from_ms(now), pauses=[*recent, *after]
+            )
+            encoded = msgspec.json.encode(value)
+            try:
+                if revision is None:
+                    await self.kv.create(QUEUE_KEY, encoded)
+                else:
+                    await self.kv.update(QUEUE_KEY, encoded, last=revision)
+            except KeyWrongLastSequenceError:  # another replica wrote first: change what it wrote
+                continue
+            return value, after, ended, after != before
+
+    async def pause(self, pause: QueuePause) -> tuple[list[QueuePause], int, bool]:
+        """Add (or replace, for its scope) one pause and apply it. Returns (in effect, consumers, changed)."""
+        value, after, _, changed = await self._write(lambda before: (paused(before, pause), []))
+        consumers = await self._apply()
+        if not changed:
+            return after, consumers, False
+        log.info("queue paused", scope=describe(pause), until=pause.until, reason=pause.reason, consumers=consumers)
+        await self._announce(
+            QueueEvent(
+                event="paused",
+                at=pause.paused_at,
+                capability=pause.capability,
+                type=pause.type,
+                until=pause.until,
+                reason=pause.reason,
+            ),
+            queue_event_msg_id("paused", pause.capability, pause.type, pause.paused_at),
+        )
+        self._arm(value)
+        return after, consumers, changed
+
+    async def resume(self, request: QueueResumeRequest) -> tuple[list[QueuePause], list[QueuePause], int]:
+        """End every pause, or the one of the request's scope. Returns (still in effect, ended, consumers)."""
+        value, after, ended, _ = await self._write(lambda before: resumed(before, request))
+        consumers = await self._apply()
+        at = now_iso()
+        for p in ended:
+            log.info("queue resumed", scope=describe(p), consumers=consumers)
+            await self._announce(
+                QueueEvent(event="resumed", at=at, capability=p.capability, type=p.type, reason=p.reason),
+                queue_event_msg_id("resumed", p.capability, p.type, at),
+            )
+        self._arm(value)
+        return after, ended, consumers
 
     async def paused_consumers(self) -> int:
         """How many job consumers the server holds paused now."""
         return sum(1 for info in await self._consumers() if getattr(info, "paused", False))
+
+    # --- announcing the ends of timed pauses ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow the pauses and announce each timed one's end when it falls (every replica: one msg-id)."""
+        try:
+            while True:
+                try:
+                    state, _ = await self._read()
+                    self._arm(state)
+                except Exception as exc:
+                    log.warning("reading the queue's pauses failed; retrying", error=repr(exc))
+                await asyncio.sleep(FOLLOW_S)
+        finally:
+            for task in self._ends.values():
+                task.cancel()
+
+    def _arm(self, state: QueueState | None) -> None:
+        """A timer for the end of each timed pause still to come; none for a pause resumed or replaced."""
+        written = {(p.capability, p.type, p.until): p for p in (state.pauses if state else []) if p.until}
+        for key in set(self._ends) - set(written):
+            self._ends.pop(key).cancel()
+        now = now_ms()
+        for key, p in written.items():
+            if key not in self._ends and p.until is not None and ms_from_iso(p.until) > now:
+                self._ends[key] = asyncio.create_task(self._end(p))
+
+    async def _end(self, pause: QueuePause) -> None:
+        assert pause.until is not None
+        key = (pause.capability, pause.type, pause.until)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(max(0.0, (ms_from_iso(pause.until) - now_ms()) / 1000))
+            state, _ = await self._read()
+            # Still the same pause (not resumed or replaced before its end): its end is announced.
+            if state is not None and any((p.capability, p.type, p.until) == key for p in state.pauses):
+                log.info("queue pause ended", scope=describe(pause), until=pause.until)
+                await self._announce(
+                    QueueEvent(
+                        event="resumed",
+                        at=pause.until,
+                        capability=pause.capability,
+                        type=pause.type,
+                        reason=pause.reason,
+                        expired=True,
+                    ),
+                    queue_event_msg_id("expired", pause.capability, pause.type, pause.until),
+                )
+        self._ends.pop(key, None)
+
+    async def _announce(self, event: QueueEvent, msg_id: str) -> None:
+        await publish_event(self.js, self.names.queue_event(event.event), event, msg_id=msg_id)

@@ -212,6 +212,7 @@ class SchedulerService:
         ctx.spawn(self._retention_loop(retention), "retention")
         ctx.spawn(audit.run(self.settings.sweep_interval_s), "audit")
         ctx.spawn(schedules.run(), "schedules")
+        ctx.spawn(queue.run(), "queue pauses")
         log.info("scheduler replica", replica=self.replica_id, shards=self.shards)
 
     async def _report(self, context: Context, manager: ShardManager) -> None:

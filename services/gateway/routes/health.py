@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from litestar import Response, get
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from shared.api import HealthComponents, HealthResponse, HealthWorkers
+from shared.messages import QueuePause
 from shared.timeutil import now_iso
 
 from ..backend import Backend
@@ -17,7 +20,7 @@ from ..backend import Backend
     tags=["health"],
     summary="200 when every component answers, 503 (same body) when one does not",
     description="Checks the job stream, the registry, the KV buckets and the scheduler for real, each within "
-    "`JETDAG_HEALTH_TIMEOUT_S`, and counts the workers.",
+    "`JETDAG_HEALTH_TIMEOUT_S`, counts the workers, and lists the queue's pauses in effect (`pauses`).",
     responses={503: ResponseSpec(HealthResponse, description="A component failed: same body, `healthy: false`")},
     # Open to load balancers and probes: counts and component errors only, no ids or payloads.
     opt={"public": True},
@@ -30,7 +33,7 @@ async def health(backend: Backend) -> Response[HealthResponse]:
 
 async def check_health(backend: Backend) -> HealthResponse:
     """Every component checked now, and the workers' counts (the body of GET /health and of the overview)."""
-    queue, registry, state, scheduler, summary = await backend.health()
+    (queue, registry, state, scheduler, summary), pauses = await asyncio.gather(backend.health(), _pauses(backend))
     if summary is not None:
         capacity = summary.capacity
         workers = HealthWorkers(
@@ -62,4 +65,13 @@ async def check_health(backend: Backend) -> HealthResponse:
         workers=workers,
         checked_at=now_iso(),
         error="; ".join(failed) if failed else None,
+        pauses=pauses,
     )
+
+
+async def _pauses(backend: Backend) -> list[QueuePause] | None:
+    """The queue's pauses in effect; None when the scheduler does not answer (its component says why)."""
+    try:
+        return (await asyncio.wait_for(backend.pauses(), backend.health_timeout)).pauses
+    except Exception:
+        return None

@@ -4,7 +4,7 @@ import { useEffect, useState } from "preact/hooks";
 
 import { api, follow } from "./api.js";
 import { Badge, ErrorLine, Link, LiveState, html, notify, useNow } from "./components.js";
-import { ago, between, count, percent } from "./format.js";
+import { ago, between, clock, count, percent } from "./format.js";
 
 const COMPONENTS = [
   ["queue", "Job queue"],
@@ -32,6 +32,14 @@ function Health({ health, error }) {
       </ul>
     </section>
   `;
+}
+
+/** What a pause covers: everything, a capability, a job type, or a pair. */
+function pauseScope(p) {
+  if (p.capability && p.type) return `${p.capability}/${p.type}`;
+  if (p.capability) return `capability ${p.capability}`;
+  if (p.type) return `type ${p.type}`;
+  return "everything";
 }
 
 function Queue({ queue, error }) {
@@ -68,6 +76,15 @@ function Queue({ queue, error }) {
           (k) => html`<div class="stat" data-stat=${k}><dt>${k}</dt><dd>${count(queue?.stats?.[k])}</dd></div>`,
         )}
       </dl>
+      ${queue?.pauses?.length > 0 &&
+      html`<ul class="pauses" aria-label="Pauses in effect">
+        ${queue.pauses.map(
+          (p) => html`<li data-pause=${pauseScope(p)}>
+            <strong>${pauseScope(p)}</strong> paused ${p.until ? `until ${clock(p.until)}` : "until resumed"}
+            ${p.reason && html`<span class="muted"> · ${p.reason}</span>`}
+          </li>`,
+        )}
+      </ul>`}
     </section>
   `;
 }
