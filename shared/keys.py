@@ -17,6 +17,7 @@ __all__ = [
     "execution_event_msg_id",
     "execution_key",
     "execution_keys",
+    "execution_toggle_msg_id",
     "idempotency_key",
     "jobs_event_msg_id",
     "kv_subject",
@@ -107,6 +108,11 @@ def report_msg_id(worker_id: str, boot: str, seq: int) -> str:
 
 def execution_event_msg_id(execution_id: str, what: str, round_: int) -> str:
     return f"{execution_id}.{what}.r{round_}"
+
+
+def execution_toggle_msg_id(execution_id: str, what: str, journal_seq: int) -> str:
+    """An execution event that may happen many times a round (`paused`, `resumed`): one per journal step."""
+    return f"{execution_id}.{what}.{journal_seq}"
 
 
 def jobs_event_msg_id(execution_id: str, journal_seq: int, part: int) -> str:

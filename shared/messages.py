@@ -303,6 +303,9 @@ class ExecutionView(Message):
     run_at: Timestamp | None = None
     """When a delayed execution (`runAt`, `delayS`) starts; it stays `pending` until then."""
     priority: int = DEFAULT_PRIORITY
+    paused: bool = False
+    """POST /execute/{id}/pause holds its jobs that have not started (its status stays pending or running)."""
+    paused_at: Timestamp | None = None
 
 
 class ErrorInfo(Message):
@@ -568,6 +571,7 @@ class ExecutionEvent(Message):
     checkpoint_id: str | None = None
     error: str | None = None
     round: int = 1
+    paused: bool = False
 
 
 # --- scheduler state: the journal, records and snapshots ---------------------------------------------------
@@ -634,6 +638,8 @@ class ExecutionPatch(Message, omit_defaults=True):
     round: int | msgspec.UnsetType = msgspec.UNSET
     completed_at: str | msgspec.UnsetType | None = msgspec.UNSET
     error: str | msgspec.UnsetType | None = msgspec.UNSET
+    paused: bool | msgspec.UnsetType = msgspec.UNSET
+    paused_at: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class JournalEntry(Message, tag_field="kind", kw_only=True):
@@ -726,6 +732,8 @@ class ExecutionRecord(Message):
     run_at: str | None = None
     """When a delayed execution starts (None: at once)."""
     priority: int = DEFAULT_PRIORITY
+    paused: bool = False
+    paused_at: str | None = None
 
 
 class JobRecord(Message):
