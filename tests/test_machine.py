@@ -287,6 +287,72 @@ def test_a_job_never_picked_up_fails_after_its_schedule_timeout() -> None:
     assert s.jobs[0].attempts == 0  # it never started
 
 
+def test_a_pause_withdraws_queued_jobs_holds_new_ones_and_running_ones_finish() -> None:
+    clock = Clock()
+    s = state_of(cfg("a"), cfg("b"), cfg("c"), cfg("a2", ["a"]))
+    m.on_start(s, clock.env())
+    a, b, c, a2 = s.jobs
+    m.on_report(s, clock.env(), JobStartedReport(execution_id="exec-1", job_id="a", token=a.token or "", at=AT, attempt=1), "w")
+    b_token = b.token
+    step = m.on_pause(s, clock.env())
+    assert s.paused and s.paused_at is not None and step.execution is not None and step.execution.paused is True
+    assert statuses(s) == {"a": "running", "b": "ready", "c": "ready", "a2": "pending"}
+    assert step.withdrawn == {"b": b_token, "c": "t3"} and not step.dispatched
+    assert b.token is None and b.attempt == 0 and b.queued_at is None  # the withdrawn attempt is not counted
+    late = JobStartedReport(execution_id="exec-1", job_id="b", token=b_token or "", at=AT, attempt=1)
+    assert not m.on_report(s, clock.env(), late, "w")  # a worker that got b's message anyway is stale
+    step = m.on_report(s, clock.env(), finished(a), "w")
+    assert a.status == "completed" and a2.status == "ready" and not step.dispatched  # a child is held
+    assert not m.on_pause(s, clock.env())  # pausing twice changes nothing
+    step = m.on_unpause(s, clock.env())
+    assert not s.paused and s.paused_at is None and sorted(s.jobs[i].id for i in step.dispatched) == ["a2", "b", "c"]
+    assert b.attempt == 1 and b.token not in (None, b_token)
+    assert not m.on_unpause(s, clock.env())
+    assert s.counts == recount(s)
+
+
+def test_a_bundle_a_worker_is_working_through_is_not_withdrawn() -> None:
+    clock = Clock()
+    s = state_of(cfg("x"), cfg("y"), cfg("z", type="other"))
+    m.on_start(s, clock.env(bundle=2))
+    x, y, z = s.jobs
+    assert x.bundle == y.bundle != z.bundle
+    m.on_report(s, clock.env(), finished(x), "w")
+    step = m.on_pause(s, clock.env())
+    assert y.status == "queued" and z.status == "ready" and list(step.withdrawn) == ["z"]
+
+
+def test_a_backoff_that_ends_while_paused_waits_for_the_resume() -> None:
+    clock = Clock()
+    s = state_of(cfg("f", retries=1, backoff_ms=100))
+    m.on_start(s, clock.env())
+    f = s.jobs[0]
+    m.on_report(s, clock.env(), finished(f, ok=False), "w")
+    m.on_pause(s, clock.env())
+    clock.ms += 1000
+    step = m.on_backoff_over(s, clock.env(), "f")
+    assert not step and step.ignored and "paused" in step.ignored and f.status == "delayed"
+    step = m.on_unpause(s, clock.env())
+    assert step.dispatched == [0] and f.status == "queued" and f.attempt == 2
+
+
+def test_a_job_handed_back_while_paused_is_held_and_an_ended_execution_is_not_paused() -> None:
+    clock = Clock()
+    s = state_of(cfg("a"), cfg("b"))
+    m.on_start(s, clock.env())
+    a, b = s.jobs
+    m.on_report(s, clock.env(), JobStartedReport(execution_id="exec-1", job_id="a", token=a.token or "", at=AT, attempt=1), "w")
+    m.on_report(s, clock.env(), JobStartedReport(execution_id="exec-1", job_id="b", token=b.token or "", at=AT, attempt=1), "w")
+    m.on_pause(s, clock.env())
+    returned = JobReturnedReport(execution_id="exec-1", job_id="a", token=a.token or "", at=AT, reason="stopping")
+    step = m.on_report(s, clock.env(), returned, "w")
+    assert a.status == "ready" and a.attempt == 1 and not step.dispatched  # its started attempt still counts
+    step = m.on_cancel(s, clock.env())
+    assert str(s.status) == "cancelled" and not s.paused and step.execution is not None
+    assert step.execution.paused is False
+    assert not m.on_pause(s, clock.env()) and not s.paused  # an ended execution cannot be paused
+
+
 def test_transitions_outside_the_table_are_refused() -> None:
     s = state_of(cfg("a"))
     try:
@@ -352,12 +418,16 @@ def check(world: World, jobs: list[JobConfig], parallelism: int | None) -> None:
             assert job.attempt == job.retries + 1, (job.id, job.attempt, job.retries)  # every retry was used
     again = replayed(world, jobs, parallelism)
     assert statuses(again) == statuses(s) and again.counts == s.counts and again.status == s.status
+    assert (again.paused, again.paused_at) == (s.paused, s.paused_at)
     assert [(j.token, j.attempt, j.result, j.round) for j in again.jobs] == [
         (j.token, j.attempt, j.result, j.round) for j in s.jobs
     ]
 
 
-ACTIONS = ["finish", "finish", "finish", "fail", "start", "duplicate", "forge", "return", "backoff", "cancel", "retry"]
+ACTIONS = [
+    *("finish", "finish", "finish", "fail", "start", "duplicate", "forge", "return", "backoff", "cancel", "retry"),
+    *("pause", "unpause"),
+]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -379,6 +449,14 @@ def test_any_interleaving_ends_with_each_job_in_one_final_state_and_exact_counts
     s = world.state
 
     def act(action: str) -> None:
+        was_paused = s.paused
+        step = _act(action)
+        if step is not None:
+            world.record(step)
+            if was_paused and s.paused:
+                assert not step.dispatched, (action, step.dispatched)  # nothing goes out while paused
+
+    def _act(action: str) -> m.Step | None:
         env = clock.env(bundle)
         clock.ms += 7
         live = world.outstanding()
@@ -394,21 +472,26 @@ def test_any_interleaving_ends_with_each_job_in_one_final_state_and_exact_counts
             else:
                 report = finished(job, ok=action == "finish", started_at=env.now)
             world.sent.append(report)
-            world.record(m.on_report(s, env, report, rng.choice(["w1", "w2"])))
-        elif action == "duplicate" and world.sent:
-            world.record(m.on_report(s, env, rng.choice(world.sent), "w1"))
-        elif action == "forge" and live:
+            return m.on_report(s, env, report, rng.choice(["w1", "w2"]))
+        if action == "duplicate" and world.sent:
+            return m.on_report(s, env, rng.choice(world.sent), "w1")
+        if action == "forge" and live:
             forged = msgspec.structs.replace(finished(rng.choice(live)), token="forged")
             step = m.on_report(s, env, forged, "evil")
             assert not step
         elif action == "backoff":
             delayed = [j for j in s.jobs if j.status == "delayed"]
             if delayed:
-                world.record(m.on_backoff_over(s, env, rng.choice(delayed).id))
+                return m.on_backoff_over(s, env, rng.choice(delayed).id)
         elif action == "cancel" and not s.final:
-            world.record(m.on_cancel(s, env))
+            return m.on_cancel(s, env)
         elif action == "retry" and s.status in ("failed", "cancelled"):
-            world.record(m.on_retry(s, env))
+            return m.on_retry(s, env)
+        elif action == "pause":
+            return m.on_pause(s, env)
+        elif action == "unpause":
+            return m.on_unpause(s, env)
+        return None
 
     for action in actions:
         act(action)
@@ -417,6 +500,8 @@ def test_any_interleaving_ends_with_each_job_in_one_final_state_and_exact_counts
     for _ in range(20 * n + 20):
         if s.final:
             break
+        if s.paused:
+            act("unpause")
         live = world.outstanding()
         delayed = [j for j in s.jobs if j.status == "delayed"]
         if live:

@@ -42,7 +42,7 @@ from shared.messages import (
     JobStartedReport,
     JobStatus,
 )
-from shared.timeutil import iso_from_ms
+from shared.timeutil import iso_from_ms, ms_from_iso
 
 __all__ = [
     "EXECUTION_TRANSITIONS",
@@ -57,6 +57,7 @@ __all__ = [
     "new_state",
     "on_backoff_over",
     "on_cancel",
+    "on_pause",
     "on_placed",
     "on_report",
     "on_requeue",
@@ -64,6 +65,7 @@ __all__ = [
     "on_retry",
     "on_schedule_timeout",
     "on_start",
+    "on_unpause",
     "on_waiting",
     "record_of",
     "state_from_records",
@@ -88,6 +90,8 @@ TRANSITIONS: dict[tuple[JobStatus, str], JobStatus] = {
     ("queued", "handed back"): "queued",
     ("running", "handed back"): "queued",
     ("delayed", "backoff over"): "queued",
+    ("queued", "execution paused"): "ready",  # its message withdrawn before any worker started it
+    ("running", "execution paused"): "ready",  # handed back by its worker while the execution is paused
     ("pending", "cancel"): "cancelled",
     ("ready", "cancel"): "cancelled",
     ("queued", "cancel"): "cancelled",
@@ -194,6 +198,9 @@ class ExecutionState:
     ready: dict[int, deque[int]] = field(default_factory=lambda: {p: deque() for p in PRIORITIES})
     """Ready jobs by priority band, each in the order they became ready: free parallelism slots go to the
     highest band first, first-come within it."""
+    paused: bool = False
+    """POST /execute/{id}/pause: nothing of it is dispatched until it is resumed (running jobs finish)."""
+    paused_at: str | None = None
 
     @property
     def final(self) -> bool:
@@ -229,6 +236,8 @@ class Step:
     execution: ExecutionPatch | None = None
     dispatched: list[int] = field(default_factory=list)
     """Jobs this step queued (their job messages are to be published)."""
+    withdrawn: dict[str, str] = field(default_factory=dict)
+    """Job id → the token of its job message, for jobs a pause took back to `ready` (the message is deleted)."""
     ignored: str | None = None
     """Why the input changed nothing (a stale token, a job already past it), for the log."""
 
@@ -289,6 +298,10 @@ def evolve_execution(state: ExecutionState, patch: ExecutionPatch) -> None:
         state.completed_at = patch.completed_at
     if patch.error is not UNSET:
         state.error = patch.error
+    if patch.paused is not UNSET:
+        state.paused = patch.paused
+    if patch.paused_at is not UNSET:
+        state.paused_at = patch.paused_at
 
 
 class _Builder:
@@ -318,11 +331,14 @@ class _Builder:
         evolve_execution(self.state, patch)
         self._execution.update(msgspec.structs.asdict(patch))
 
+    def set(self, **fields: Any) -> None:
+        """Execution fields that are not a status change."""
+        evolve_execution(self.state, ExecutionPatch(**fields))
+        self._execution.update(fields)
+
     def set_error(self, error: str) -> None:
         if self.state.error is None:
-            patch = ExecutionPatch(error=error)
-            evolve_execution(self.state, patch)
-            self._execution["error"] = error
+            self.set(error=error)
 
     def done(self) -> Step:
         if self._execution:
@@ -488,7 +504,7 @@ def _fill(b: _Builder) -> None:
     """Give free parallelism slots to ready jobs, highest priority first, then first-come; group what is
     dispatched into bundles (one band, type and capability per bundle)."""
     state = b.state
-    if state.final:
+    if state.final or state.paused:
         return
     free = state.parallelism - state.counts.in_flight if state.parallelism is not None else None
     taken: list[Job] = []
@@ -549,9 +565,14 @@ def _settle(b: _Builder) -> None:
     if c.open == 0:
         total = len(state.jobs)
         if c.completed == total:
-            b.execution("every job completed", completed_at=b.env.now)
+            b.execution("every job completed", completed_at=b.env.now, **_unpaused(state))
         else:
-            b.execution("nothing left to run, a job failed", completed_at=b.env.now)
+            b.execution("nothing left to run, a job failed", completed_at=b.env.now, **_unpaused(state))
+
+
+def _unpaused(state: ExecutionState) -> dict[str, Any]:
+    """An execution that ends is no longer paused (a retry starts its new round unpaused)."""
+    return {"paused": False, "paused_at": None} if state.paused else {}
 
 
 def _skip_dependents(b: _Builder, failed: Job) -> None:
@@ -639,6 +660,8 @@ def on_report(state: ExecutionState, env: Env, report: AnyJobReport, worker_id: 
             b.job(job, progress=report.progress)
         case JobFinishedReport():
             _finished(b, job, report, worker_id)
+        case JobReturnedReport() if state.paused:
+            _withdraw(b, job)
         case JobReturnedReport():
             token = env.token()
             b.job(
@@ -698,17 +721,24 @@ def on_backoff_over(state: ExecutionState, env: Env, job_id: str) -> Step:
     if job is None or job.status != "delayed" or state.final:
         b.step.ignored = "not waiting out a backoff"
         return b.done()
-    token = env.token()
+    if state.paused:
+        b.step.ignored = "the execution is paused (resuming it dispatches the job)"
+        return b.done()
+    _backoff_over(b, job)
+    return b.done()
+
+
+def _backoff_over(b: _Builder, job: Job) -> None:
+    token = b.env.token()
     _dispatch(
         b,
         job,
         "backoff over",
         token=token,
-        bundle=bundle_msg_id(state.execution_id, state.round, token),
+        bundle=bundle_msg_id(b.state.execution_id, b.state.round, token),
         attempt=job.attempt + 1,
         new_attempt=True,
     )
-    return b.done()
 
 
 def on_schedule_timeout(state: ExecutionState, env: Env, job_id: str, why: str) -> Step:
@@ -773,7 +803,63 @@ def on_cancel(state: ExecutionState, env: Env) -> Step:
     for job in state.jobs:
         if job.status in _OPEN:
             b.job(job, "cancel", completed_at=env.now, retry_at=None, waiting_reason=None)
-    b.execution("cancel", completed_at=env.now)
+    b.execution("cancel", completed_at=env.now, **_unpaused(state))
+    return b.done()
+
+
+def on_pause(state: ExecutionState, env: Env) -> Step:
+    """Hold the execution: nothing more is dispatched, and queued jobs no worker has started go back to
+    `ready` (their messages are withdrawn). Running jobs finish; their children become ready and wait.
+
+    A message is withdrawn only if no job in it has gone further than `queued`: a bundle a worker is already
+    working through stays (deleting it would lose its redelivery should that worker die)."""
+    b = _Builder(state, env)
+    if state.final or state.paused:
+        b.step.ignored = f"the execution is {state.status}" if state.final else "already paused"
+        return b.done()
+    b.set(paused=True, paused_at=env.now)
+    bundles: dict[str, list[Job]] = {}
+    for job in state.jobs:
+        if job.bundle is not None:
+            bundles.setdefault(job.bundle, []).append(job)
+    for members in bundles.values():
+        if all(j.status == "queued" for j in members):
+            for job in members:
+                _withdraw(b, job)
+    return b.done()
+
+
+def _withdraw(b: _Builder, job: Job) -> None:
+    """Back to `ready` under no token: a report on its old dispatch is stale from now on."""
+    if job.token is not None:
+        b.step.withdrawn[job.id] = job.token
+    # An attempt that never started is not counted (the next dispatch numbers it again).
+    attempt = job.attempt - 1 if job.started_at is None and job.attempt > 0 else job.attempt
+    b.job(
+        job,
+        "execution paused",
+        token=None,
+        bundle=None,
+        placed=False,
+        queued_at=None,
+        worker_id=None,
+        waiting_reason=None,
+        attempt=attempt,
+    )
+
+
+def on_unpause(state: ExecutionState, env: Env) -> Step:
+    """Release a paused execution: ready jobs get their slots, backoffs that ended meanwhile go out now."""
+    b = _Builder(state, env)
+    if state.final or not state.paused:
+        b.step.ignored = f"the execution is {state.status}" if state.final else "not paused"
+        return b.done()
+    b.set(paused=False, paused_at=None)
+    for job in state.jobs:
+        if job.status == "delayed" and job.retry_at is not None and ms_from_iso(job.retry_at) <= env.now_ms:
+            _backoff_over(b, job)
+    _fill(b)
+    _settle(b)
     return b.done()
 
 
