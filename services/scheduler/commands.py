@@ -114,6 +114,8 @@ class Commands:
             "list": Endpoint(ListExecutions, self.list_executions),
             "cancel": Endpoint(ExecutionRef, self.cancel),
             "retry": Endpoint(ExecutionRef, self.retry),
+            "pause-execution": Endpoint(ExecutionRef, self.pause_execution),
+            "resume-execution": Endpoint(ExecutionRef, self.resume_execution),
             "queue.stats": Endpoint(ExecutionRef, self.stats),
             "queue.pause": Endpoint(QueuePauseCommand, self.pause),
             "queue.resume": Endpoint(QueueResumeCommand, self.resume),
@@ -129,6 +131,8 @@ class Commands:
             "jobs": Endpoint(JobsQuery, self.local_jobs),
             "cancel": Endpoint(ExecutionRef, self.local_cancel),
             "retry": Endpoint(ExecutionRef, self.local_retry),
+            "pause-execution": Endpoint(ExecutionRef, self.local_pause_execution),
+            "resume-execution": Endpoint(ExecutionRef, self.local_resume_execution),
         }
 
     # --- routing ----------------------------------------------------------------------------------------------
@@ -372,6 +376,14 @@ class Commands:
         execution_id = check_id("executionId", ref.execution_id)
         return await self._routed("retry", ref, execution_id, ExecutionView)
 
+    async def pause_execution(self, ref: ExecutionRef) -> ExecutionView:
+        execution_id = check_id("executionId", ref.execution_id)
+        return await self._routed("pause-execution", ref, execution_id, ExecutionView)
+
+    async def resume_execution(self, ref: ExecutionRef) -> ExecutionView:
+        execution_id = check_id("executionId", ref.execution_id)
+        return await self._routed("resume-execution", ref, execution_id, ExecutionView)
+
     async def local_get(self, ref: ExecutionRef) -> ExecutionView:
         owned = await self._owned(ref.execution_id)
         if owned is not None:
@@ -426,6 +438,25 @@ class Commands:
         if record.status in FINAL_EXECUTION_STATES:
             raise Conflict(f"execution {ref.execution_id} already ended ({record.status}); nothing to cancel")
         raise Unavailable(f"execution {ref.execution_id} is being taken over; try again")
+
+    async def local_pause_execution(self, ref: ExecutionRef) -> ExecutionView:
+        return await self._hold(ref.execution_id, "pause")
+
+    async def local_resume_execution(self, ref: ExecutionRef) -> ExecutionView:
+        return await self._hold(ref.execution_id, "resume")
+
+    async def _hold(self, execution_id: str, kind: str) -> ExecutionView:
+        """Pause or resume an open execution (the owner's commit loop answers once it is journalled)."""
+        owned = await self._owned(execution_id)
+        if owned is not None and not owned.gone:
+            return await owned.command(kind)
+        found = await self._record(execution_id)
+        if found is None:
+            raise NotFound(f"execution {execution_id} does not exist")
+        record = found[0]
+        if record.status in FINAL_EXECUTION_STATES:
+            raise Conflict(f"execution {execution_id} already ended ({record.status}); there is nothing to {kind}")
+        raise Unavailable(f"execution {execution_id} is being taken over; try again")
 
     async def local_retry(self, ref: ExecutionRef) -> ExecutionView:
         execution_id = ref.execution_id

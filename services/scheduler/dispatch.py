@@ -9,12 +9,14 @@ worker instead of queueing behind each other on one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from shared import tracing
 from shared.keys import result_key
@@ -38,6 +40,7 @@ INLINE_DEPENDENCIES_BYTES = 256 * 1024
 PUBLISH_ATTEMPTS = 6
 
 _encode = msgspec.json.Encoder().encode
+_bundle_decoder = msgspec.json.Decoder(JobBundle)
 
 
 def bundle_size(mean_ms: float | None) -> int:
@@ -181,9 +184,41 @@ class Dispatcher:
         """Take every queued message of the execution off the job stream: none of its jobs will be delivered."""
         await self.js.purge_stream(self.names.jobs_stream, subject=self.names.jobs_of_execution(execution_id))
 
+    async def withdraw_stale(self, state: ExecutionState) -> int:
+        """Delete the execution's job messages in which no job is on its current dispatch (a paused execution's
+        withdrawn jobs: `ready` under no token). A message holding a current dispatch stays, so one a worker is
+        working through keeps its redelivery. Deleting stale messages is safe whenever it runs: a token, once
+        replaced, never becomes current again. The work-queue stream holds only messages not acked yet, so this
+        reads few. Returns how many were deleted."""
+        stream = self.names.jobs_stream
+        subject = self.names.jobs_of_execution(state.execution_id)
+        deleted = 0
+        seq = 1
+        while True:
+            try:
+                msg = await self.js.get_msg(stream, seq, subject=subject, next=True)
+            except NotFoundError:
+                break
+            assert msg.seq is not None
+            seq = msg.seq + 1
+            try:
+                items = _bundle_decoder.decode(msg.data or b"").jobs
+            except msgspec.ValidationError:
+                continue
+            if not any(_current(state, item) for item in items):
+                with contextlib.suppress(NotFoundError):  # acked (or deleted) meanwhile
+                    await self.js.delete_msg(stream, msg.seq)
+                    deleted += 1
+        return deleted
+
     async def notify_cancel(self, execution_id: str, round_: int) -> None:
         notice = CancelNotice(execution_id=execution_id, round=round_)
         await self.nc.publish(self.names.workers_cancel, _encode(notice))
+
+
+def _current(state: ExecutionState, item: JobItem) -> bool:
+    job = state.job(item.job_id)
+    return job is not None and job.token == item.token and job.status in ("queued", "running")
 
 
 def _split(items: list[JobItem]) -> list[list[JobItem]]:

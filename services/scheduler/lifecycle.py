@@ -34,6 +34,7 @@ from shared.keys import (
     checkpoint_msg_id,
     execution_event_msg_id,
     execution_key,
+    execution_toggle_msg_id,
     jobs_event_msg_id,
     result_key,
     snapshot_key,
@@ -190,6 +191,8 @@ class _Effects:
     at: str
     final: bool
     status_changed: ExecutionPatch | None
+    paused_changed: bool
+    """Paused or resumed (POST /execute/{id}/pause|resume): its record is written at once."""
     events: list[tuple[str, bytes, str]]
     """The step's events as of the step (built when it was committed: the state moves on meanwhile)."""
 
@@ -202,8 +205,13 @@ class _RepublishDue:
     """The effects loop publishes again the job messages the stream did not store (NATS was away)."""
 
 
+class _WithdrawDue:
+    """The effects loop deletes the job messages no job is on any more (a paused execution taken over)."""
+
+
 _RECORD_DUE = _RecordDue()
 _REPUBLISH_DUE = _RepublishDue()
+_WITHDRAW_DUE = _WithdrawDue()
 REPUBLISH_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -234,7 +242,7 @@ class Owned:
         self.snapshot_parts = snapshot_parts
         self.inbox: list[Input] = []
         self._placed: list[tuple[str, tuple[str, ...]]] = []
-        self._effects: list[_Effects | _RecordDue | _RepublishDue] = []
+        self._effects: list[_Effects | _RecordDue | _RepublishDue | _WithdrawDue] = []
         self._republish_timer: asyncio.TimerHandle | None = None
         self._republish_attempt = 0
         self._commit_task: asyncio.Task[None] | None = None
@@ -286,6 +294,9 @@ class Owned:
 
     def resume(self) -> None:
         """After a takeover; a delayed execution not due yet waits for its start timer (arm_all)."""
+        if self.state.paused:
+            # Its previous owner may have died between journalling the pause and deleting the messages.
+            self._queue_effects(_WITHDRAW_DUE)
         if self._due():
             self.submit(_Resume())
 
@@ -381,6 +392,12 @@ class Owned:
                 if state.status == "completed":
                     return None, Conflict(f"execution {self.execution_id} completed; every job already has its result")
                 return machine.on_retry(state, env), None
+            case _Command(kind="pause" | "resume" as kind):
+                if state.final:
+                    return None, Conflict(
+                        f"execution {self.execution_id} already ended ({state.status}); there is nothing to {kind}"
+                    )
+                return (machine.on_pause if kind == "pause" else machine.on_unpause)(state, env), None
             case _Timer(kind="backoff", job_id=job_id):
                 return machine.on_backoff_over(state, env, job_id), None
             case _Timer(kind="schedule", job_id=job_id):
@@ -451,10 +468,11 @@ class Owned:
         self._count(patches)
         if steps:
             status_changed = execution if execution is not None and state.status != was else None
-            events = self._events(steps, env.now, status_changed)
-            self._queue_effects(_Effects(steps, self.seq, env.now, state.final, status_changed, events))
+            paused_changed = execution is not None and execution.paused is not msgspec.UNSET and not state.final
+            events = self._events(steps, env.now, status_changed, paused_changed)
+            self._queue_effects(_Effects(steps, self.seq, env.now, state.final, status_changed, paused_changed, events))
 
-    def _queue_effects(self, effects: _Effects | _RecordDue | _RepublishDue) -> None:
+    def _queue_effects(self, effects: _Effects | _RecordDue | _RepublishDue | _WithdrawDue) -> None:
         if self.gone:
             return
         self._effects.append(effects)
@@ -571,6 +589,8 @@ class Owned:
                         await self._maybe_write_record()
                     elif isinstance(effects, _RepublishDue):
                         await self.republish_unplaced()
+                    elif isinstance(effects, _WithdrawDue):
+                        await self.withdraw_stale()
                     else:
                         await self._apply_effects(effects)
         except Exception:
@@ -587,6 +607,10 @@ class Owned:
         for step in e.steps:
             for index in step.dispatched:
                 dispatched[index] = None
+        if any(step.withdrawn for step in e.steps):
+            # Paused: the jobs are `ready` again under no token, so a worker that gets one of these messages
+            # before it is gone has its reports ignored; deleting them keeps workers from running them at all.
+            await self.withdraw_stale()
         if e.status_changed is not None and e.status_changed.status == "cancelled":
             await self._withdraw()
         else:
@@ -603,7 +627,7 @@ class Owned:
             return
         if len(self._completed_since_checkpoint) >= self.ctx.checkpoint_every:
             await self._checkpoint()
-        await self._maybe_write_record(force=e.status_changed is not None)
+        await self._maybe_write_record(force=e.status_changed is not None or e.paused_changed)
 
     async def publish(self, jobs: list[machine.Job]) -> None:
         """Publish job messages; note what the stream stored (journaled with the next step, or soon). What
@@ -649,12 +673,17 @@ class Owned:
         if self._placed:
             self.submit(_Flush())
 
+    async def withdraw_stale(self) -> None:
+        deleted = await self.ctx.dispatcher.withdraw_stale(self.state)
+        if deleted:
+            self.log.info("stale job messages withdrawn", messages=deleted, paused=self.state.paused)
+
     async def _withdraw(self) -> None:
         await self.ctx.dispatcher.withdraw(self.execution_id)
         await self.ctx.dispatcher.notify_cancel(self.execution_id, self.state.round)
 
     def _events(
-        self, steps: list[Step], at: str, status_changed: ExecutionPatch | None
+        self, steps: list[Step], at: str, status_changed: ExecutionPatch | None, paused_changed: bool
     ) -> list[tuple[str, bytes, str]]:
         """The events of one commit, as of now: its job changes (batched), then the execution's own change."""
         state = self.state
@@ -688,6 +717,10 @@ class Owned:
                 what = "retried"
             if what not in FINAL_EXECUTION_STATES:  # the final event goes out once the snapshot is written
                 messages.append(self._execution_event(what, at))
+        if paused_changed:
+            what = "paused" if state.paused else "resumed"
+            subject, data, _ = self._execution_event(what, at)
+            messages.append((subject, data, execution_toggle_msg_id(self.execution_id, what, self.seq)))
         return messages
 
     def _execution_event(self, what: str, at: str) -> tuple[str, bytes, str]:
@@ -701,6 +734,7 @@ class Owned:
             checkpoint_id=self.checkpoint_id,
             error=state.error,
             round=state.round,
+            paused=state.paused,
         )
         subject = self.ctx.names.execution_event(self.execution_id, what)
         return subject, _encode(event), execution_event_msg_id(self.execution_id, what, state.round)
@@ -742,6 +776,8 @@ class Owned:
             submitted_by=state.submitted_by,
             run_at=state.run_at,
             priority=state.priority,
+            paused=state.paused,
+            paused_at=state.paused_at,
         )
 
     async def _maybe_write_record(self, *, force: bool = False) -> None:

@@ -236,8 +236,8 @@ class Step:
     execution: ExecutionPatch | None = None
     dispatched: list[int] = field(default_factory=list)
     """Jobs this step queued (their job messages are to be published)."""
-    withdrawn: dict[str, str] = field(default_factory=dict)
-    """Job id → the token of its job message, for jobs a pause took back to `ready` (the message is deleted)."""
+    withdrawn: list[str] = field(default_factory=list)
+    """Jobs a pause took back to `ready`: their job messages, stale now, are to be deleted."""
     ignored: str | None = None
     """Why the input changed nothing (a stale token, a job already past it), for the log."""
 
@@ -831,8 +831,7 @@ def on_pause(state: ExecutionState, env: Env) -> Step:
 
 def _withdraw(b: _Builder, job: Job) -> None:
     """Back to `ready` under no token: a report on its old dispatch is stale from now on."""
-    if job.token is not None:
-        b.step.withdrawn[job.id] = job.token
+    b.step.withdrawn.append(job.id)
     # An attempt that never started is not counted (the next dispatch numbers it again).
     attempt = job.attempt - 1 if job.started_at is None and job.attempt > 0 else job.attempt
     b.job(

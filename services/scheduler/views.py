@@ -48,6 +48,8 @@ def execution_view(state: ExecutionState, *, started_at: str, checkpoint_id: str
         error=state.error,
         run_at=state.run_at,
         priority=state.priority,
+        paused=state.paused,
+        paused_at=state.paused_at,
     )
 
 
@@ -66,6 +68,8 @@ def record_view(record: ExecutionRecord) -> ExecutionView:
         error=record.error,
         run_at=record.run_at,
         priority=record.priority,
+        paused=record.paused,
+        paused_at=record.paused_at,
     )
 
 
