@@ -198,6 +198,8 @@ def status(client: Client, as_json: bool, execution_id: str) -> int:
         ("duration", _duration(view.started_at, view.completed_at)),
         ("progress", f"{p.completed}/{p.total} completed, {p.failed} failed, {p.running} running, {p.queued} queued"),
     ]
+    if view.paused:
+        facts.append(("paused", f"since {_time(view.paused_at)} (jetdag resume {view.execution_id})"))
     if view.error:
         facts.append(("error", view.error))
     width = max(len(k) for k, _ in facts)
@@ -255,6 +257,27 @@ def cancel(client: Client, as_json: bool, execution_id: str) -> int:
     """Cancel EXECUTION_ID: queued jobs are withdrawn, running handlers stopped."""
     done = client.cancel(execution_id)
     print_json(done) if as_json else out.print(f"{done.execution_id} {done.status}")
+    return 0
+
+
+@click.command(short_help="Hold an execution's jobs that have not started (running ones finish).")
+@click.argument("execution_id")
+@api_command
+def pause(client: Client, as_json: bool, execution_id: str) -> int:
+    """Pause EXECUTION_ID: queued jobs no worker started are withdrawn, nothing new is dispatched until
+    `jetdag resume`. Idempotent. (`jetdag queue pause` pauses every execution's delivery instead.)"""
+    held = client.pause_execution(execution_id)
+    print_json(held) if as_json else out.print(f"{held.execution_id} {held.status} (paused)", markup=False)
+    return 0
+
+
+@click.command(short_help="Release a paused execution.")
+@click.argument("execution_id")
+@api_command
+def resume(client: Client, as_json: bool, execution_id: str) -> int:
+    """Resume EXECUTION_ID: what the pause held is dispatched again. Idempotent."""
+    released = client.resume_execution(execution_id)
+    print_json(released) if as_json else out.print(f"{released.execution_id} {released.status}", markup=False)
     return 0
 
 
@@ -569,4 +592,4 @@ def health(client: Client, as_json: bool) -> int:
     return 0 if report.healthy else 1
 
 
-COMMANDS = [submit, watch, status, jobs, ls, cancel, retry, events, workers, queue, schedules, health]
+COMMANDS = [submit, watch, status, jobs, ls, cancel, pause, resume, retry, events, workers, queue, schedules, health]

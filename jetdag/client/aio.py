@@ -147,6 +147,14 @@ class AsyncClient:
     async def cancel(self, execution_id: str) -> ExecuteResponse:
         return await self._send(calls.cancel(execution_id))
 
+    async def pause_execution(self, execution_id: str) -> ExecutionView:
+        """Hold the execution's jobs that have not started (running ones finish); Conflict once it ended."""
+        return await self._send(calls.execution_hold(execution_id, "pause"))
+
+    async def resume_execution(self, execution_id: str) -> ExecutionView:
+        """Dispatch what a pause held; Conflict once it ended."""
+        return await self._send(calls.execution_hold(execution_id, "resume"))
+
     async def retry(self, execution_id: str) -> ExecuteResponse:
         return await self._send(calls.retry(execution_id))
 

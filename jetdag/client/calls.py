@@ -193,6 +193,11 @@ def retry(execution_id: str) -> Call[ExecuteResponse]:
     return Call("POST", f"/execute/{_seg(execution_id)}/retry", _reader(ExecuteResponse, _same), idempotent=False)
 
 
+def execution_hold(execution_id: str, action: str) -> Call[ExecutionView]:
+    """`pause` or `resume` one execution: idempotent (a second pause answers 200 with it paused)."""
+    return Call("POST", f"/execute/{_seg(execution_id)}/{action}", _reader(ExecutionResponse, lambda r: r.execution))
+
+
 def workers() -> Call[list[WorkerView]]:
     return Call("GET", "/workers", _reader(WorkerListResponse, lambda r: r.workers))
 

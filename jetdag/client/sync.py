@@ -145,6 +145,14 @@ class Client:
     def cancel(self, execution_id: str) -> ExecuteResponse:
         return self._send(calls.cancel(execution_id))
 
+    def pause_execution(self, execution_id: str) -> ExecutionView:
+        """Hold the execution's jobs that have not started (running ones finish); Conflict once it ended."""
+        return self._send(calls.execution_hold(execution_id, "pause"))
+
+    def resume_execution(self, execution_id: str) -> ExecutionView:
+        """Dispatch what a pause held; Conflict once it ended."""
+        return self._send(calls.execution_hold(execution_id, "resume"))
+
     def retry(self, execution_id: str) -> ExecuteResponse:
         return self._send(calls.retry(execution_id))
 

@@ -166,6 +166,14 @@ class Backend:
     async def cancel(self, execution_id: str) -> ExecutionView:
         return await self._scheduler("cancel", ExecutionRef(execution_id=execution_id), ExecutionView, slow=True)
 
+    async def pause_execution(self, execution_id: str) -> ExecutionView:
+        ref = ExecutionRef(execution_id=execution_id)
+        return await self._scheduler("pause-execution", ref, ExecutionView, slow=True)
+
+    async def resume_execution(self, execution_id: str) -> ExecutionView:
+        ref = ExecutionRef(execution_id=execution_id)
+        return await self._scheduler("resume-execution", ref, ExecutionView, slow=True)
+
     async def retry(self, execution_id: str) -> ExecutionView:
         return await self._scheduler("retry", ExecutionRef(execution_id=execution_id), ExecutionView, slow=True)
 

@@ -1,4 +1,4 @@
-"""`/execute` and `/executions`: submit a DAG, follow it, list, cancel, retry."""
+"""`/execute` and `/executions`: submit a DAG, follow it, list, cancel, pause, resume, retry."""
 
 from __future__ import annotations
 
@@ -99,6 +99,30 @@ class ExecutionController(Controller):
     )
     async def cancel(self, executionId: PathId, backend: Backend) -> ExecuteResponse:
         return summary(await backend.cancel(executionId))
+
+    @post(
+        "/{executionId:str}/pause",
+        status_code=HTTP_200_OK,
+        summary="Hold an open execution's jobs that have not started (409 if it already ended)",
+        description="No job of it is dispatched until it is resumed: queued jobs no worker has started go back "
+        "to `ready`, running ones finish (their dependents become ready and wait), retries whose backoff ends "
+        "meanwhile wait too. Its status stays pending or running; `paused` and `pausedAt` show the hold. "
+        "Pausing a paused execution changes nothing (200).",
+        responses=errors(400, 404, 409, 415),
+    )
+    async def pause(self, executionId: PathId, backend: Backend) -> ExecutionResponse:
+        return ExecutionResponse(execution=await backend.pause_execution(executionId))
+
+    @post(
+        "/{executionId:str}/resume",
+        status_code=HTTP_200_OK,
+        summary="Release a paused execution (409 if it already ended)",
+        description="Everything held is dispatched again, within the execution's `parallelism`. Resuming an "
+        "execution that is not paused changes nothing (200).",
+        responses=errors(400, 404, 409, 415),
+    )
+    async def resume(self, executionId: PathId, backend: Backend) -> ExecutionResponse:
+        return ExecutionResponse(execution=await backend.resume_execution(executionId))
 
     @post(
         "/{executionId:str}/retry",
