@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ def gate(ctx: JobContext) -> Any:
     if not Path(ctx.config["path"]).exists():
         raise JobFailed("gate closed")
     return {"total": 0, "passed": True}
+
+
+@handler("hold")
+def hold(ctx: JobContext) -> Any:
+    """Runs until the file named by config.path exists (at most config.timeoutS, default 60): a job that is
+    running for as long as the test needs, and ends the moment the test lets it. A plain `def` (a thread)."""
+    path = Path(ctx.config["path"])
+    deadline = time.monotonic() + ctx.config.get("timeoutS", 60)
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise JobFailed(f"{path} did not appear")
+        time.sleep(0.02)
+    return {"total": 0, "held": True}
 
 
 @handler("big")
