@@ -313,6 +313,23 @@ def test_a_pause_withdraws_queued_jobs_holds_new_ones_and_running_ones_finish() 
     assert s.counts == recount(s)
 
 
+def test_a_paused_execution_replayed_after_a_takeover_dispatches_each_held_job_once() -> None:
+    clock = Clock()
+    jobs = [cfg("a"), cfg("b"), cfg("c", ["a"])]
+    s = state_of(*jobs)
+    log: list[m.Step] = [m.on_start(s, clock.env()), m.on_pause(s, clock.env())]
+    replay = state_of(*jobs)
+    for step in log:
+        for patch in step.jobs:
+            m.evolve(replay, patch)
+        assert step.execution is not None or step is log[0]
+        if step.execution is not None:
+            m.evolve_execution(replay, step.execution)
+    assert replay.paused and statuses(replay) == statuses(s) == {"a": "ready", "b": "ready", "c": "pending"}
+    step = m.on_unpause(replay, clock.env())  # a and b were listed ready twice: dispatched once each
+    assert sorted(replay.jobs[i].id for i in step.dispatched) == ["a", "b"] and replay.counts == recount(replay)
+
+
 def test_a_bundle_a_worker_is_working_through_is_not_withdrawn() -> None:
     clock = Clock()
     s = state_of(cfg("x"), cfg("y"), cfg("z", type="other"))

@@ -507,20 +507,22 @@ def _fill(b: _Builder) -> None:
     if state.final or state.paused:
         return
     free = state.parallelism - state.counts.in_flight if state.parallelism is not None else None
-    taken: list[Job] = []
+    taken: dict[int, Job] = {}
     for band in PRIORITIES:
         ready = state.ready[band]
         while ready and (free is None or free > 0):
             job = state.jobs[ready.popleft()]
-            if job.status != "ready":
-                continue  # left the queue another way (a cancel, a retry): dropped lazily
-            taken.append(job)
+            if job.status != "ready" or job.index in taken:
+                # Left the queue another way (a cancel, a retry), or listed twice: a replayed journal lists a job
+                # each time it became ready (a pause takes a queued job back to ready). Dropped lazily.
+                continue
+            taken[job.index] = job
             if free is not None:
                 free -= 1
     if not taken:
         return
     groups: dict[tuple[str, str, int], list[Job]] = {}
-    for job in taken:
+    for job in taken.values():
         groups.setdefault((job.capability, job.type, job.priority), []).append(job)
     for (capability, job_type, _), jobs in groups.items():
         size = max(1, b.env.bundle_size(capability, job_type))
