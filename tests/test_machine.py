@@ -350,9 +350,9 @@ def test_a_backoff_that_ends_while_paused_waits_for_the_resume() -> None:
     m.on_pause(s, clock.env())
     clock.ms += 1000
     step = m.on_backoff_over(s, clock.env(), "f")
-    assert not step and step.ignored and "paused" in step.ignored and f.status == "delayed"
+    assert not step and step.ignored and "paused" in step.ignored and str(f.status) == "delayed"
     step = m.on_unpause(s, clock.env())
-    assert step.dispatched == [0] and f.status == "queued" and f.attempt == 2
+    assert step.dispatched == [0] and str(f.status) == "queued" and f.attempt == 2
 
 
 def test_a_job_handed_back_while_paused_is_held_and_an_ended_execution_is_not_paused() -> None:
