@@ -125,8 +125,8 @@ def checkpoint_msg_id(checkpoint_id: str, round_: int) -> str:
 
 
 def queue_event_msg_id(what: str, capability: str | None, job_type: str | None, at: str) -> str:
-    """A queue event: `what` (paused, resumed, expired) of one pause scope at one time. Every replica announces
-    the end of a timed pause at its `until`: the same id makes it one event."""
+    """A queue event: `what` (paused, resumed, expired) of one pause scope at one time (a retried publish is a
+    no-op)."""
     return f"queue.{what}.{capability or '*'}.{job_type or '*'}.{at}"
 
 

@@ -44,6 +44,7 @@ async def test_a_timed_pause_of_one_type_holds_only_it_and_ends_by_itself(
     stack: Stack, http: httpx.AsyncClient, nc: Client
 ) -> None:
     await stack.up(workers=1)
+    second = await stack.scheduler("scheduler-2")
     events = await follow_queue_events(nc, stack)
     before = now_ms()
     r = await http.post(f"{stack.url}/queue/pause", json={"type": "noop", "durationS": 4, "reason": "deploy"})
@@ -82,6 +83,14 @@ async def test_a_timed_pause_of_one_type_holds_only_it_and_ends_by_itself(
         ("resumed", "noop", True),
     ]
     assert events[0][1]["until"] == pause["until"] and events[0][1]["reason"] == "deploy"
+    # One replica claimed the end (compare-and-set on the state) and announced it; the other did not.
+    replicas = [stack.procs[1], second]
+    await wait_for(
+        lambda: any(r.has_logged("queue pause ended") for r in replicas), timeout=10, message="the end announced"
+    )
+    assert [r.has_logged("queue pause ended") for r in replicas].count(True) == 1
+    info = await nc.jetstream().stream_info(stack.names.events_stream, subjects_filter=stack.names.queue_event("*"))
+    assert info.state.subjects == {stack.names.queue_event("paused"): 1, stack.names.queue_event("resumed"): 1}
 
 
 async def test_a_capability_pause_covers_a_later_consumer_and_resume_by_scope(

@@ -4,10 +4,10 @@ worker asks for them; the pauses of the queue, applied by JetStream consumer pau
 The pauses are persisted (`control.queue` in the executions bucket, a QueueState); what each one covers and
 until when is pure (shared/pauses.py). A consumer is paused on the server until the latest end of the pauses
 covering it (a pause of a capability or type covers every band of its pairs), so a timed pause ends by
-JetStream's own `pause_until`, with no timer of ours. Both orders of a race between "create a consumer" and
-"pause" end paused: the creator reads the pauses again after creating, and the pauser applies the pauses to every
-consumer it lists after writing them. Every replica announces the end of a
-timed pause (`<ns>.events.queue.resumed`, `expired`) when it falls; one msg-id makes that one event.
+JetStream's own `pause_until`, whatever runs. Both orders of a race between "create a consumer" and "pause" end
+paused: the creator reads the pauses again after creating, and the pauser applies the pauses to every consumer it
+lists after writing them. The end of a timed pause is announced (`<ns>.events.queue.resumed`, `expired`) by the
+one replica that removes it from the state (compare-and-set) when it falls, or when a replica starts after it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ FOLLOW_S = 2.0
 Change = Callable[[list[QueuePause]], tuple[list[QueuePause], list[QueuePause]]]
 """The pauses in effect → (the pauses in effect after, the pauses it ended)."""
 KEEP_ENDED_MS = 3_600_000
-"""A timed pause stays in the state this long after its end (it is not in effect): its end is announced once."""
+"""How long an ended timed pause (no longer in effect) may wait in the state for a replica to announce its end."""
 
 
 class JobQueue:
@@ -183,7 +183,7 @@ class JobQueue:
             after, ended = change(before)
             if after == before and state is not None:
                 return state, after, ended, False
-            # Ended timed pauses stay a while (see KEEP_ENDED_MS): every replica announces their end once.
+            # Ended timed pauses stay until a replica announces their end (`_claim_end`), at most KEEP_ENDED_MS.
             recent = [
                 p
                 for p in (state.pauses if state is not None else [])
@@ -258,24 +258,21 @@ class JobQueue:
                 task.cancel()
 
     def _arm(self, state: QueueState | None) -> None:
-        """A timer for the end of each timed pause still to come; none for a pause resumed or replaced."""
-        written = {(p.capability, p.type, p.until): p for p in (state.pauses if state else []) if p.until}
+        """A timer for the end of each timed pause not yet announced (one past: at once); none for a pause
+        resumed or replaced, or whose end another replica announced."""
+        written = {_key(p): p for p in (state.pauses if state else []) if p.until}
         for key in set(self._ends) - set(written):
             self._ends.pop(key).cancel()
-        now = now_ms()
         for key, p in written.items():
-            if key not in self._ends and p.until is not None and ms_from_iso(p.until) > now:
+            if key not in self._ends:
                 self._ends[key] = asyncio.create_task(self._end(p))
 
     async def _end(self, pause: QueuePause) -> None:
         assert pause.until is not None
-        key = (pause.capability, pause.type, pause.until)
+        key = _key(pause)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(max(0.0, (ms_from_iso(pause.until) - now_ms()) / 1000))
-            state, _ = await self._read()
-            # Still the same pause (not resumed or replaced before its end): its end is announced.
-            if state is not None and any((p.capability, p.type, p.until) == key for p in state.pauses):
-                log.info("queue pause ended", scope=describe(pause), until=pause.until)
+            if await self._claim_end(key):
                 await self._announce(
                     QueueEvent(
                         event="resumed",
@@ -287,7 +284,34 @@ class JobQueue:
                     ),
                     queue_event_msg_id("expired", pause.capability, pause.type, pause.until),
                 )
+                log.info("queue pause ended", scope=describe(pause), until=pause.until)
         self._ends.pop(key, None)
+
+    async def _claim_end(self, key: tuple[str | None, str | None, str]) -> bool:
+        """Remove an ended pause from the state by compare-and-set: the one replica that does announces its end
+        (False: it was resumed, replaced, or another replica removed it first)."""
+        while True:
+            state, revision = await self._read()
+            if state is None or revision is None or not any(_key(p) == key for p in state.pauses):
+                return False
+            rest = [p for p in state.pauses if _key(p) != key]
+            value = QueueState(
+                paused=any(
+                    is_global(p) for p in active(QueueState(paused=False, changed_at="", pauses=rest), now_ms())
+                ),
+                changed_at=state.changed_at,
+                pauses=rest,
+            )
+            try:
+                await self.kv.update(QUEUE_KEY, msgspec.json.encode(value), last=revision)
+            except KeyWrongLastSequenceError:
+                continue
+            return True
 
     async def _announce(self, event: QueueEvent, msg_id: str) -> None:
         await publish_event(self.js, self.names.queue_event(event.event), event, msg_id=msg_id)
+
+
+def _key(pause: QueuePause) -> tuple[str | None, str | None, str]:
+    """One timed pause: its scope and end."""
+    return (pause.capability, pause.type, pause.until or "")
