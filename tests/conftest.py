@@ -19,7 +19,7 @@ from jetdag.natsserver import NatsServer, NatsServerConfig, free_port
 from shared.permissions import Role
 from shared.subjects import Names
 from tests.chromium import Browser, require_browser
-from tests.helpers import ServiceProcess, service_argv
+from tests.helpers import ServiceProcess, service_argv, wait_for
 
 
 def start_nats(tmp: Path, name: str = "test", **config: Any) -> NatsServer:
@@ -177,7 +177,9 @@ class Stack:
         self.env_overrides.update(env)
         await self.registry()
         await self.scheduler()
-        await self.gateway()
+        gateway = await self.gateway()
+        # The gateway answers (503) before its NATS connection is up; a stack is up when it can serve.
+        await wait_for(lambda: gateway.has_logged("nats connected"), timeout=30, message="the gateway's NATS")
         for i in range(workers):
             await self.worker(f"w{i + 1}")
         return self
