@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from tests.docs import prose
+from tests.docs import links, prose
 from tests.helpers import ROOT
 
 README = ROOT / "README.md"
@@ -52,3 +52,9 @@ def test_other_systems_numbers_are_the_ones_performance_md_reports() -> None:
             number = re.sub(r" ms$", "", row[system])
             assert number in paragraph, f"{label}, {system}: {row[system]!r} is not what performance.md reports"
         assert all(row[s] == "not measured" for s in ("Temporal", "Hatchet", "Airflow")), label
+
+
+def test_the_readme_links_every_document() -> None:
+    linked = set(links(README))
+    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"docs/{p.name}" not in linked]
+    assert not missing, f"the README does not link {missing}"
