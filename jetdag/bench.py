@@ -660,6 +660,8 @@ class Options:
     nodes: int = 1
     sets: dict[str, str] = field(default_factory=dict)
     recovery: bool = False
+    job_options: dict[str, Any] = field(default_factory=dict)
+    """Fields added to every job (the cost of a feature: a concurrency key, a rate limit)."""
 
 
 @dataclass
@@ -801,7 +803,8 @@ def render(report: Report) -> str:
         f"{'always' if opts.durable else 'default (2 min)'}; {opts.nodes} nats-server node(s), R"
         f"{opts.sets.get('JETDAG_REPLICAS', opts.nodes)}"
         + (f"; settings {' '.join(f'{k}={v}' for k, v in sorted(opts.sets.items()))}" if opts.sets else "")
-        + ". Floor: raw JetStream from Python, same message count, same nats-server, measured right after each run.",
+        + ". Floor: raw JetStream from Python, same message count, same nats-server, measured right after each run."
+        + (f" Every job also has `{json.dumps(opts.job_options)}`." if opts.job_options else ""),
         "",
         "| workload | jobs | wall s | jobs/s | floor msgs/s | ratio | hop e2e ms | hop p50 ms | hop p99 ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -882,6 +885,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="nats-server nodes (3: a cluster, R3)")
     parser.add_argument("--recovery", action="store_true", help="also measure recovery from a worker kill -9")
+    parser.add_argument(
+        "--job-options",
+        type=json.loads,
+        default={},
+        help='JSON fields added to every job, e.g. \'{"concurrencyKey": "bench", "maxConcurrent": 64}\'',
+    )
     args = parser.parse_args(argv)
     known = {f.metadata["env"] for cls in all_settings_classes() for f in dataclasses.fields(cls)}
     sets: dict[str, str] = {}
@@ -890,7 +899,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         if not eq or var not in known:
             parser.error(f"--set {item!r}: expected VAR=VALUE with VAR one of jetdag's settings (jetdag settings)")
         sets[var] = value
-    available = workloads(args.quick)
+    if not isinstance(args.job_options, dict):
+        parser.error("--job-options must be a JSON object")
+    available = [
+        dataclasses.replace(w, dag=[{**job, **args.job_options} for job in w.dag]) for w in workloads(args.quick)
+    ]
     wanted = [w.strip().upper() for w in args.workloads.split(",") if w.strip()] or [
         w.key for w in available if not w.optional
     ]
@@ -914,6 +927,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         nodes=args.nodes,
         sets=sets,
         recovery=args.recovery,
+        job_options=args.job_options,
     )
 
 
