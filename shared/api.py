@@ -14,6 +14,7 @@ from shared.messages import (
     JobView,
     QueuePause,
     QueueStats,
+    RateLimitView,
     ScheduleRunView,
     ScheduleView,
     WorkerStatus,
@@ -193,6 +194,20 @@ class Overview(Response):
     executions: list[ExecutionView] | None
     """The most recent executions, newest first."""
     errors: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+# --- rate limits -----------------------------------------------------------------------------------------------
+
+
+class RateLimitResponse(Response):
+    """PUT, GET and DELETE /rate-limits/{key}."""
+
+    rate_limit: RateLimitView
+
+
+class RateLimitListResponse(Response):
+    count: int
+    rate_limits: list[RateLimitView]
 
 
 # --- schedules -------------------------------------------------------------------------------------------------

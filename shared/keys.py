@@ -9,10 +9,13 @@ from __future__ import annotations
 
 __all__ = [
     "ARCHIVE_KEY",
+    "CONCURRENCY_PREFIX",
     "LAYOUT_KEY",
     "QUEUE_KEY",
+    "RATE_LIMIT_PREFIX",
     "bundle_msg_id",
     "checkpoint_msg_id",
+    "concurrency_key",
     "direct_get_subject",
     "execution_event_msg_id",
     "execution_key",
@@ -23,6 +26,8 @@ __all__ = [
     "kv_subject",
     "lease_key",
     "queue_event_msg_id",
+    "rate_limit_key",
+    "rate_limit_of_key",
     "replica_key",
     "report_msg_id",
     "result_key",
@@ -69,6 +74,30 @@ def idempotency_key(digest: str) -> str:
 
 LAYOUT_KEY = "layout"
 """How many shards executions are spread over (fixed when the namespace is first used)."""
+
+
+CONCURRENCY_PREFIX = "concurrency."
+RATE_LIMIT_PREFIX = "ratelimit."
+_TYPE_KEY = "type:"
+
+
+def concurrency_key(key: str) -> str:
+    """The ConcurrencyRecord of a concurrency key."""
+    return CONCURRENCY_PREFIX + key
+
+
+def rate_limit_key(key: str) -> str:
+    """The RateLimitRecord of a rate limit key; `type:train` → `ratelimit.type.train` (':' is no KV key
+    character)."""
+    if key.startswith(_TYPE_KEY):
+        return f"{RATE_LIMIT_PREFIX}type.{key.removeprefix(_TYPE_KEY)}"
+    return RATE_LIMIT_PREFIX + key
+
+
+def rate_limit_of_key(kv_key: str) -> str:
+    """The rate limit key a `rate_limit_key` names."""
+    key = kv_key.removeprefix(RATE_LIMIT_PREFIX)
+    return _TYPE_KEY + key.removeprefix("type.") if key.startswith("type.") else key
 
 
 def lease_key(shard: int) -> str:

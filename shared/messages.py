@@ -199,6 +199,33 @@ DEFAULT_PRIORITY = 3
 Priority = Annotated[int, Meta(ge=1, le=5, description="1 (highest) to 5 (lowest); default 3")]
 
 
+LimitKey = Annotated[
+    str, Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="1-128 characters of A-Z, a-z, 0-9, '_' or '-'")
+]
+RateLimitKey = Annotated[
+    str,
+    Meta(
+        pattern=r"^(type:)?[A-Za-z0-9_-]{1,128}$",
+        description="a key (1-128 characters of A-Z, a-z, 0-9, '_' or '-'), or type:<jobType> for every job of a type",
+    ),
+]
+
+
+class RateLimit(ApiRequest):
+    """A job's `rateLimit`: no more than `limit` starts per `periodS` of the jobs naming `key`, cluster-wide."""
+
+    key: LimitKey
+    limit: Annotated[int, Meta(ge=1, le=1_000_000)]
+    period_s: Annotated[float, Meta(gt=0, le=7 * 24 * 3600)]
+
+
+class RateLimitSetting(ApiRequest):
+    """PUT /rate-limits/{key} body."""
+
+    limit: Annotated[int, Meta(ge=1, le=1_000_000)]
+    period_s: Annotated[float, Meta(gt=0, le=7 * 24 * 3600)]
+
+
 class JobConfig(ApiRequest):
     """One job of a DAG (POST /execute `jobs[]`)."""
 
@@ -219,6 +246,12 @@ class JobConfig(ApiRequest):
     """A job no worker has started this long after it was queued fails (default: the scheduler's setting)."""
     priority: Priority | None = None
     """When workers are saturated, ready jobs of a higher priority start first (default: the execution's)."""
+    concurrency_key: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    """At most `maxConcurrent` jobs with the same key run at once, across executions and replicas. May use the
+    job's config: `customer-{config.customerId}`."""
+    max_concurrent: Annotated[int, Meta(ge=1, le=100_000)] | None = None
+    """Slots of `concurrencyKey` (default 1)."""
+    rate_limit: RateLimit | None = None
 
 
 IdempotencyKey = Annotated[
@@ -356,6 +389,8 @@ class JobView(Message):
     waiting_reason: str | None = None
     retry_at: str | None = None
     priority: int = DEFAULT_PRIORITY
+    concurrency_key: str | None = None
+    """Its concurrency key, resolved (a job waiting for one of its slots is `ready`, with a waitingReason)."""
 
 
 class ExecutionRef(Message):
@@ -766,6 +801,10 @@ class JobRecord(Message):
     logs: list[str] = msgspec.field(default_factory=list)
     priority: int = DEFAULT_PRIORITY
     """Its priority in effect (its own, else its execution's)."""
+    concurrency_key: str | None = None
+    """Resolved (the template's config values filled in)."""
+    max_concurrent: int | None = None
+    rate_limit: RateLimit | None = None
 
 
 class SnapshotPart(Message):
@@ -855,6 +894,68 @@ class CancelNotice(Message):
     execution_id: str
     round: int
     """Handlers of this round (and earlier ones) stop; a retry's later round is not affected."""
+
+
+# --- concurrency keys and rate limits (values of the schedulers bucket) ----------------------------------------
+
+
+class Slot(Message):
+    """A job holding or waiting for a slot of a concurrency key."""
+
+    execution_id: str
+    job_id: str
+    priority: int = DEFAULT_PRIORITY
+    since: int = 0
+    """When it first asked (epoch ms): first-come within a priority."""
+    seen: int = 0
+    """When its owner last confirmed it (epoch ms); unconfirmed entries expire."""
+
+
+class ConcurrencyRecord(Message):
+    """Key `concurrency.<key>`: who holds the key's slots and who waits, in the order they will get them."""
+
+    key: str
+    holders: list[Slot] = msgspec.field(default_factory=list)
+    waiters: list[Slot] = msgspec.field(default_factory=list)
+
+
+class RateLimitRecord(Message):
+    """Key `ratelimit.<key>` (`ratelimit.type.<jobType>` for `type:<jobType>`): the configured limit, if any,
+    and the latest starts under the key."""
+
+    key: str
+    limit: int | None = None
+    """Configured with PUT /rate-limits/{key} (None: only jobs' own numbers)."""
+    period_s: float | None = None
+    starts: list[int] = msgspec.field(default_factory=list)
+    """Epoch ms of the latest starts, oldest first."""
+    updated_at: str | None = None
+
+
+class RateLimitView(Message):
+    key: str
+    limit: int
+    period_s: float
+    recent_starts: int
+    """Starts within the last period."""
+    updated_at: str | None = None
+
+
+class RateLimitReply(Message):
+    success: bool
+    rate_limit: RateLimitView
+
+
+class RateLimitList(Message):
+    success: bool
+    rate_limits: list[RateLimitView]
+
+
+class RateLimitCommand(Message):
+    """`scheduler.ratelimit.put|get|delete|list`."""
+
+    key: str = ""
+    setting: RateLimitSetting | None = None
 
 
 class ConsumerPauseAdvisory(msgspec.Struct, kw_only=True):

@@ -139,6 +139,7 @@ def permissions(names: Names) -> dict[Role, Permissions]:
             f"{names.scheduler_prefix}.*",
             f"{names.scheduler_prefix}.queue.*",
             f"{names.scheduler_prefix}.schedules.*",
+            f"{names.scheduler_prefix}.ratelimit.*",
             names.service_ping(names.scheduler_service),
             names.service_ping(names.registry_service),
             scrape,

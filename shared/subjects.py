@@ -62,7 +62,8 @@ class Names:
 
     @property
     def schedulers_bucket(self) -> str:
-        """KV bucket of scheduler replicas, the shard layout and the shard leases."""
+        """KV bucket of scheduler replicas, the shard layout, the shard leases, and the records of concurrency
+        keys and rate limits (services/scheduler/gates.py)."""
         return f"{self.namespace.replace('-', '_')}_schedulers"
 
     @property

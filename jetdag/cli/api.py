@@ -30,6 +30,7 @@ from shared.messages import (
     JobView,
     Overlap,
     QueuePause,
+    RateLimitView,
     ScheduleRunView,
     ScheduleView,
 )
@@ -568,6 +569,49 @@ def schedules_delete(client: Client, as_json: bool, schedule_id: str) -> int:
     return 0
 
 
+# --- rate limits -------------------------------------------------------------------------------------------
+
+
+@click.group(name="rate-limits", short_help="Rate limits on job starts, per key or per job type.")
+def rate_limits() -> None:
+    """Configured rate limits: at most LIMIT job starts per PERIOD seconds under a key, cluster-wide. The key
+    type:<jobType> limits every job of that type."""
+
+
+def _limit_rows(found: list[RateLimitView]) -> None:
+    rows = [[r.key, str(r.limit), f"{r.period_s:g} s", str(r.recent_starts)] for r in found]
+    print_table(["key", "limit", "per", "recent starts"], rows)
+
+
+@rate_limits.command(name="ls", short_help="Every configured rate limit.")
+@api_command
+def rate_limits_ls(client: Client, as_json: bool) -> int:
+    found = client.rate_limits()
+    print_json(found) if as_json else _limit_rows(found)
+    return 0
+
+
+@rate_limits.command(name="set", short_help="Configure a rate limit (admin).")
+@click.argument("key")
+@click.option("--limit", type=click.IntRange(min=1), required=True, help="Starts allowed per period.")
+@click.option("--period", "period_s", type=click.FloatRange(min=0, min_open=True), required=True, help="Seconds.")
+@api_command
+def rate_limits_set(client: Client, as_json: bool, key: str, limit: int, period_s: float) -> int:
+    """At most --limit starts per --period seconds under KEY (type:<jobType> for a job type)."""
+    done = client.set_rate_limit(key, limit, period_s)
+    print_json(done) if as_json else _limit_rows([done])
+    return 0
+
+
+@rate_limits.command(name="delete", short_help="Remove a configured rate limit (admin).")
+@click.argument("key")
+@api_command
+def rate_limits_delete(client: Client, as_json: bool, key: str) -> int:
+    done = client.delete_rate_limit(key)
+    print_json(done) if as_json else out.print(f"rate limit {done.key} removed", markup=False)
+    return 0
+
+
 @click.command(short_help="Health of every component (exit 1 when unhealthy).")
 @api_command
 def health(client: Client, as_json: bool) -> int:
@@ -592,4 +636,20 @@ def health(client: Client, as_json: bool) -> int:
     return 0 if report.healthy else 1
 
 
-COMMANDS = [submit, watch, status, jobs, ls, cancel, pause, resume, retry, events, workers, queue, schedules, health]
+COMMANDS = [
+    submit,
+    watch,
+    status,
+    jobs,
+    ls,
+    cancel,
+    pause,
+    resume,
+    retry,
+    events,
+    workers,
+    queue,
+    schedules,
+    rate_limits,
+    health,
+]

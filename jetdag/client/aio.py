@@ -31,6 +31,7 @@ from shared.messages import (
     ExecutionView,
     JobView,
     Overlap,
+    RateLimitView,
     ScheduleRunView,
     ScheduleView,
     WorkerView,
@@ -43,6 +44,7 @@ T = TypeVar("T")
 JobList = list[JobView]
 WorkerList = list[WorkerView]
 ScheduleViews = list[ScheduleView]
+RateLimitViews = list[RateLimitView]
 ScheduleRunViews = list[ScheduleRunView]
 
 
@@ -267,6 +269,23 @@ class AsyncClient:
     async def schedule_runs(self, schedule_id: str, *, limit: int = 50) -> ScheduleRunViews:
         """The runs of a schedule, newest first, with their executions' status now."""
         return await self._send(calls.schedule_runs(schedule_id, limit))
+
+    # --- rate limits ----------------------------------------------------------------------------------
+
+    async def set_rate_limit(self, key: str, limit: int, period_s: float) -> RateLimitView:
+        """At most `limit` job starts per `period_s` under `key` (`type:<jobType>`: every job of that type),
+        cluster-wide, from the next dispatch on (needs the admin scope)."""
+        return await self._send(calls.set_rate_limit(key, limit, period_s))
+
+    async def rate_limits(self) -> RateLimitViews:
+        return await self._send(calls.rate_limits())
+
+    async def rate_limit(self, key: str) -> RateLimitView:
+        """A configured limit and the starts its window holds now (NotFound: none is configured)."""
+        return await self._send(calls.rate_limit(key))
+
+    async def delete_rate_limit(self, key: str) -> RateLimitView:
+        return await self._send(calls.delete_rate_limit(key))
 
     # --- workers, queue, health ------------------------------------------------------------------------
 

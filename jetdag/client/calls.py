@@ -23,6 +23,8 @@ from shared.api import (
     JobListResponse,
     QueueControlResponse,
     QueueStatsResponse,
+    RateLimitListResponse,
+    RateLimitResponse,
     ScheduleDeletedResponse,
     ScheduleListResponse,
     ScheduleResponse,
@@ -39,6 +41,8 @@ from shared.messages import (
     Overlap,
     QueuePauseRequest,
     QueueResumeRequest,
+    RateLimitSetting,
+    RateLimitView,
     ScheduleRequest,
     ScheduleRunView,
     ScheduleView,
@@ -328,6 +332,25 @@ def trigger_schedule(schedule_id: str) -> Call[ExecuteResponse]:
 def schedule_runs(schedule_id: str, limit: int) -> Call[list[ScheduleRunView]]:
     path = f"/schedules/{_seg(schedule_id)}/runs"
     return Call("GET", path, _reader(ScheduleRunsResponse, lambda r: r.runs), params={"limit": limit})
+
+
+def set_rate_limit(key: str, limit: int, period_s: float) -> Call[RateLimitView]:
+    body = _encoder.encode(RateLimitSetting(limit=limit, period_s=period_s))
+    headers = {"Content-Type": "application/json"}
+    path = f"/rate-limits/{_seg(key)}"
+    return Call("PUT", path, _reader(RateLimitResponse, lambda r: r.rate_limit), body=body, headers=headers)
+
+
+def rate_limits() -> Call[list[RateLimitView]]:
+    return Call("GET", "/rate-limits", _reader(RateLimitListResponse, lambda r: r.rate_limits))
+
+
+def rate_limit(key: str) -> Call[RateLimitView]:
+    return Call("GET", f"/rate-limits/{_seg(key)}", _reader(RateLimitResponse, lambda r: r.rate_limit))
+
+
+def delete_rate_limit(key: str) -> Call[RateLimitView]:
+    return Call("DELETE", f"/rate-limits/{_seg(key)}", _reader(RateLimitResponse, lambda r: r.rate_limit))
 
 
 def health() -> Call[HealthResponse]:

@@ -30,6 +30,7 @@ from shared.messages import (
     ExecutionView,
     JobView,
     Overlap,
+    RateLimitView,
     ScheduleRunView,
     ScheduleView,
     WorkerView,
@@ -42,6 +43,7 @@ T = TypeVar("T")
 JobList = list[JobView]
 WorkerList = list[WorkerView]
 ScheduleViews = list[ScheduleView]
+RateLimitViews = list[RateLimitView]
 ScheduleRunViews = list[ScheduleRunView]
 
 
@@ -265,6 +267,23 @@ class Client:
     def schedule_runs(self, schedule_id: str, *, limit: int = 50) -> ScheduleRunViews:
         """The runs of a schedule, newest first, with their executions' status now."""
         return self._send(calls.schedule_runs(schedule_id, limit))
+
+    # --- rate limits ----------------------------------------------------------------------------------
+
+    def set_rate_limit(self, key: str, limit: int, period_s: float) -> RateLimitView:
+        """At most `limit` job starts per `period_s` under `key` (`type:<jobType>`: every job of that type),
+        cluster-wide, from the next dispatch on (needs the admin scope)."""
+        return self._send(calls.set_rate_limit(key, limit, period_s))
+
+    def rate_limits(self) -> RateLimitViews:
+        return self._send(calls.rate_limits())
+
+    def rate_limit(self, key: str) -> RateLimitView:
+        """A configured limit and the starts its window holds now (NotFound: none is configured)."""
+        return self._send(calls.rate_limit(key))
+
+    def delete_rate_limit(self, key: str) -> RateLimitView:
+        return self._send(calls.delete_rate_limit(key))
 
     # --- workers, queue, health ------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from .routes.health import health
 from .routes.metrics import metrics
 from .routes.overview import OverviewController
 from .routes.queue import QueueController
+from .routes.ratelimits import RateLimitController
 from .routes.schedules import ScheduleController
 from .routes.ui import assets, page
 from .routes.workers import WorkerController
@@ -90,6 +91,7 @@ def create_app(backend: Backend, settings: GatewaySettings, policy: AuthPolicy |
             list_executions,
             QueueController,
             ScheduleController,
+            RateLimitController,
             health,
             execution_events,
             all_events,

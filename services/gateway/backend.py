@@ -39,6 +39,9 @@ from shared.messages import (
     QueueResumeCommand,
     QueueResumeRequest,
     QueueStatsReply,
+    RateLimitCommand,
+    RateLimitList,
+    RateLimitReply,
     RegisterReply,
     RegisterWorker,
     ScheduleList,
@@ -179,6 +182,15 @@ class Backend:
 
     async def list_executions(self, query: ListExecutions) -> ExecutionList:
         return await self._scheduler("list", query, ExecutionList)
+
+    # --- rate limits -----------------------------------------------------------------------------------
+
+    async def rate_limit(self, command: str, cmd: RateLimitCommand) -> RateLimitReply:
+        """`put`, `get` or `delete` of one configured rate limit."""
+        return await self._scheduler(f"ratelimit.{command}", cmd, RateLimitReply, slow=command != "get")
+
+    async def rate_limits(self) -> RateLimitList:
+        return await self._scheduler("ratelimit.list", RateLimitCommand(), RateLimitList)
 
     # --- schedules -------------------------------------------------------------------------------------
 

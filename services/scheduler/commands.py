@@ -56,6 +56,11 @@ from shared.messages import (
     QueueResumeRequest,
     QueueStats,
     QueueStatsReply,
+    RateLimitCommand,
+    RateLimitList,
+    RateLimitRecord,
+    RateLimitReply,
+    RateLimitView,
 )
 from shared.pauses import is_global, pause_of
 from shared.pipeline import JetStreamError
@@ -121,6 +126,10 @@ class Commands:
             "queue.resume": Endpoint(QueueResumeCommand, self.resume),
             "queue.pauses": Endpoint(ExecutionRef, self.pauses),
             "consumer": Endpoint(EnsureConsumer, self.consumer),
+            "ratelimit.put": Endpoint(RateLimitCommand, self.put_rate_limit),
+            "ratelimit.get": Endpoint(RateLimitCommand, self.get_rate_limit),
+            "ratelimit.delete": Endpoint(RateLimitCommand, self.delete_rate_limit),
+            "ratelimit.list": Endpoint(RateLimitCommand, self.list_rate_limits),
         }
 
     def owner_endpoints(self) -> dict[str, Endpoint]:
@@ -561,10 +570,46 @@ class Commands:
             ended=ended,
         )
 
+    # --- rate limits (any replica: they live in the schedulers bucket) ----------------------------------------
+
+    async def put_rate_limit(self, cmd: RateLimitCommand) -> RateLimitReply:
+        if cmd.setting is None:
+            raise Invalid("a rate limit needs limit and periodS")
+        record = await self.ctx.gates.put_limit(cmd.key, cmd.setting.limit, cmd.setting.period_s)
+        return RateLimitReply(success=True, rate_limit=_limit_view(record))
+
+    async def get_rate_limit(self, cmd: RateLimitCommand) -> RateLimitReply:
+        record = await self.ctx.gates.get_limit(cmd.key)
+        if record is None:
+            raise NotFound(f"no rate limit is configured for {cmd.key!r}")
+        return RateLimitReply(success=True, rate_limit=_limit_view(record))
+
+    async def delete_rate_limit(self, cmd: RateLimitCommand) -> RateLimitReply:
+        record = await self.ctx.gates.get_limit(cmd.key)
+        if record is None or not await self.ctx.gates.delete_limit(cmd.key):
+            raise NotFound(f"no rate limit is configured for {cmd.key!r}")
+        return RateLimitReply(success=True, rate_limit=_limit_view(record))
+
+    async def list_rate_limits(self, _: RateLimitCommand) -> RateLimitList:
+        records = await self.ctx.gates.list_limits()
+        return RateLimitList(success=True, rate_limits=[_limit_view(r) for r in records])
+
     async def consumer(self, cmd: EnsureConsumer) -> ConsumerSet:
         check_name("capability", cmd.capability)
         check_name("type", cmd.type)
         return await self.queue.ensure_consumers(cmd.capability, cmd.type)
+
+
+def _limit_view(record: RateLimitRecord) -> RateLimitView:
+    assert record.limit is not None and record.period_s is not None
+    window_start = now_ms() - int(record.period_s * 1000)
+    return RateLimitView(
+        key=record.key,
+        limit=record.limit,
+        period_s=record.period_s,
+        recent_starts=sum(1 for t in record.starts if t > window_start),
+        updated_at=record.updated_at,
+    )
 
 
 def _page(state: machine.ExecutionState, offset: int, limit: int) -> JobList:

@@ -11,6 +11,8 @@ import msgspec
 from shared.commands import Invalid
 from shared.messages import MAX_DELAY_S, ExecuteRequest, JobConfig
 
+from .gating import TemplateError, resolve_key
+
 __all__ = ["MAX_CONFIG_BYTES", "Dag", "start_at", "validate"]
 
 MAX_CONFIG_BYTES = 256 * 1024
@@ -64,6 +66,13 @@ def validate(request: ExecuteRequest, max_jobs: int, max_pools: int = 0) -> Dag:
         by_id[job.id] = job
         if len(_encode(job.config)) > MAX_CONFIG_BYTES:
             raise Invalid(f"job {job.id!r}: config must encode to at most {MAX_CONFIG_BYTES} bytes of JSON")
+        if job.concurrency_key is not None:
+            try:
+                resolve_key(job.concurrency_key, job.config)
+            except TemplateError as exc:
+                raise Invalid(f"job {job.id!r}: concurrencyKey {job.concurrency_key!r} {exc}") from None
+        elif job.max_concurrent is not None:
+            raise Invalid(f"job {job.id!r}: maxConcurrent needs a concurrencyKey (the jobs it counts)")
     dependents: dict[str, list[str]] = {job_id: [] for job_id in by_id}
     for job in jobs:
         seen: set[str] = set()

@@ -64,6 +64,7 @@ from shared.timeutil import ms_from_iso, now_ms
 
 from . import machine
 from .dispatch import Dispatcher, Durations
+from .gates import Gates
 from .journal import Fenced, Journal, split_step
 from .machine import Env, ExecutionState, Step
 from .views import change_of, execution_view, job_change, progress
@@ -125,6 +126,8 @@ class Context:
     """Called when a step's outcome is unknown (NATS trouble): read the execution back from its journal."""
     on_record: Callable[[ExecutionRecord, int], None]
     """Called with every record written (the replica's index sees its own writes at once)."""
+    gates: Gates
+    """Concurrency keys and rate limits, shared with every replica."""
     rng: random.Random = field(default_factory=lambda: random.Random(secrets.randbits(64)))
 
     @property
@@ -137,6 +140,7 @@ class Context:
             token=lambda: secrets.token_hex(8),
             jitter=lambda: 0.8 + 0.4 * self.rng.random(),
             bundle_size=self.durations.bundle_size,
+            limited_types=self.gates.limited_types,
         )
 
 
@@ -169,6 +173,18 @@ class _Requeue:
     job_ids: list[str]
 
 
+@dataclass(slots=True)
+class _Cleared:
+    job_ids: list[str]
+
+
+@dataclass(slots=True)
+class _Limited:
+    job_id: str
+    until_ms: int
+    reason: str
+
+
 class _Start:
     """A new execution or round: roots get slots."""
 
@@ -181,7 +197,7 @@ class _Flush:
     """Note stored job messages in the journal even though nothing else happened."""
 
 
-Input = _Report | _Command | _Timer | _Waiting | _Requeue | _Start | _Resume | _Flush
+Input = _Report | _Command | _Timer | _Waiting | _Requeue | _Cleared | _Limited | _Start | _Resume | _Flush
 
 
 @dataclass(slots=True)
@@ -213,6 +229,10 @@ _RECORD_DUE = _RecordDue()
 _REPUBLISH_DUE = _RepublishDue()
 _WITHDRAW_DUE = _WithdrawDue()
 REPUBLISH_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+_RELEASING = frozenset({"completed", "failed", "cancelled", "skipped", "pending"})
+"""A keyed job entering these gives its concurrency slot (or its place in line) back."""
+_HOLDING = frozenset({"queued", "running", "delayed"})
+"""A keyed job in these holds a slot (a delayed one through its retry backoff or its rate limit's wait)."""
 
 
 class Owned:
@@ -293,10 +313,14 @@ class Owned:
             self._arm_start()
 
     def resume(self) -> None:
-        """After a takeover; a delayed execution not due yet waits for its start timer (arm_all)."""
+        """After a takeover; a delayed execution not due yet waits for its start timer (arm_all). The slots
+        its dispatched jobs hold are confirmed from this replica now."""
         if self.state.paused:
             # Its previous owner may have died between journalling the pause and deleting the messages.
             self._queue_effects(_WITHDRAW_DUE)
+        held = [j for j in self.state.jobs if j.concurrency_key is not None and j.status in _HOLDING]
+        if held:
+            self.ctx.gates.adopt(self, held)
         if self._due():
             self.submit(_Resume())
 
@@ -319,6 +343,14 @@ class Owned:
 
     def requeue(self, job_ids: list[str]) -> None:
         self.submit(_Requeue(job_ids))
+
+    def cleared(self, job_ids: list[str]) -> None:
+        """The gates let these jobs through."""
+        self.submit(_Cleared(job_ids))
+
+    def limited(self, job_id: str, until_ms: int, reason: str) -> None:
+        """A rate limit holds this job until `until_ms`."""
+        self.submit(_Limited(job_id, until_ms, reason))
 
     async def view(self) -> ExecutionView:
         """The execution as of its last durable step (a step being appended is waited for). An execution that
@@ -410,6 +442,10 @@ class Owned:
                 return machine.on_waiting(state, env, reasons), None
             case _Requeue(job_ids=job_ids):
                 return machine.on_requeue(state, env, job_ids), None
+            case _Cleared(job_ids=job_ids):
+                return machine.on_cleared(state, env, job_ids), None
+            case _Limited(job_id=job_id, until_ms=until_ms, reason=reason):
+                return machine.on_limited(state, env, job_id, until_ms, reason), None
             case _Start():
                 return machine.on_start(state, env), None
             case _Resume():
@@ -466,11 +502,26 @@ class Owned:
         await self._ack(refs)
         self._arm_timers(patches)
         self._count(patches)
+        self._gate(steps, patches)
         if steps:
             status_changed = execution if execution is not None and state.status != was else None
             paused_changed = execution is not None and execution.paused is not msgspec.UNSET and not state.final
             events = self._events(steps, env.now, status_changed, paused_changed)
             self._queue_effects(_Effects(steps, self.seq, env.now, state.final, status_changed, paused_changed, events))
+
+    def _gate(self, steps: list[Step], patches: list[JobPatch]) -> None:
+        """Send gated jobs to the gates; free the slots of keyed jobs that ended (or start a new round)."""
+        jobs = self.state.jobs
+        gated = [jobs[i] for step in steps for i in step.gated]
+        if gated:
+            self.ctx.gates.ask(self, gated)
+        ended = [
+            job
+            for p in patches
+            if p.status in _RELEASING and (job := jobs[self.state.by_id[p.job]]).concurrency_key is not None
+        ]
+        if ended:
+            self.ctx.gates.settle(self, ended)
 
     def _queue_effects(self, effects: _Effects | _RecordDue | _RepublishDue | _WithdrawDue) -> None:
         if self.gone:
@@ -875,6 +926,7 @@ class Owned:
         METRICS.execution_finished(state.status)
         self.finished.set()
         self.gone = True
+        self.ctx.gates.forget(self)
         self.ctx.on_gone(self)
 
     async def finish_again(self) -> None:
@@ -913,6 +965,7 @@ class Owned:
                 item.future.set_exception(
                     Unavailable(f"execution {self.execution_id} is moving to another owner; try again")
                 )
+        self.ctx.gates.forget(self)
         self.ctx.on_gone(self)
         if reload:
             await self.ctx.on_reload(self)

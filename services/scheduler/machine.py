@@ -41,8 +41,11 @@ from shared.messages import (
     JobReturnedReport,
     JobStartedReport,
     JobStatus,
+    RateLimit,
 )
 from shared.timeutil import iso_from_ms, ms_from_iso
+
+from .gating import resolve_key
 
 __all__ = [
     "EXECUTION_TRANSITIONS",
@@ -54,9 +57,12 @@ __all__ = [
     "Step",
     "evolve",
     "evolve_execution",
+    "needs_gate",
     "new_state",
     "on_backoff_over",
     "on_cancel",
+    "on_cleared",
+    "on_limited",
     "on_pause",
     "on_placed",
     "on_report",
@@ -92,6 +98,8 @@ TRANSITIONS: dict[tuple[JobStatus, str], JobStatus] = {
     ("delayed", "backoff over"): "queued",
     ("queued", "execution paused"): "ready",  # its message withdrawn before any worker started it
     ("running", "execution paused"): "ready",  # handed back by its worker while the execution is paused
+    ("ready", "rate limited"): "delayed",  # held by a rate limit until its window has room
+    ("delayed", "to the gates"): "ready",  # a backoff or a rate limit's wait ended: ask the gates again
     ("pending", "cancel"): "cancelled",
     ("ready", "cancel"): "cancelled",
     ("queued", "cancel"): "cancelled",
@@ -143,6 +151,10 @@ class Job(msgspec.Struct, gc=False):
     schedule_timeout_s: float | None
     priority: int = DEFAULT_PRIORITY
     """In effect: the job's own, else its execution's."""
+    concurrency_key: str | None = None
+    """Resolved from the job's template (gating.resolve_key)."""
+    max_concurrent: int | None = None
+    rate_limit: RateLimit | None = None
     status: JobStatus = "pending"
     remaining: int = 0
     """Parents not completed yet; the job is ready at 0."""
@@ -165,6 +177,11 @@ class Job(msgspec.Struct, gc=False):
     waiting_reason: str | None = None
     deliveries: list[Delivery] = msgspec.field(default_factory=list)
     logs: list[str] = msgspec.field(default_factory=list)
+    awaiting: bool = False
+    """Sent to the gates (concurrency key, rate limit), no answer yet. Like `cleared`, not journaled: a
+    takeover finds the job `ready` and asks the gates again."""
+    cleared: bool = False
+    """The gates let it through: the next dispatch may go ahead without asking them."""
 
     @property
     def attempts(self) -> int:
@@ -222,6 +239,8 @@ class Env:
     """A factor around 1 (0.8-1.2) applied to retry backoffs."""
     bundle_size: Callable[[str, str], int] = lambda capability, job_type: 1
     """How many ready jobs of (capability, type) may share one job message (see dispatch.bundle_size)."""
+    limited_types: frozenset[str] = frozenset()
+    """Job types with a configured rate limit (PUT /rate-limits/type:<jobType>): their jobs pass the gates."""
 
     @property
     def now(self) -> str:
@@ -238,11 +257,13 @@ class Step:
     """Jobs this step queued (their job messages are to be published)."""
     withdrawn: list[str] = field(default_factory=list)
     """Jobs a pause took back to `ready`: their job messages, stale now, are to be deleted."""
+    gated: list[int] = field(default_factory=list)
+    """Jobs to send to the gates (concurrency key, rate limit) before their dispatch (gates.py answers)."""
     ignored: str | None = None
     """Why the input changed nothing (a stale token, a job already past it), for the log."""
 
     def __bool__(self) -> bool:
-        return bool(self.jobs) or self.execution is not None
+        return bool(self.jobs) or self.execution is not None or bool(self.gated)
 
 
 # --- applying patches ---------------------------------------------------------------------------------------
@@ -260,6 +281,8 @@ def _set_status(state: ExecutionState, job: Job, status: JobStatus) -> None:
     setattr(counts, frm, getattr(counts, frm) - 1)
     setattr(counts, status, getattr(counts, status) + 1)
     job.status = status
+    if status != "ready":
+        job.awaiting = job.cleared = False
     if status == "ready":
         state.ready[job.priority].append(job.index)
     elif status == "completed":
@@ -382,6 +405,9 @@ def new_state(
                 timeout_s=cfg.timeout_s,
                 schedule_timeout_s=cfg.schedule_timeout_s,
                 priority=cfg.priority or default,
+                concurrency_key=None if cfg.concurrency_key is None else resolve_key(cfg.concurrency_key, cfg.config),
+                max_concurrent=cfg.max_concurrent,
+                rate_limit=cfg.rate_limit,
             )
         )
     state = ExecutionState(execution_id, workflow_id, shard, parallelism, created_at, jobs, by_id, priority=default)
@@ -434,6 +460,9 @@ def state_from_records(
                 timeout_s=r.timeout_s,
                 schedule_timeout_s=r.schedule_timeout_s,
                 priority=r.priority,
+                concurrency_key=r.concurrency_key,
+                max_concurrent=r.max_concurrent,
+                rate_limit=r.rate_limit,
                 status=r.status,
                 round=r.round,
                 attempt=r.attempt,
@@ -479,6 +508,9 @@ def record_of(state: ExecutionState, job: Job) -> JobRecord:
         timeout_s=job.timeout_s,
         schedule_timeout_s=job.schedule_timeout_s,
         priority=job.priority,
+        concurrency_key=job.concurrency_key,
+        max_concurrent=job.max_concurrent,
+        rate_limit=job.rate_limit,
         status=job.status,
         round=job.round,
         attempt=job.attempt,
@@ -512,9 +544,14 @@ def _fill(b: _Builder) -> None:
         ready = state.ready[band]
         while ready and (free is None or free > 0):
             job = state.jobs[ready.popleft()]
-            if job.status != "ready" or job.index in taken:
+            if job.status != "ready" or job.index in taken or job.awaiting:
                 # Left the queue another way (a cancel, a retry), or listed twice: a replayed journal lists a job
                 # each time it became ready (a pause takes a queued job back to ready). Dropped lazily.
+                continue
+            if not job.cleared and needs_gate(job, b.env):
+                # It waits for the gates' answer out of the queue, holding no parallelism slot.
+                job.awaiting = True
+                b.step.gated.append(job.index)
                 continue
             taken[job.index] = job
             if free is not None:
@@ -537,6 +574,11 @@ def _fill(b: _Builder) -> None:
             in_bundle += 1
             if job.solo:
                 bundle = None
+
+
+def needs_gate(job: Job, env: Env) -> bool:
+    """Whether a job must pass the gates (gates.py) before its dispatch."""
+    return job.concurrency_key is not None or job.rate_limit is not None or job.type in env.limited_types
 
 
 def _dispatch(b: _Builder, job: Job, trigger: str, *, token: str, bundle: str, attempt: int, new_attempt: bool) -> None:
@@ -727,10 +769,15 @@ def on_backoff_over(state: ExecutionState, env: Env, job_id: str) -> Step:
         b.step.ignored = "the execution is paused (resuming it dispatches the job)"
         return b.done()
     _backoff_over(b, job)
+    _fill(b)
     return b.done()
 
 
 def _backoff_over(b: _Builder, job: Job) -> None:
+    """The next attempt goes out, or back through the gates first (the caller fills the slots then)."""
+    if needs_gate(job, b.env):
+        b.job(job, "to the gates", retry_at=None)
+        return
     token = b.env.token()
     _dispatch(
         b,
@@ -781,12 +828,40 @@ def on_requeue(state: ExecutionState, env: Env, job_ids: Iterable[str]) -> Step:
 
 
 def on_waiting(state: ExecutionState, env: Env, reasons: dict[str, str | None]) -> Step:
-    """Why queued jobs are not picked up (None: the reason went away)."""
+    """Why queued jobs are not picked up, or why ready ones wait for a concurrency slot (None: the reason
+    went away)."""
     b = _Builder(state, env)
     for job_id, reason in reasons.items():
         job = state.job(job_id)
-        if job is not None and job.status == "queued" and job.waiting_reason != reason:
+        if job is not None and job.status in ("queued", "ready") and job.waiting_reason != reason:
             b.job(job, waiting_reason=reason)
+    return b.done()
+
+
+def on_cleared(state: ExecutionState, env: Env, job_ids: Iterable[str]) -> Step:
+    """The gates let these jobs through: they go first in their band's queue and are dispatched as
+    parallelism allows."""
+    b = _Builder(state, env)
+    if state.final:
+        return b.done()
+    for job_id in job_ids:
+        job = state.job(job_id)
+        if job is None or job.status != "ready" or not job.awaiting:
+            continue
+        job.awaiting, job.cleared = False, True
+        state.ready[job.priority].appendleft(job.index)
+    _fill(b)
+    return b.done()
+
+
+def on_limited(state: ExecutionState, env: Env, job_id: str, until_ms: int, reason: str) -> Step:
+    """A rate limit holds the job: `delayed` until its window has room (the owner's timer sends it back)."""
+    b = _Builder(state, env)
+    job = state.job(job_id)
+    if job is None or job.status != "ready" or not job.awaiting or state.final:
+        b.step.ignored = "not waiting for the gates"
+        return b.done()
+    b.job(job, "rate limited", retry_at=iso_from_ms(until_ms), waiting_reason=reason)
     return b.done()
 
 

@@ -35,6 +35,7 @@ from shared.settings import ExecutionSettings, load
 from .audit import Audit
 from .commands import Commands
 from .dispatch import Dispatcher, Durations
+from .gates import Gates
 from .index import ExecutionIndex
 from .journal import Journal
 from .lifecycle import Context
@@ -142,6 +143,9 @@ class SchedulerService:
             ack_wait_s=self.settings.job_ack_wait_s,
             replica_id=self.replica_id,
         )
+        gates = Gates(self._kv["schedulers"])
+        await gates.start()
+        stack.push_async_callback(gates.stop)
         context = Context(
             nc=ctx.nc,
             js=ctx.js,
@@ -156,6 +160,7 @@ class SchedulerService:
             on_gone=manager.on_gone,
             on_reload=manager.on_reload,
             on_record=index.observe,
+            gates=gates,
         )
         manager.context = context
         commands = Commands(

@@ -95,6 +95,7 @@ def job_view(state: ExecutionState, job: Job) -> JobView:
         waiting_reason=job.waiting_reason,
         retry_at=job.retry_at,
         priority=job.priority,
+        concurrency_key=job.concurrency_key,
     )
 
 

@@ -1,0 +1,404 @@
+"""The gates a job passes before its dispatch: concurrency-key slots and rate limits, shared by every replica.
+
+The machine (machine.py) sends a job that needs a gate here instead of dispatching it (`Step.gated`); this
+module asks the shared records in the schedulers bucket (compare-and-set, rules in gating.py) and answers the
+job's owner with an input: cleared (dispatch it now), limited (delayed until the window has room, with the
+reason), or waiting for a slot (stays `ready`, with the reason). Jobs waiting for a slot are asked again
+whenever their key's record changes (a KV watch: another replica's job ended) and at every confirmation round.
+
+A slot is held from its grant until the job ends (through its retries), so the slot count is exact across
+replicas. Entries are confirmed every `REFRESH_S` by the replica owning the job; a replica that takes over an
+execution confirms its jobs' slots again (`adopt`), and entries no one confirms are dropped after
+`gating.STALE_MS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from shared.keys import CONCURRENCY_PREFIX, RATE_LIMIT_PREFIX, concurrency_key, rate_limit_key, rate_limit_of_key
+from shared.logging import get_logger
+from shared.messages import ConcurrencyRecord, RateLimitRecord, Slot
+from shared.timeutil import iso_from_ms, now_iso, now_ms
+
+from . import gating
+
+if TYPE_CHECKING:
+    from .machine import Job
+
+__all__ = ["TYPE_LIMIT_PREFIX", "GateOwner", "Gates"]
+
+log = get_logger(__name__)
+
+REFRESH_S = gating.STALE_MS / 3000
+TYPE_LIMIT_PREFIX = "type:"
+"""A rate limit key `type:<jobType>` applies to every job of that type (PUT /rate-limits/type:train)."""
+_encode = msgspec.json.encode
+
+
+class GateOwner(Protocol):
+    """What an owned execution offers the gates (lifecycle.Owned)."""
+
+    @property
+    def execution_id(self) -> str: ...
+
+    @property
+    def gone(self) -> bool: ...
+
+    def cleared(self, job_ids: list[str]) -> None: ...
+
+    def limited(self, job_id: str, until_ms: int, reason: str) -> None: ...
+
+    def waiting(self, reasons: dict[str, str | None]) -> None: ...
+
+
+class Gates:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.limited_types: frozenset[str] = frozenset()
+        """Job types with a configured rate limit: the machine sends their jobs through the gates too."""
+        self._limits: dict[str, RateLimitRecord] = {}
+        """Configured limits by key, as the watch last saw them."""
+        self._waiting: dict[str, dict[tuple[str, str], tuple[GateOwner, Job]]] = {}
+        """Jobs of this replica waiting for a slot, by concurrency key."""
+        self._held: dict[str, dict[tuple[str, str], GateOwner]] = {}
+        """Slots jobs of this replica hold, by concurrency key."""
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._retrying: set[str] = set()
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._watch(), name="gates watch"))
+        self._tasks.append(asyncio.create_task(self._refresh_loop(), name="gates refresh"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # --- what owners call -------------------------------------------------------------------------------------
+
+    def ask(self, owner: GateOwner, jobs: list[Job]) -> None:
+        """These jobs want to be dispatched: answer each through `owner` (cleared, limited or waiting)."""
+        task = asyncio.create_task(self._ask_all(owner, jobs), name=f"gates {owner.execution_id}")
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    def settle(self, owner: GateOwner, jobs: list[Job]) -> None:
+        """These jobs ended (or went back to pending for a new round): their slots and places go."""
+        by_key: dict[str, set[tuple[str, str]]] = {}
+        for job in jobs:
+            if job.concurrency_key is None:
+                continue
+            ident = (owner.execution_id, job.id)
+            self._held.get(job.concurrency_key, {}).pop(ident, None)
+            self._waiting.get(job.concurrency_key, {}).pop(ident, None)
+            by_key.setdefault(job.concurrency_key, set()).add(ident)
+        for key, ids in by_key.items():
+            self._spawn(self._update(key, functools.partial(_drop, ids)))
+
+    def adopt(self, owner: GateOwner, jobs: list[Job]) -> None:
+        """A takeover: slots these dispatched jobs of `owner` hold are confirmed by this replica from now on."""
+        by_key: dict[str, set[tuple[str, str]]] = {}
+        for job in jobs:
+            if job.concurrency_key is not None:
+                self._held.setdefault(job.concurrency_key, {})[(owner.execution_id, job.id)] = owner
+                by_key.setdefault(job.concurrency_key, set()).add((owner.execution_id, job.id))
+        for key, ids in by_key.items():
+            self._spawn(self._update(key, functools.partial(_hold, ids)))
+
+    def forget(self, owner: GateOwner) -> None:
+        """`owner` left this replica (moved to another): it confirms nothing here any more."""
+        for held in self._held.values():
+            for ident in [i for i, o in held.items() if o is owner]:
+                del held[ident]
+        for waiting in self._waiting.values():
+            for ident in [i for i, (o, _) in waiting.items() if o is owner]:
+                del waiting[ident]
+
+    # --- slots ------------------------------------------------------------------------------------------------
+
+    async def _ask_all(self, owner: GateOwner, jobs: list[Job]) -> None:
+        cleared: list[str] = []
+        reasons: dict[str, str | None] = {}
+        for job in jobs:
+            try:
+                verdict = await self._ask(owner, job)
+            except Exception as exc:  # NATS trouble: ask again soon, never dispatch past a gate
+                log.warning("gate check failed; trying again", jobId=job.id, error=repr(exc))
+                loop = asyncio.get_running_loop()
+                loop.call_later(1.0, functools.partial(self._ask_again, owner, job))
+                continue
+            if verdict is None:
+                cleared.append(job.id)
+            elif isinstance(verdict, str):
+                reasons[job.id] = verdict
+        if reasons and not owner.gone:
+            owner.waiting(reasons)
+        if cleared and not owner.gone:
+            owner.cleared(cleared)
+
+    def _ask_again(self, owner: GateOwner, job: Job) -> None:
+        if not owner.gone:
+            self.ask(owner, [job])
+
+    async def _ask(self, owner: GateOwner, job: Job) -> str | bool | None:
+        """None: cleared. A reason: waits for a slot. True: rate-limited (the owner was told)."""
+        if job.concurrency_key is not None:
+            granted, why = await self._acquire(owner, job)
+            if not granted:
+                return why
+        for key, limit, period_s in self._rate_limits(job):
+            until = await self._take_start(key, limit, period_s)
+            if until is not None:
+                reason = f"rate limit '{key}': {limit} starts per {period_s:g} s; next start at {iso_from_ms(until)}"
+                owner.limited(job.id, until, reason)
+                return True
+        return None
+
+    async def _acquire(self, owner: GateOwner, job: Job) -> tuple[bool, str]:
+        assert job.concurrency_key is not None
+        key = job.concurrency_key
+        ident = (owner.execution_id, job.id)
+        me = Slot(execution_id=owner.execution_id, job_id=job.id, priority=job.priority, since=now_ms(), seen=0)
+        outcome: list[tuple[bool, str]] = []
+
+        def change(record: ConcurrencyRecord, now: int) -> ConcurrencyRecord:
+            updated, granted, why = gating.acquire(record, me, job.max_concurrent or 1, now)
+            outcome[:] = [(granted, why)]
+            return updated
+
+        await self._update(key, change)
+        granted, why = outcome[0]
+        if granted:
+            self._waiting.get(key, {}).pop(ident, None)
+            self._held.setdefault(key, {})[ident] = owner
+        else:
+            self._waiting.setdefault(key, {})[ident] = (owner, job)
+        return granted, why
+
+    async def _update(
+        self, key: str, change: Callable[[ConcurrencyRecord, int], ConcurrencyRecord]
+    ) -> ConcurrencyRecord:
+        """Compare-and-set loop on one key's record."""
+        kv_key = concurrency_key(key)
+        while True:
+            try:
+                entry = await self.kv.get(kv_key)
+                record = msgspec.json.decode(entry.value or b"{}", type=ConcurrencyRecord)
+                revision: int | None = entry.revision
+            except KeyNotFoundError:
+                record, revision = ConcurrencyRecord(key=key), None
+            updated = change(record, now_ms())
+            if updated == record and revision is not None:
+                return updated
+            try:
+                if revision is None:
+                    await self.kv.create(kv_key, _encode(updated))
+                else:
+                    await self.kv.update(kv_key, _encode(updated), last=revision)
+                return updated
+            except KeyWrongLastSequenceError:
+                continue
+            except Exception as exc:
+                if "wrong last sequence" in str(exc) or "key exists" in str(exc):
+                    continue
+                raise
+
+    # --- rate limits ------------------------------------------------------------------------------------------
+
+    def _rate_limits(self, job: Job) -> list[tuple[str, int, float]]:
+        """(key, limit, period) of every rate limit the job is under: a configured limit of its key wins over
+        the job's own numbers."""
+        out: list[tuple[str, int, float]] = []
+        if job.rate_limit is not None:
+            configured = self._limits.get(job.rate_limit.key)
+            if configured is not None and configured.limit is not None and configured.period_s is not None:
+                out.append((job.rate_limit.key, configured.limit, configured.period_s))
+            else:
+                out.append((job.rate_limit.key, job.rate_limit.limit, job.rate_limit.period_s))
+        type_limit = self._limits.get(TYPE_LIMIT_PREFIX + job.type)
+        if type_limit is not None and type_limit.limit is not None and type_limit.period_s is not None:
+            out.append((type_limit.key, type_limit.limit, type_limit.period_s))
+        return out
+
+    async def _take_start(self, key: str, limit: int, period_s: float) -> int | None:
+        kv_key = rate_limit_key(key)
+        while True:
+            try:
+                entry = await self.kv.get(kv_key)
+                record = msgspec.json.decode(entry.value or b"{}", type=RateLimitRecord)
+                revision: int | None = entry.revision
+            except KeyNotFoundError:
+                record, revision = RateLimitRecord(key=key), None
+            updated, until = gating.take_start(record, limit, period_s, now_ms())
+            if until is not None:
+                return until
+            try:
+                if revision is None:
+                    await self.kv.create(kv_key, _encode(updated))
+                else:
+                    await self.kv.update(kv_key, _encode(updated), last=revision)
+                return None
+            except Exception as exc:
+                if isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc):
+                    continue
+                raise
+
+    async def put_limit(self, key: str, limit: int, period_s: float) -> RateLimitRecord:
+        """Configure (or change) the limit of a key; its window of recent starts is kept."""
+        kv_key = rate_limit_key(key)
+        while True:
+            try:
+                entry = await self.kv.get(kv_key)
+                record = msgspec.json.decode(entry.value or b"{}", type=RateLimitRecord)
+                revision: int | None = entry.revision
+            except KeyNotFoundError:
+                record, revision = RateLimitRecord(key=key), None
+            updated = RateLimitRecord(
+                key=key, limit=limit, period_s=period_s, starts=record.starts, updated_at=now_iso()
+            )
+            try:
+                if revision is None:
+                    await self.kv.create(kv_key, _encode(updated))
+                else:
+                    await self.kv.update(kv_key, _encode(updated), last=revision)
+                self._saw_limit(updated)
+                return updated
+            except Exception as exc:
+                if isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc):
+                    continue
+                raise
+
+    async def get_limit(self, key: str) -> RateLimitRecord | None:
+        try:
+            entry = await self.kv.get(rate_limit_key(key))
+        except KeyNotFoundError:
+            return None
+        record = msgspec.json.decode(entry.value or b"{}", type=RateLimitRecord)
+        return record if record.limit is not None else None
+
+    async def delete_limit(self, key: str) -> bool:
+        """Remove a configured limit (jobs that name the key fall back to their own numbers)."""
+        record = await self.get_limit(key)
+        if record is None:
+            return False
+        await self.kv.delete(rate_limit_key(key))
+        self._limits.pop(key, None)
+        self._recount_types()
+        return True
+
+    async def list_limits(self) -> list[RateLimitRecord]:
+        return sorted((r for r in self._limits.values() if r.limit is not None), key=lambda r: r.key)
+
+    def _saw_limit(self, record: RateLimitRecord) -> None:
+        if record.limit is None:
+            self._limits.pop(record.key, None)
+        else:
+            self._limits[record.key] = record
+        self._recount_types()
+
+    def _recount_types(self) -> None:
+        self.limited_types = frozenset(
+            k.removeprefix(TYPE_LIMIT_PREFIX) for k in self._limits if k.startswith(TYPE_LIMIT_PREFIX)
+        )
+
+    # --- watching and confirming ------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Configured limits (for the machine's `limited_types`), and slots freed by any replica."""
+        while True:
+            try:
+                watcher = await self.kv.watch(f"{CONCURRENCY_PREFIX}>", include_history=False)
+                limits = await self.kv.watch(f"{RATE_LIMIT_PREFIX}>", include_history=False)
+                await asyncio.gather(self._watch_slots(watcher), self._watch_limits(limits))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("gates watch lost; watching again", error=repr(exc))
+                await asyncio.sleep(1.0)
+
+    async def _watch_slots(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is None:
+                continue
+            key = entry.key.removeprefix(CONCURRENCY_PREFIX)
+            if self._waiting.get(key):
+                self._retry(key)
+
+    async def _watch_limits(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is None:
+                continue
+            key = rate_limit_of_key(entry.key)
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._limits.pop(key, None)
+                self._recount_types()
+                continue
+            with contextlib.suppress(msgspec.DecodeError):
+                self._saw_limit(msgspec.json.decode(entry.value, type=RateLimitRecord))
+
+    def _retry(self, key: str) -> None:
+        """Ask again for this key's waiting jobs (once at a time per key)."""
+        if key in self._retrying:
+            return
+        self._retrying.add(key)
+
+        async def run() -> None:
+            try:
+                waiting = sorted(self._waiting.get(key, {}).values(), key=lambda e: e[1].priority)
+                by_owner: dict[int, tuple[GateOwner, list[Job]]] = {}
+                for owner, job in waiting:
+                    if not owner.gone:
+                        by_owner.setdefault(id(owner), (owner, []))[1].append(job)
+                for owner, jobs in by_owner.values():
+                    await self._ask_all(owner, jobs)
+            finally:
+                self._retrying.discard(key)
+
+        self._spawn(run())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            keys = {k for k, v in self._held.items() if v} | {k for k, v in self._waiting.items() if v}
+            for key in keys:
+                ids = set(self._held.get(key, {})) | set(self._waiting.get(key, {}))
+                try:
+                    await self._update(key, functools.partial(_refresh, ids))
+                except Exception as exc:
+                    log.warning("confirming slots failed", key=key, error=repr(exc))
+                if self._waiting.get(key):
+                    self._retry(key)
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+
+def _drop(ids: set[tuple[str, str]], record: ConcurrencyRecord, now: int) -> ConcurrencyRecord:
+    return gating.drop(record, ids, now)
+
+
+def _refresh(ids: set[tuple[str, str]], record: ConcurrencyRecord, now: int) -> ConcurrencyRecord:
+    return gating.refresh(record, ids, now)
+
+
+def _hold(ids: set[tuple[str, str]], record: ConcurrencyRecord, now: int) -> ConcurrencyRecord:
+    """These dispatched jobs hold slots (confirmed by their new owner), whatever the count says."""
+    present = {(h.execution_id, h.job_id) for h in record.holders}
+    refreshed = gating.refresh(record, ids, now)
+    for execution_id, job_id in sorted(ids - present):
+        refreshed.holders.append(Slot(execution_id=execution_id, job_id=job_id, since=now, seen=now))
+    refreshed.waiters = [w for w in refreshed.waiters if (w.execution_id, w.job_id) not in ids]
+    return refreshed
