@@ -89,6 +89,7 @@ def test_every_command_is_in_a_block_a_test_runs() -> None:
 
 TESTED_HERE = {
     "waiting-reason",
+    "gated",
     "start-worker",
     "paused",
     "stuck",
@@ -191,6 +192,19 @@ async def test_waiting_jobs_stuck_executions_backlogs_unhealthy_workers_and_cloc
     await wait_for(lambda: _reason(http, stack, paused, "a", "the queue is paused"), message="paused reason")
     await run_block(shell, "paused")
     await wait_for(lambda: _status_is(http, stack, paused, "a", "completed"), message="the job ran after resume")
+
+    # Two jobs of one concurrency key with one slot: the second waits for the first, and says so.
+    keyed: dict[str, Any] = {"concurrencyKey": "customer-{config.customerId}", "maxConcurrent": 1}
+    gated = await submit(
+        http,
+        stack.url,
+        [job(f"k{i}", "sleep", config={"seconds": 1.5, "customerId": 7}, **keyed) for i in range(2)],
+        workflowId="gated",
+    )
+    await wait_for(lambda: _status_is(http, stack, gated, "k0", "running"), message="k0 running")
+    await wait_for(lambda: _reason(http, stack, gated, "k1"), message="k1's waitingReason")
+    await run_block(shell, "gated", exec=gated)
+    await wait_for(lambda: _status_is(http, stack, gated, "k1", "completed"), timeout=30, message="k1 ran after k0")
 
     # A job that holds its execution up; a backlog behind it on the one slot.
     stuck = await submit(http, stack.url, [job("long", "sleep", config={"seconds": 600})], workflowId="stuck")
