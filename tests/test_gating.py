@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.scheduler import machine
-from services.scheduler.gating import STALE_MS, TemplateError, acquire, drop, resolve_key, take_start
+from services.scheduler.gating import STALE_MS, TemplateError, acquire, drop, resolve_key, take_starts
 from shared.messages import ConcurrencyRecord, JobConfig, RateLimit, RateLimitRecord, Slot
 
 
@@ -50,6 +50,20 @@ def test_slots_go_to_waiters_by_priority_then_first_come() -> None:
     assert granted and len(again.holders) == 2
 
 
+def test_waiters_that_tie_keep_their_places_when_they_ask_again() -> None:
+    record = ConcurrencyRecord(key="k")
+    record, _, _ = acquire(record, slot("holder"), 1, 0)
+    for job in ("first", "second"):
+        record, granted, _ = acquire(record, slot(job, since=5), 1, 0)
+        assert not granted
+    record = drop(record, {("exec-a", "holder")}, 0)
+    # The second asks again first: it stays behind the first (asking again must not reorder the line).
+    record, granted, why = acquire(record, slot("second", since=5), 1, 0)
+    assert not granted and why.endswith("1 waiting ahead")
+    record, granted, _ = acquire(record, slot("first", since=5), 1, 0)
+    assert granted
+
+
 def test_entries_nobody_confirms_expire() -> None:
     record, granted, _ = acquire(ConcurrencyRecord(key="k"), slot("a"), 1, 0)
     assert granted
@@ -61,13 +75,14 @@ def test_entries_nobody_confirms_expire() -> None:
 
 def test_a_rate_limit_is_a_sliding_window() -> None:
     record = RateLimitRecord(key="api")
-    for t in (0, 100, 200):
-        record, until = take_start(record, 3, 1.0, t)
-        assert until is None
-    record, until = take_start(record, 3, 1.0, 300)
-    assert until == 1000  # the first start leaves the window then
-    record, until = take_start(record, 3, 1.0, 1000)
-    assert until is None and record.starts == [100, 200, 1000]
+    for t in (0, 100):
+        record, taken, untils = take_starts(record, 1, 3, 1.0, t)
+        assert (taken, untils) == (1, [])
+    # Four ask at once with room for one: one starts, the others when the window's oldest starts leave it.
+    record, taken, untils = take_starts(record, 4, 3, 1.0, 200)
+    assert taken == 1 and untils == [1000, 1100, 1200]
+    record, taken, untils = take_starts(record, 1, 3, 1.0, 1000)
+    assert taken == 1 and record.starts == [100, 200, 1000]
 
 
 def env(limited: frozenset[str] = frozenset()) -> machine.Env:

@@ -72,7 +72,12 @@ class Gates:
         self._held: dict[str, dict[tuple[str, str], GateOwner]] = {}
         """Slots jobs of this replica hold, by concurrency key."""
         self._tasks: list[asyncio.Task[Any]] = []
-        self._retrying: set[str] = set()
+        self._slot_asks: dict[str, list[tuple[GateOwner, Job]]] = {}
+        self._rate_asks: dict[str, list[tuple[GateOwner, Job, list[tuple[str, int, float]]]]] = {}
+        self._draining: set[tuple[int, str]] = set()
+        self._asking: set[tuple[str, str]] = set()
+        """Jobs asked for (not yet answered) that are not waiting in line."""
+        self._cleared: dict[int, tuple[GateOwner, list[str]]] = {}
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._watch(), name="gates watch"))
@@ -124,67 +129,114 @@ class Gates:
         for waiting in self._waiting.values():
             for ident in [i for i, (o, _) in waiting.items() if o is owner]:
                 del waiting[ident]
+        self._asking = {ident for ident in self._asking if ident[0] != owner.execution_id}
 
     # --- slots ------------------------------------------------------------------------------------------------
 
     async def _ask_all(self, owner: GateOwner, jobs: list[Job]) -> None:
-        cleared: list[str] = []
-        reasons: dict[str, str | None] = {}
         for job in jobs:
+            if job.concurrency_key is not None:
+                self._asking.add((owner.execution_id, job.id))
+                self._enqueue(self._slot_asks, job.concurrency_key, (owner, job), self._slots_round)
+            else:
+                self._to_rate_limits(owner, job, self._rate_limits(job))
+
+    def _enqueue(
+        self,
+        queues: dict[str, list[Any]],
+        key: str,
+        item: Any,
+        round_: Callable[[str, list[Any]], Coroutine[Any, Any, None]],
+    ) -> None:
+        """Asks for one key are answered together, one compare-and-set per round: the asks of every execution
+        this replica owns do not contend with each other for the key's record."""
+        queues.setdefault(key, []).append(item)
+        token = (id(queues), key)
+        if token in self._draining:
+            return
+        self._draining.add(token)
+
+        async def drain() -> None:
             try:
-                verdict = await self._ask(owner, job)
-            except Exception as exc:  # NATS trouble: ask again soon, never dispatch past a gate
-                log.warning("gate check failed; trying again", jobId=job.id, error=repr(exc))
-                loop = asyncio.get_running_loop()
-                loop.call_later(1.0, functools.partial(self._ask_again, owner, job))
-                continue
-            if verdict is None:
-                cleared.append(job.id)
-            elif isinstance(verdict, str):
-                reasons[job.id] = verdict
-        if reasons and not owner.gone:
-            owner.waiting(reasons)
-        if cleared and not owner.gone:
-            owner.cleared(cleared)
+                while batch := queues.pop(key, None):
+                    try:
+                        await round_(key, batch)
+                    except Exception as exc:  # NATS trouble: ask again soon, never dispatch past a gate
+                        log.warning("gate check failed; trying again", key=key, error=repr(exc))
+                        await asyncio.sleep(1.0)
+                        queues.setdefault(key, [])[:0] = batch
+            finally:
+                self._draining.discard(token)
 
-    def _ask_again(self, owner: GateOwner, job: Job) -> None:
-        if not owner.gone:
-            self.ask(owner, [job])
+        self._spawn(drain())
 
-    async def _ask(self, owner: GateOwner, job: Job) -> str | bool | None:
-        """None: cleared. A reason: waits for a slot. True: rate-limited (the owner was told)."""
-        if job.concurrency_key is not None:
-            granted, why = await self._acquire(owner, job)
-            if not granted:
-                return why
-        for key, limit, period_s in self._rate_limits(job):
-            until = await self._take_start(key, limit, period_s)
-            if until is not None:
-                reason = f"rate limit '{key}': {limit} starts per {period_s:g} s; next start at {iso_from_ms(until)}"
-                owner.limited(job.id, until, reason)
-                return True
-        return None
-
-    async def _acquire(self, owner: GateOwner, job: Job) -> tuple[bool, str]:
-        assert job.concurrency_key is not None
-        key = job.concurrency_key
-        ident = (owner.execution_id, job.id)
-        me = Slot(execution_id=owner.execution_id, job_id=job.id, priority=job.priority, since=now_ms(), seen=0)
-        outcome: list[tuple[bool, str]] = []
+    async def _slots_round(self, key: str, batch: list[tuple[GateOwner, Job]]) -> None:
+        batch = [(o, j) for o, j in batch if not o.gone]
+        if not batch:
+            return
+        outcome: dict[tuple[str, str], tuple[bool, str]] = {}
+        asked = now_ms()
 
         def change(record: ConcurrencyRecord, now: int) -> ConcurrencyRecord:
-            updated, granted, why = gating.acquire(record, me, job.max_concurrent or 1, now)
-            outcome[:] = [(granted, why)]
-            return updated
+            outcome.clear()
+            for owner, job in sorted(batch, key=lambda e: e[1].priority):
+                me = Slot(execution_id=owner.execution_id, job_id=job.id, priority=job.priority, since=asked)
+                record, granted, why = gating.acquire(record, me, job.max_concurrent or 1, now)
+                outcome[(owner.execution_id, job.id)] = (granted, why)
+            return record
 
         await self._update(key, change)
-        granted, why = outcome[0]
-        if granted:
-            self._waiting.get(key, {}).pop(ident, None)
-            self._held.setdefault(key, {})[ident] = owner
-        else:
-            self._waiting.setdefault(key, {})[ident] = (owner, job)
-        return granted, why
+        waiting: dict[int, tuple[GateOwner, dict[str, str | None]]] = {}
+        for owner, job in batch:
+            ident = (owner.execution_id, job.id)
+            granted, why = outcome[ident]
+            if granted:
+                # Once per ask: a job asked again while an answer was on its way (a retry round) is not
+                # passed on twice.
+                asked_now = ident in self._asking or self._waiting.get(key, {}).pop(ident, None) is not None
+                self._asking.discard(ident)
+                self._held.setdefault(key, {})[ident] = owner
+                if asked_now:
+                    self._to_rate_limits(owner, job, self._rate_limits(job))
+            else:
+                self._asking.discard(ident)
+                self._waiting.setdefault(key, {})[ident] = (owner, job)
+                waiting.setdefault(id(owner), (owner, {}))[1][job.id] = why
+        for owner, reasons in waiting.values():
+            if not owner.gone:
+                owner.waiting(reasons)
+
+    def _to_rate_limits(self, owner: GateOwner, job: Job, limits: list[tuple[str, int, float]]) -> None:
+        """The job's next rate limit, or cleared when it passed them all."""
+        if not limits:
+            self._clear(owner, job)
+            return
+        self._enqueue(self._rate_asks, limits[0][0], (owner, job, limits), self._rates_round)
+
+    async def _rates_round(self, key: str, batch: list[tuple[GateOwner, Job, list[tuple[str, int, float]]]]) -> None:
+        batch = [entry for entry in batch if not entry[0].gone]
+        if not batch:
+            return
+        # One window per key: the numbers of the first ask of the round count for the whole round.
+        _, limit, period_s = batch[0][2][0]
+        taken, untils = await self._take_starts(key, len(batch), limit, period_s)
+        for owner, job, limits in batch[:taken]:
+            self._to_rate_limits(owner, job, limits[1:])
+        for (owner, job, _), until in zip(batch[taken:], untils, strict=True):
+            reason = f"rate limit '{key}': {limit} starts per {period_s:g} s; next start at {iso_from_ms(until)}"
+            owner.limited(job.id, until, reason)
+
+    def _clear(self, owner: GateOwner, job: Job) -> None:
+        """Cleared jobs of one owner reach it together, at the end of this loop iteration."""
+        pending = self._cleared.setdefault(id(owner), (owner, []))
+        pending[1].append(job.id)
+        if len(pending[1]) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_cleared, id(owner))
+
+    def _flush_cleared(self, owner_id: int) -> None:
+        owner, job_ids = self._cleared.pop(owner_id, (None, []))
+        if owner is not None and job_ids and not owner.gone:
+            owner.cleared(job_ids)
 
     async def _update(
         self, key: str, change: Callable[[ConcurrencyRecord, int], ConcurrencyRecord]
@@ -231,7 +283,7 @@ class Gates:
             out.append((type_limit.key, type_limit.limit, type_limit.period_s))
         return out
 
-    async def _take_start(self, key: str, limit: int, period_s: float) -> int | None:
+    async def _take_starts(self, key: str, n: int, limit: int, period_s: float) -> tuple[int, list[int]]:
         kv_key = rate_limit_key(key)
         while True:
             try:
@@ -240,15 +292,15 @@ class Gates:
                 revision: int | None = entry.revision
             except KeyNotFoundError:
                 record, revision = RateLimitRecord(key=key), None
-            updated, until = gating.take_start(record, limit, period_s, now_ms())
-            if until is not None:
-                return until
+            updated, taken, untils = gating.take_starts(record, n, limit, period_s, now_ms())
+            if not taken:
+                return 0, untils
             try:
                 if revision is None:
                     await self.kv.create(kv_key, _encode(updated))
                 else:
                     await self.kv.update(kv_key, _encode(updated), last=revision)
-                return None
+                return taken, untils
             except Exception as exc:
                 if isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc):
                     continue
@@ -348,24 +400,10 @@ class Gates:
                 self._saw_limit(msgspec.json.decode(entry.value, type=RateLimitRecord))
 
     def _retry(self, key: str) -> None:
-        """Ask again for this key's waiting jobs (once at a time per key)."""
-        if key in self._retrying:
-            return
-        self._retrying.add(key)
-
-        async def run() -> None:
-            try:
-                waiting = sorted(self._waiting.get(key, {}).values(), key=lambda e: e[1].priority)
-                by_owner: dict[int, tuple[GateOwner, list[Job]]] = {}
-                for owner, job in waiting:
-                    if not owner.gone:
-                        by_owner.setdefault(id(owner), (owner, []))[1].append(job)
-                for owner, jobs in by_owner.values():
-                    await self._ask_all(owner, jobs)
-            finally:
-                self._retrying.discard(key)
-
-        self._spawn(run())
+        """Ask again for this key's waiting jobs (joining the round in flight, if any)."""
+        for owner, job in list(self._waiting.get(key, {}).values()):
+            if not owner.gone:
+                self._enqueue(self._slot_asks, key, (owner, job), self._slots_round)
 
     async def _refresh_loop(self) -> None:
         while True:

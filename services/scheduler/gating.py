@@ -27,7 +27,7 @@ __all__ = [
     "drop",
     "refresh",
     "resolve_key",
-    "take_start",
+    "take_starts",
 ]
 
 STALE_MS = 30_000
@@ -74,28 +74,24 @@ def _order(slot: Slot) -> tuple[int, int]:
 
 
 def acquire(record: ConcurrencyRecord, me: Slot, limit: int, now_ms: int) -> tuple[ConcurrencyRecord, bool, str]:
-    """Ask for a slot: (the record to write back, granted, why it waits or what it holds)."""
+    """Ask for a slot: (the record to write back, granted, why it waits or what it holds). A job asking
+    again keeps its place in line."""
+    ident = (me.execution_id, me.job_id)
     holders = _fresh(record.holders, now_ms)
-    waiters = [w for w in _fresh(record.waiters, now_ms) if (w.execution_id, w.job_id) != (me.execution_id, me.job_id)]
-    mine = next((h for h in holders if (h.execution_id, h.job_id) == (me.execution_id, me.job_id)), None)
-    if mine is not None:
-        mine.seen = now_ms
+    waiters = _fresh(record.waiters, now_ms)
+    if any((h.execution_id, h.job_id) == ident for h in holders):
         return ConcurrencyRecord(key=record.key, holders=holders, waiters=waiters), True, "holds a slot"
-    previous = next((w for w in record.waiters if (w.execution_id, w.job_id) == (me.execution_id, me.job_id)), None)
-    entry = Slot(
-        execution_id=me.execution_id,
-        job_id=me.job_id,
-        priority=me.priority,
-        since=previous.since if previous is not None else me.since,
-        seen=now_ms,
-    )
-    waiters.append(entry)
-    waiters.sort(key=_order)
+    # Asking again changes nothing (the owner's confirmation round keeps `seen` fresh): a record that does not
+    # change is not written, so waiters asking again on every change of the key cannot feed on each other.
+    ahead = next((i for i, w in enumerate(waiters) if (w.execution_id, w.job_id) == ident), None)
+    if ahead is None:
+        entry = Slot(execution_id=me.execution_id, job_id=me.job_id, priority=me.priority, since=me.since, seen=now_ms)
+        # After every waiter that goes before it or ties with it: first come within a priority.
+        ahead = next((i for i, w in enumerate(waiters) if _order(w) > _order(entry)), len(waiters))
+        waiters.insert(ahead, entry)
     free = limit - len(holders)
-    ahead = waiters.index(entry)
     if ahead < free:
-        waiters.remove(entry)
-        holders.append(entry)
+        holders.append(waiters.pop(ahead))
         return ConcurrencyRecord(key=record.key, holders=holders, waiters=waiters), True, "holds a slot"
     why = f"waiting for a slot of concurrency key '{record.key}': {len(holders)} of {limit} running"
     if ahead:
@@ -122,15 +118,20 @@ def refresh(record: ConcurrencyRecord, ids: set[tuple[str, str]], now_ms: int) -
     )
 
 
-def take_start(record: RateLimitRecord, limit: int, period_s: float, now_ms: int) -> tuple[RateLimitRecord, int | None]:
-    """A start now if the window has room: (the record to write back, None); else (the record, when the next
-    start is allowed, in epoch ms)."""
+def take_starts(
+    record: RateLimitRecord, n: int, limit: int, period_s: float, now_ms: int
+) -> tuple[RateLimitRecord, int, list[int]]:
+    """Up to `n` starts now, as many as the window has room for: (the record to write back, how many were
+    taken, when each of the others may start, in epoch ms, in order)."""
     period_ms = int(period_s * 1000)
     starts = [t for t in record.starts if now_ms - t < period_ms]
-    if len(starts) < limit:
-        starts.append(now_ms)
-        return _with_starts(record, starts[-limit:]), None
-    return _with_starts(record, starts), starts[len(starts) - limit] + period_ms
+    taken = max(0, min(n, limit - len(starts)))
+    starts.extend([now_ms] * taken)
+    starts = starts[-limit:]
+    # The i-th job refused starts once the i-th oldest start in the window has left it (a window later for
+    # the jobs beyond a full window's worth).
+    untils = [starts[i % limit] + period_ms * (1 + i // limit) for i in range(n - taken)]
+    return _with_starts(record, starts), taken, untils
 
 
 def _with_starts(record: RateLimitRecord, starts: list[int]) -> RateLimitRecord:
