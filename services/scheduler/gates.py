@@ -72,7 +72,13 @@ class Gates:
         self._held: dict[str, dict[tuple[str, str], GateOwner]] = {}
         """Slots jobs of this replica hold, by concurrency key."""
         self._tasks: list[asyncio.Task[Any]] = []
-        self._slot_asks: dict[str, list[tuple[GateOwner, Job]]] = {}
+        self._slot_ops: dict[str, list[_SlotOp]] = {}
+        """What to do to each key's record in its next round (asks, slots given back, confirmations)."""
+        self._records: dict[str, tuple[ConcurrencyRecord, int]] = {}
+        """Each key's record and revision as this replica last wrote or read it: a round tries the update on it
+        first and reads the record only when another replica changed it meanwhile."""
+        self._windows: dict[str, tuple[RateLimitRecord, int]] = {}
+        """The same for rate limit windows."""
         self._rate_asks: dict[str, list[tuple[GateOwner, Job, list[tuple[str, int, float]]]]] = {}
         self._draining: set[tuple[int, str]] = set()
         self._asking: set[tuple[str, str]] = set()
@@ -109,7 +115,7 @@ class Gates:
             self._waiting.get(job.concurrency_key, {}).pop(ident, None)
             by_key.setdefault(job.concurrency_key, set()).add(ident)
         for key, ids in by_key.items():
-            self._spawn(self._update(key, functools.partial(_drop, ids)))
+            self._enqueue(self._slot_ops, key, functools.partial(_drop, ids), self._slots_round)
 
     def adopt(self, owner: GateOwner, jobs: list[Job]) -> None:
         """A takeover: slots these dispatched jobs of `owner` hold are confirmed by this replica from now on."""
@@ -119,7 +125,7 @@ class Gates:
                 self._held.setdefault(job.concurrency_key, {})[(owner.execution_id, job.id)] = owner
                 by_key.setdefault(job.concurrency_key, set()).add((owner.execution_id, job.id))
         for key, ids in by_key.items():
-            self._spawn(self._update(key, functools.partial(_hold, ids)))
+            self._enqueue(self._slot_ops, key, functools.partial(_hold, ids), self._slots_round)
 
     def forget(self, owner: GateOwner) -> None:
         """`owner` left this replica (moved to another): it confirms nothing here any more."""
@@ -137,7 +143,7 @@ class Gates:
         for job in jobs:
             if job.concurrency_key is not None:
                 self._asking.add((owner.execution_id, job.id))
-                self._enqueue(self._slot_asks, job.concurrency_key, (owner, job), self._slots_round)
+                self._enqueue(self._slot_ops, job.concurrency_key, (owner, job), self._slots_round)
             else:
                 self._to_rate_limits(owner, job, self._rate_limits(job))
 
@@ -170,15 +176,18 @@ class Gates:
 
         self._spawn(drain())
 
-    async def _slots_round(self, key: str, batch: list[tuple[GateOwner, Job]]) -> None:
-        batch = [(o, j) for o, j in batch if not o.gone]
-        if not batch:
-            return
+    async def _slots_round(self, key: str, ops: list[_SlotOp]) -> None:
+        """One compare-and-set applies every operation queued for the key: slots given back first (ended
+        jobs, whose slots the asks of the same round may take), then held ones confirmed, then the asks."""
+        changes = [op for op in ops if not isinstance(op, tuple)]
+        batch = [op for op in ops if isinstance(op, tuple) and not op[0].gone]
         outcome: dict[tuple[str, str], tuple[bool, str]] = {}
         asked = now_ms()
 
         def change(record: ConcurrencyRecord, now: int) -> ConcurrencyRecord:
             outcome.clear()
+            for apply in changes:
+                record = apply(record, now)
             for owner, job in sorted(batch, key=lambda e: e[1].priority):
                 me = Slot(execution_id=owner.execution_id, job_id=job.id, priority=job.priority, since=asked)
                 record, granted, why = gating.acquire(record, me, job.max_concurrent or 1, now)
@@ -193,7 +202,8 @@ class Gates:
             if granted:
                 # Once per ask: a job asked again while an answer was on its way (a retry round) is not
                 # passed on twice.
-                asked_now = ident in self._asking or self._waiting.get(key, {}).pop(ident, None) is not None
+                was_waiting = self._waiting.get(key, {}).pop(ident, None) is not None
+                asked_now = was_waiting or ident in self._asking
                 self._asking.discard(ident)
                 self._held.setdefault(key, {})[ident] = owner
                 if asked_now:
@@ -243,28 +253,34 @@ class Gates:
     ) -> ConcurrencyRecord:
         """Compare-and-set loop on one key's record."""
         kv_key = concurrency_key(key)
+        cached = self._records.get(key)
         while True:
-            try:
-                entry = await self.kv.get(kv_key)
-                record = msgspec.json.decode(entry.value or b"{}", type=ConcurrencyRecord)
-                revision: int | None = entry.revision
-            except KeyNotFoundError:
-                record, revision = ConcurrencyRecord(key=key), None
+            if cached is not None:
+                record, revision = cached
+                record = msgspec.json.decode(_encode(record), type=ConcurrencyRecord)  # `change` may mutate it
+            else:
+                try:
+                    entry = await self.kv.get(kv_key)
+                    record = msgspec.json.decode(entry.value or b"{}", type=ConcurrencyRecord)
+                    revision = entry.revision or 0
+                except KeyNotFoundError:
+                    record, revision = ConcurrencyRecord(key=key), 0
             updated = change(record, now_ms())
-            if updated == record and revision is not None:
+            if updated == record and revision:
                 return updated
             try:
-                if revision is None:
-                    await self.kv.create(kv_key, _encode(updated))
+                if not revision:
+                    revision = await self.kv.create(kv_key, _encode(updated))
                 else:
-                    await self.kv.update(kv_key, _encode(updated), last=revision)
+                    revision = await self.kv.update(kv_key, _encode(updated), last=revision)
+                self._records[key] = (updated, revision)
                 return updated
-            except KeyWrongLastSequenceError:
-                continue
             except Exception as exc:
-                if "wrong last sequence" in str(exc) or "key exists" in str(exc):
-                    continue
-                raise
+                if not _conflict(exc):
+                    self._records.pop(key, None)
+                    raise
+                cached = None  # another replica wrote it: read it and apply the change again
+                self._records.pop(key, None)
 
     # --- rate limits ------------------------------------------------------------------------------------------
 
@@ -285,26 +301,32 @@ class Gates:
 
     async def _take_starts(self, key: str, n: int, limit: int, period_s: float) -> tuple[int, list[int]]:
         kv_key = rate_limit_key(key)
+        cached = self._windows.get(key)
         while True:
-            try:
-                entry = await self.kv.get(kv_key)
-                record = msgspec.json.decode(entry.value or b"{}", type=RateLimitRecord)
-                revision: int | None = entry.revision
-            except KeyNotFoundError:
-                record, revision = RateLimitRecord(key=key), None
+            if cached is not None:
+                record, revision = cached
+            else:
+                try:
+                    entry = await self.kv.get(kv_key)
+                    record = msgspec.json.decode(entry.value or b"{}", type=RateLimitRecord)
+                    revision = entry.revision or 0
+                except KeyNotFoundError:
+                    record, revision = RateLimitRecord(key=key), 0
             updated, taken, untils = gating.take_starts(record, n, limit, period_s, now_ms())
             if not taken:
                 return 0, untils
             try:
-                if revision is None:
-                    await self.kv.create(kv_key, _encode(updated))
+                if not revision:
+                    revision = await self.kv.create(kv_key, _encode(updated))
                 else:
-                    await self.kv.update(kv_key, _encode(updated), last=revision)
+                    revision = await self.kv.update(kv_key, _encode(updated), last=revision)
+                self._windows[key] = (updated, revision)
                 return taken, untils
             except Exception as exc:
-                if isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc):
-                    continue
-                raise
+                self._windows.pop(key, None)
+                if not _conflict(exc):
+                    raise
+                cached = None
 
     async def put_limit(self, key: str, limit: int, period_s: float) -> RateLimitRecord:
         """Configure (or change) the limit of a key; its window of recent starts is kept."""
@@ -403,7 +425,7 @@ class Gates:
         """Ask again for this key's waiting jobs (joining the round in flight, if any)."""
         for owner, job in list(self._waiting.get(key, {}).values()):
             if not owner.gone:
-                self._enqueue(self._slot_asks, key, (owner, job), self._slots_round)
+                self._enqueue(self._slot_ops, key, (owner, job), self._slots_round)
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -411,17 +433,22 @@ class Gates:
             keys = {k for k, v in self._held.items() if v} | {k for k, v in self._waiting.items() if v}
             for key in keys:
                 ids = set(self._held.get(key, {})) | set(self._waiting.get(key, {}))
-                try:
-                    await self._update(key, functools.partial(_refresh, ids))
-                except Exception as exc:
-                    log.warning("confirming slots failed", key=key, error=repr(exc))
-                if self._waiting.get(key):
-                    self._retry(key)
+                self._enqueue(self._slot_ops, key, functools.partial(_refresh, ids), self._slots_round)
+                self._retry(key)
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
+
+
+_SlotOp = tuple["GateOwner", "Job"] | Callable[[ConcurrencyRecord, int], ConcurrencyRecord]
+"""An ask for a slot, or a change to apply to the key's record."""
+
+
+def _conflict(exc: Exception) -> bool:
+    """The compare-and-set lost: the key changed (or was created) since it was read."""
+    return isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc) or "key exists" in str(exc)
 
 
 def _drop(ids: set[tuple[str, str]], record: ConcurrencyRecord, now: int) -> ConcurrencyRecord:
