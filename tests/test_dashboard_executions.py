@@ -59,7 +59,7 @@ async def test_diamond_completes_live_without_a_reload(
     await shoot(browser, "timeline", tmp_path)
 
 
-async def test_cancel_a_running_execution_from_its_page(
+async def test_pause_resume_and_cancel_a_running_execution_from_its_page(
     stack: Stack, http: httpx.AsyncClient, browser: Browser
 ) -> None:
     await stack.up(workers=1)
@@ -70,6 +70,14 @@ async def test_cancel_a_running_execution_from_its_page(
         timeout=30,
         message="long running",
     )
+    await browser.click('[data-action="pause-execution"]')
+    await browser.wait("() => document.querySelector('[data-badge=\"paused\"]')", message="the paused badge")
+    await browser.wait("() => document.querySelector('[data-action=\"resume-execution\"]')", message="a Resume button")
+    held = (await http.get(f"{stack.url}/execute/{eid}")).json()["execution"]
+    assert held["paused"] is True and held["status"] == "running"
+    await browser.click('[data-action="resume-execution"]')
+    await browser.wait("() => !document.querySelector('[data-badge=\"paused\"]')", message="the paused badge gone")
+    assert (await http.get(f"{stack.url}/execute/{eid}")).json()["execution"]["paused"] is False
     await browser.click('[data-action="cancel-execution"]')
     await browser.click('dialog [data-action="confirm"]')
     await browser.wait(

@@ -1,4 +1,5 @@
-// Cancel and retry, each asked for first. Resolve true when the API accepted it.
+// Cancel and retry, each asked for first (resolve true when the API accepted it); pause and resume, which undo
+// each other, are not.
 import { api } from "./api.js";
 import { confirmAction, notify } from "./components.js";
 
@@ -20,6 +21,18 @@ export function cancelExecution(execution) {
     text: `${execution.executionId} (${execution.workflowId}): queued jobs are withdrawn and running handlers are stopped.`,
     action: "Cancel execution",
   });
+}
+
+/** `pause` or `resume` one execution; resolves the execution as the API answered, or null. */
+export async function holdExecution(execution, what) {
+  try {
+    const reply = await api(`/execute/${execution.executionId}/${what}`, { method: "POST" });
+    notify(`${execution.executionId}: ${what === "pause" ? "paused" : "resumed"}`);
+    return reply.execution;
+  } catch (e) {
+    notify(e.message, "error");
+    return null;
+  }
 }
 
 export function retryExecution(execution) {

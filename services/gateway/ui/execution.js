@@ -3,7 +3,7 @@
 // search by job id; the job found is drawn with its parents and children.
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 
-import { cancelExecution, retryExecution } from "./actions.js";
+import { cancelExecution, holdExecution, retryExecution } from "./actions.js";
 import { api, follow } from "./api.js";
 import { Badge, ErrorLine, Link, LiveState, html, useNow } from "./components.js";
 import { JobDetails } from "./details.js";
@@ -16,7 +16,7 @@ import { Timeline } from "./timeline.js";
 const CONDENSE_ABOVE = 300;
 const NEIGHBOURS = 40;
 const GROUP_LIST = 200;
-const EXECUTION_KINDS = ["created", "running", "completed", "failed", "cancelled", "retried"];
+const EXECUTION_KINDS = ["created", "running", "completed", "failed", "cancelled", "retried", "paused", "resumed"];
 
 const JOBS_PAGE = 1000;
 
@@ -161,6 +161,8 @@ export function ExecutionPage({ id }) {
           current && {
             ...current,
             status: event.status,
+            paused: event.paused ?? current.paused,
+            pausedAt: event.paused ? (current.paused ? current.pausedAt : event.at) : null,
             error: event.error ?? current.error,
             checkpointId: event.checkpointId ?? current.checkpointId,
           },
@@ -244,6 +246,11 @@ export function ExecutionPage({ id }) {
     pickJob(nodeId);
   };
 
+  const hold = async (what) => {
+    const after = await holdExecution(execution, what);
+    if (after) setExecution((current) => current && { ...current, paused: after.paused, pausedAt: after.pausedAt });
+  };
+
   if (error) return html`<div class="page-head"><h1 class="mono">${id}</h1></div><${ErrorLine} error=${error} />`;
   if (!execution || !jobs) return html`<p class="muted">Loading ${id}…</p>`;
   const e = execution;
@@ -256,8 +263,13 @@ export function ExecutionPage({ id }) {
         <h1 class="mono">${e.executionId}</h1>
       </div>
       <${Badge} state=${e.status} />
+      ${e.paused && html`<${Badge} state="paused" />`}
       <${LiveState} state=${stream} />
       <div class="actions">
+        ${!FINAL_EXECUTION.has(e.status) &&
+        html`<button type="button" class="button" data-action=${e.paused ? "resume-execution" : "pause-execution"}
+          title=${e.paused ? "Dispatch what the pause held" : "Hold the jobs that have not started; running ones finish"}
+          onClick=${() => hold(e.paused ? "resume" : "pause")}>${e.paused ? "Resume" : "Pause"}</button>`}
         ${!FINAL_EXECUTION.has(e.status) &&
         html`<button type="button" class="button danger" data-action="cancel-execution"
           onClick=${() => cancelExecution(e)}>Cancel</button>`}
@@ -274,6 +286,7 @@ export function ExecutionPage({ id }) {
           <div><dt>Duration</dt><dd>${between(e.startedAt, e.completedAt, now)}</dd></div>
           <div><dt>Round</dt><dd>${e.round ?? 1}</dd></div>
           <div><dt>Parallelism</dt><dd>${e.parallelism ?? "unlimited"}</dd></div>
+          ${e.paused && html`<div><dt>Paused</dt><dd data-paused-at=${e.pausedAt}>since ${clock(e.pausedAt)}</dd></div>`}
           <div><dt>Jobs</dt><dd><${Progress} progress=${progressOf(list)} /></dd></div>
         </dl>
         ${e.error && html`<p class="error-line">${e.error}</p>`}
