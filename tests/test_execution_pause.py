@@ -4,6 +4,7 @@ nothing. Real services through HTTP and the CLI."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,9 @@ async def test_a_paused_execution_starts_nothing_new_survives_a_takeover_and_com
 
     await wait_for(two_running, timeout=20, message="two jobs running")
     assert await messages_of(nc, stack, eid) == 4  # two running (not acked yet), two queued
+    asked = time.perf_counter()
     r = await http.post(f"{stack.url}/execute/{eid}/pause")
+    answered = time.perf_counter()
     assert r.status_code == 200, r.text
     paused = r.json()["execution"]
     assert paused["paused"] is True and paused["pausedAt"] is not None and paused["status"] == "running"
@@ -66,6 +69,7 @@ async def test_a_paused_execution_starts_nothing_new_survives_a_takeover_and_com
     # The two queued jobs' messages are gone from the job stream (no worker can be handed them); the running
     # jobs' stay, for their redelivery should their worker die.
     assert await wait_for(lambda: _left(nc, stack, eid, 2), timeout=10, message="messages withdrawn")
+    withdrawn = time.perf_counter()
     event = await last_event(nc, stack, eid, "paused")
     assert event.paused is True and event.status == "running"
     async with AsyncClient(stack.url.removesuffix("/api/distributed")) as client:
@@ -101,9 +105,15 @@ async def test_a_paused_execution_starts_nothing_new_survives_a_takeover_and_com
     ran = [line["jobId"] for line in worker.log_lines() if line.get("event") == "job completed"]
     assert sorted(ran) == ["h0", "h1", "x"]
 
+    resumed_at = time.perf_counter()
     resumed = await jetdag(stack, "resume", eid)
     assert resumed.returncode == 0 and resumed.stdout.strip() == f"{eid} running", resumed
     final = await wait_final(http, stack.url, eid)
+    print(
+        f"\npause answered in {(answered - asked) * 1000:.0f} ms, its queued messages gone "
+        f"{(withdrawn - asked) * 1000:.0f} ms after the request; resume (CLI) to completed "
+        f"{time.perf_counter() - resumed_at:.2f} s"
+    )
     assert final["status"] == "completed" and final["paused"] is False and final["pausedAt"] is None
     done = await jobs(http, stack.url, eid)
     assert all(j["status"] == "completed" and j["attempts"] == 1 for j in done.values())  # none ran twice
