@@ -135,9 +135,11 @@ async def test_the_scheduler_counts_jobs_executions_and_its_writes(stack: Stack,
 
     async def counted() -> list[Sample] | None:
         found = samples((await http.get(f"{base}/metrics")).text)
-        return found if value(found, "jetdag_executions_total", service="scheduler", status="failed") == 1 else None
+        ended = value(found, "jetdag_executions_total", service="scheduler", status="failed") == 1
+        # The open-executions gauge is measured by the audit every few sweeps: it follows the end a moment later.
+        return found if ended and value(found, "jetdag_executions_open", service="scheduler") == 0 else None
 
-    found = await wait_for(counted, timeout=20, message="the execution counted")
+    found = await wait_for(counted, timeout=20, message="the execution counted and no longer open")
     assert value(found, "jetdag_jobs_total", state="completed", type="sleep") == 1
     assert value(found, "jetdag_jobs_total", state="completed", type="noop") == 1
     assert value(found, "jetdag_jobs_total", state="failed", type="fail") == 1
