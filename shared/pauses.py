@@ -24,7 +24,6 @@ __all__ = [
     "covers",
     "describe",
     "is_global",
-    "next_end",
     "pause_of",
     "paused",
     "resumed",
@@ -60,12 +59,6 @@ def consumer_until(pauses: Iterable[QueuePause], capability: str, job_type: str)
     if None in ends:
         return PAUSE_FOREVER
     return max((e for e in ends if e is not None), key=ms_from_iso)
-
-
-def next_end(pauses: Iterable[QueuePause]) -> int | None:
-    """When the next timed pause ends (epoch ms)."""
-    ends = [ms_from_iso(p.until) for p in pauses if p.until is not None]
-    return min(ends) if ends else None
 
 
 def pause_of(request: QueuePauseRequest, now_ms: int) -> QueuePause:
@@ -119,7 +112,8 @@ def resumed(pauses: list[QueuePause], request: QueueResumeRequest) -> tuple[list
 
 
 def describe(pause: QueuePause) -> str:
-    """`everything`, `capability gpu`, `type train`, `gpu/train`: what a pause covers, for messages and logs."""
+    """What a pause covers, for messages and logs: `everything`, `capability 'gpu'`, `type 'train'`, or
+    `capability 'gpu', type 'train'`."""
     if pause.capability is not None and pause.type is not None:
         return f"capability {pause.capability!r}, type {pause.type!r}"
     if pause.capability is not None:

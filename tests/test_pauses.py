@@ -9,7 +9,7 @@ import pytest
 
 from shared.commands import Invalid
 from shared.messages import QueuePause, QueuePauseRequest, QueueResumeRequest, QueueState
-from shared.pauses import PAUSE_FOREVER, active, consumer_until, next_end, pause_of, paused, resumed
+from shared.pauses import PAUSE_FOREVER, active, consumer_until, pause_of, paused, resumed
 from shared.timeutil import iso_from_ms
 
 NOW = 1_800_000_000_000
@@ -27,7 +27,6 @@ def test_a_consumer_is_paused_until_the_latest_end_of_the_pauses_covering_it() -
     assert consumer_until(pauses, "cpu", "etl") == PAUSE_FOREVER
     assert consumer_until(pauses, "cpu", "noop") is None
     assert consumer_until([*pauses, p()], "cpu", "noop") == PAUSE_FOREVER
-    assert next_end(pauses) == NOW + 10_000
 
 
 def test_ended_pauses_are_not_in_effect_and_an_old_switch_is_a_pause_of_everything() -> None:

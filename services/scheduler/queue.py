@@ -82,10 +82,6 @@ class JobQueue:
         """The pauses in effect now."""
         return active((await self._read())[0], now_ms())
 
-    async def is_paused(self) -> bool:
-        """A pause of everything is in effect."""
-        return any(is_global(p) for p in await self.pauses())
-
     def consumer_config(self, capability: str, job_type: str, priority: int, *, until: str | None) -> ConsumerConfig:
         return ConsumerConfig(
             durable_name=self.names.jobs_consumer(capability, job_type, priority),
@@ -244,7 +240,7 @@ class JobQueue:
     # --- announcing the ends of timed pauses ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Follow the pauses and announce each timed one's end when it falls (every replica: one msg-id)."""
+        """Follow the pauses (another replica may have set them) and announce each timed one's end when it falls."""
         try:
             while True:
                 try:
