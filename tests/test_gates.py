@@ -127,3 +127,27 @@ async def test_bad_keys_and_limits_are_refused_and_change_nothing(stack: Stack, 
         assert r.status_code == 400, r.text
     assert (await http.put(f"{stack.url}/rate-limits/x", json={"limit": 1})).status_code == 400
     assert (await http.get(f"{stack.url}/rate-limits")).json()["rateLimits"] == []
+
+
+async def test_pausing_an_execution_gives_back_the_slots_of_its_withdrawn_jobs(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    await stack.up(workers=1)
+    key: dict[str, Any] = {"concurrencyKey": "shared", "maxConcurrent": 1}
+    # No worker has capability 'nowhere': the job is queued holding the key's one slot, and never starts.
+    holder = await submit(http, stack.url, [job("stuck", "noop", capability="nowhere", **key)])
+
+    async def queued() -> bool:
+        return bool((await jobs(http, stack.url, holder))["stuck"]["status"] == "queued")
+
+    await wait_for(queued, message="the job holding the slot queued")
+    other = await submit(http, stack.url, [job("next", "noop", **key)])
+
+    async def waits_for_the_slot() -> bool:
+        reason = (await jobs(http, stack.url, other))["next"].get("waitingReason") or ""
+        return "concurrency key 'shared': 1 of 1 running" in reason
+
+    await wait_for(waits_for_the_slot, message="the other execution's job waiting for the slot")
+    assert (await http.post(f"{stack.url}/execute/{holder}/pause")).status_code == 200
+    assert (await wait_final(http, stack.url, other, timeout=30))["status"] == "completed"
+    assert (await jobs(http, stack.url, holder))["stuck"]["status"] == "ready"

@@ -6,8 +6,8 @@ job's owner with an input: cleared (dispatch it now), limited (delayed until the
 reason), or waiting for a slot (stays `ready`, with the reason). Jobs waiting for a slot are asked again
 whenever their key's record changes (a KV watch: another replica's job ended) and at every confirmation round.
 
-A slot is held from its grant until the job ends (through its retries), so the slot count is exact across
-replicas. Entries are confirmed every `REFRESH_S` by the replica owning the job; a replica that takes over an
+A slot is held from its grant while the job is queued, running or delayed, and given back when it ends or
+returns to ready (lifecycle._RELEASING), so the slot count is exact across replicas. Entries are confirmed every `REFRESH_S` by the replica owning the job; a replica that takes over an
 execution confirms its jobs' slots again (`adopt`), and entries no one confirms are dropped after
 `gating.STALE_MS`.
 """

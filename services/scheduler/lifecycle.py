@@ -229,8 +229,9 @@ _RECORD_DUE = _RecordDue()
 _REPUBLISH_DUE = _RepublishDue()
 _WITHDRAW_DUE = _WithdrawDue()
 REPUBLISH_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
-_RELEASING = frozenset({"completed", "failed", "cancelled", "skipped", "pending"})
-"""A keyed job entering these gives its concurrency slot (or its place in line) back."""
+_RELEASING = frozenset({"completed", "failed", "cancelled", "skipped", "pending", "ready"})
+"""A keyed job entering these gives its concurrency slot (or its place in line) back: it ended, or it is back
+to ready (its execution was paused, or a backoff or a rate limit's wait ended) and asks again when it may go."""
 _HOLDING = frozenset({"queued", "running", "delayed"})
 """A keyed job in these holds a slot (a delayed one through its retry backoff or its rate limit's wait)."""
 
