@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import msgspec
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from jetdag.client import AsyncClient
 from shared.messages import ExecutionEvent
@@ -29,8 +30,18 @@ async def messages_of(nc: Client, stack: Stack, execution_id: str) -> int:
 
 
 async def last_event(nc: Client, stack: Stack, execution_id: str, what: str) -> ExecutionEvent:
-    msg = await nc.jetstream().get_last_msg(stack.names.events_stream, stack.names.execution_event(execution_id, what))
-    return msgspec.json.decode(msg.data or b"", type=ExecutionEvent)
+    """The latest `what` event of the execution; events are published after the command answers, so wait."""
+    subject = stack.names.execution_event(execution_id, what)
+
+    async def read() -> ExecutionEvent | None:
+        try:
+            msg = await nc.jetstream().get_last_msg(stack.names.events_stream, subject)
+        except NotFoundError:
+            return None
+        return msgspec.json.decode(msg.data or b"", type=ExecutionEvent)
+
+    found: ExecutionEvent = await wait_for(read, timeout=10, message=f"the {what} event on {subject}")
+    return found
 
 
 def by_status(listing: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
