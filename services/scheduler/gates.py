@@ -7,9 +7,9 @@ reason), or waiting for a slot (stays `ready`, with the reason). Jobs waiting fo
 whenever their key's record changes (a KV watch: another replica's job ended) and at every confirmation round.
 
 A slot is held from its grant while the job is queued, running or delayed, and given back when it ends or
-returns to ready (lifecycle._RELEASING), so the slot count is exact across replicas. Entries are confirmed every `REFRESH_S` by the replica owning the job; a replica that takes over an
-execution confirms its jobs' slots again (`adopt`), and entries no one confirms are dropped after
-`gating.STALE_MS`.
+returns to ready (lifecycle._RELEASING), so the slot count is exact across replicas. Entries are confirmed
+every `REFRESH_S` by the replica owning the job; a replica that takes over an execution confirms its jobs'
+slots again (`adopt`), and entries no one confirms are dropped after `gating.STALE_MS`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -251,36 +251,14 @@ class Gates:
     async def _update(
         self, key: str, change: Callable[[ConcurrencyRecord, int], ConcurrencyRecord]
     ) -> ConcurrencyRecord:
-        """Compare-and-set loop on one key's record."""
-        kv_key = concurrency_key(key)
-        cached = self._records.get(key)
-        while True:
-            if cached is not None:
-                record, revision = cached
-                record = msgspec.json.decode(_encode(record), type=ConcurrencyRecord)  # `change` may mutate it
-            else:
-                try:
-                    entry = await self.kv.get(kv_key)
-                    record = msgspec.json.decode(entry.value or b"{}", type=ConcurrencyRecord)
-                    revision = entry.revision or 0
-                except KeyNotFoundError:
-                    record, revision = ConcurrencyRecord(key=key), 0
-            updated = change(record, now_ms())
-            if updated == record and revision:
-                return updated
-            try:
-                if not revision:
-                    revision = await self.kv.create(kv_key, _encode(updated))
-                else:
-                    revision = await self.kv.update(kv_key, _encode(updated), last=revision)
-                self._records[key] = (updated, revision)
-                return updated
-            except Exception as exc:
-                if not _conflict(exc):
-                    self._records.pop(key, None)
-                    raise
-                cached = None  # another replica wrote it: read it and apply the change again
-                self._records.pop(key, None)
+        """Compare-and-set loop on one concurrency key's record."""
+
+        def apply(record: ConcurrencyRecord) -> ConcurrencyRecord | None:
+            return change(record, now_ms())
+
+        return await _compare_and_set(
+            self.kv, concurrency_key(key), ConcurrencyRecord(key=key), apply, cache=self._records, cache_key=key
+        )
 
     # --- rate limits ------------------------------------------------------------------------------------------
 
@@ -300,58 +278,27 @@ class Gates:
         return out
 
     async def _take_starts(self, key: str, n: int, limit: int, period_s: float) -> tuple[int, list[int]]:
-        kv_key = rate_limit_key(key)
-        cached = self._windows.get(key)
-        while True:
-            if cached is not None:
-                record, revision = cached
-            else:
-                try:
-                    entry = await self.kv.get(kv_key)
-                    record = msgspec.json.decode(entry.value or b"{}", type=RateLimitRecord)
-                    revision = entry.revision or 0
-                except KeyNotFoundError:
-                    record, revision = RateLimitRecord(key=key), 0
+        outcome: list[tuple[int, list[int]]] = []
+
+        def take(record: RateLimitRecord) -> RateLimitRecord | None:
             updated, taken, untils = gating.take_starts(record, n, limit, period_s, now_ms())
-            if not taken:
-                return 0, untils
-            try:
-                if not revision:
-                    revision = await self.kv.create(kv_key, _encode(updated))
-                else:
-                    revision = await self.kv.update(kv_key, _encode(updated), last=revision)
-                self._windows[key] = (updated, revision)
-                return taken, untils
-            except Exception as exc:
-                self._windows.pop(key, None)
-                if not _conflict(exc):
-                    raise
-                cached = None
+            outcome[:] = [(taken, untils)]
+            return updated if taken else None
+
+        await _compare_and_set(
+            self.kv, rate_limit_key(key), RateLimitRecord(key=key), take, cache=self._windows, cache_key=key
+        )
+        return outcome[0]
 
     async def put_limit(self, key: str, limit: int, period_s: float) -> RateLimitRecord:
         """Configure (or change) the limit of a key; its window of recent starts is kept."""
-        kv_key = rate_limit_key(key)
-        while True:
-            try:
-                entry = await self.kv.get(kv_key)
-                record = msgspec.json.decode(entry.value or b"{}", type=RateLimitRecord)
-                revision: int | None = entry.revision
-            except KeyNotFoundError:
-                record, revision = RateLimitRecord(key=key), None
-            updated = RateLimitRecord(
-                key=key, limit=limit, period_s=period_s, starts=record.starts, updated_at=now_iso()
-            )
-            try:
-                if revision is None:
-                    await self.kv.create(kv_key, _encode(updated))
-                else:
-                    await self.kv.update(kv_key, _encode(updated), last=revision)
-                self._saw_limit(updated)
-                return updated
-            except Exception as exc:
-                if isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc):
-                    continue
-                raise
+
+        def configure(record: RateLimitRecord) -> RateLimitRecord:
+            return RateLimitRecord(key=key, limit=limit, period_s=period_s, starts=record.starts, updated_at=now_iso())
+
+        updated = await _compare_and_set(self.kv, rate_limit_key(key), RateLimitRecord(key=key), configure)
+        self._saw_limit(updated)
+        return updated
 
     async def get_limit(self, key: str) -> RateLimitRecord | None:
         try:
@@ -440,6 +387,52 @@ class Gates:
         task = asyncio.create_task(coro)
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
+
+
+R = TypeVar("R", ConcurrencyRecord, RateLimitRecord)
+
+
+async def _compare_and_set(
+    kv: KeyValue,
+    kv_key: str,
+    empty: R,
+    change: Callable[[R], R | None],
+    *,
+    cache: dict[str, tuple[R, int]] | None = None,
+    cache_key: str = "",
+) -> R:
+    """Read, change, write back unless another writer came first (then again). `change` answers None when
+    there is nothing to write. With `cache`, the value as this process last wrote it is tried first: it is read
+    only when another writer changed it meanwhile."""
+    cached = cache.get(cache_key) if cache is not None else None
+    kind = type(empty)
+    while True:
+        if cached is not None:
+            record, revision = msgspec.json.decode(_encode(cached[0]), type=kind), cached[1]  # `change` may mutate
+        else:
+            try:
+                entry = await kv.get(kv_key)
+                record, revision = msgspec.json.decode(entry.value or b"{}", type=kind), entry.revision or 0
+            except KeyNotFoundError:
+                record, revision = empty, 0
+        updated = change(record)
+        if updated is None or (updated == record and revision):
+            return record if updated is None else updated
+        try:
+            if not revision:
+                revision = await kv.create(kv_key, _encode(updated))
+            else:
+                revision = await kv.update(kv_key, _encode(updated), last=revision)
+        except Exception as exc:
+            if cache is not None:
+                cache.pop(cache_key, None)
+            if not _conflict(exc):
+                raise
+            cached = None  # another writer came first: read it and apply the change again
+            continue
+        if cache is not None:
+            cache[cache_key] = (updated, revision)
+        return updated
 
 
 _SlotOp = tuple["GateOwner", "Job"] | Callable[[ConcurrencyRecord, int], ConcurrencyRecord]
