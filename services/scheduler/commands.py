@@ -74,7 +74,7 @@ from .index import ExecutionIndex
 from .journal import Fenced
 from .lifecycle import Context, Owned
 from .queue import JobQueue
-from .recovery import create, load_snapshot, reopen
+from .recovery import create, ended_state, reopen
 from .shards import Shard, ShardManager
 from .views import job_view, record_view
 
@@ -415,20 +415,7 @@ class Commands:
         record = found[0]
         if record.status not in FINAL_EXECUTION_STATES or not record.snapshot:
             raise Unavailable(f"execution {execution_id} is being taken over; try again")
-        records = await load_snapshot(self.ctx, execution_id, record.snapshot, record.snapshot_parts)
-        state = machine.state_from_records(
-            execution_id=execution_id,
-            workflow_id=record.workflow_id,
-            shard=record.shard,
-            parallelism=record.parallelism,
-            created_at=record.created_at,
-            status=record.status,
-            round=record.round,
-            completed_at=record.completed_at,
-            error=record.error,
-            records=records,
-            priority=record.priority,
-        )
+        state = await ended_state(self.ctx, record, record.shard)
         for job in state.jobs[query.offset : query.offset + limit]:
             if job.result_ref is not None and job.result is None:
                 entry = await self.ctx.pipeline.kv_get(self.ctx.bucket, job.result_ref)

@@ -389,31 +389,37 @@ def new_state(
     by_id: dict[str, int] = {}
     for index, cfg in enumerate(configs):
         by_id[cfg.id] = index
-        jobs.append(
-            Job(
-                index=index,
-                id=cfg.id,
-                name=cfg.name,
-                type=cfg.type,
-                capability=cfg.capability or ANY_CAPABILITY,
-                requested_capability=cfg.capability,
-                parents=[],
-                children=[],
-                config=cfg.config,
-                retries=cfg.retries,
-                backoff_ms=cfg.backoff_ms,
-                timeout_s=cfg.timeout_s,
-                schedule_timeout_s=cfg.schedule_timeout_s,
-                priority=cfg.priority or default,
-                concurrency_key=None if cfg.concurrency_key is None else resolve_key(cfg.concurrency_key, cfg.config),
-                max_concurrent=cfg.max_concurrent,
-                rate_limit=cfg.rate_limit,
-            )
-        )
+        key = None if cfg.concurrency_key is None else resolve_key(cfg.concurrency_key, cfg.config)
+        jobs.append(_job(index, cfg, cfg.priority or default, key))
     state = ExecutionState(execution_id, workflow_id, shard, parallelism, created_at, jobs, by_id, priority=default)
     _link(state, ((j, cfg.depends_on) for j, cfg in zip(jobs, configs, strict=True)))
     state.counts.pending = len(jobs)
     return state
+
+
+def _job(index: int, spec: JobConfig | JobRecord, priority: int, concurrency_key: str | None, **progress: Any) -> Job:
+    """A job from its definition, a submitted config or a snapshot's record (the fields they share); `progress`
+    is what a record adds (status, attempts, results)."""
+    return Job(
+        index=index,
+        id=spec.id,
+        name=spec.name,
+        type=spec.type,
+        capability=spec.capability or ANY_CAPABILITY,
+        requested_capability=spec.capability,
+        parents=[],
+        children=[],
+        config=spec.config,
+        retries=spec.retries,
+        backoff_ms=spec.backoff_ms,
+        timeout_s=spec.timeout_s,
+        schedule_timeout_s=spec.schedule_timeout_s,
+        priority=priority,
+        concurrency_key=concurrency_key,
+        max_concurrent=spec.max_concurrent,
+        rate_limit=spec.rate_limit,
+        **progress,
+    )
 
 
 def _link(state: ExecutionState, edges: Iterable[tuple[Job, list[str]]]) -> None:
@@ -445,24 +451,11 @@ def state_from_records(
     for index, r in enumerate(records):
         by_id[r.id] = index
         jobs.append(
-            Job(
-                index=index,
-                id=r.id,
-                name=r.name,
-                type=r.type,
-                capability=r.capability or ANY_CAPABILITY,
-                requested_capability=r.capability,
-                parents=[],
-                children=[],
-                config=r.config,
-                retries=r.retries,
-                backoff_ms=r.backoff_ms,
-                timeout_s=r.timeout_s,
-                schedule_timeout_s=r.schedule_timeout_s,
-                priority=r.priority,
-                concurrency_key=r.concurrency_key,
-                max_concurrent=r.max_concurrent,
-                rate_limit=r.rate_limit,
+            _job(
+                index,
+                r,
+                r.priority,
+                r.concurrency_key,
                 status=r.status,
                 round=r.round,
                 attempt=r.attempt,

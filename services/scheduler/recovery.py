@@ -31,7 +31,7 @@ from .journal import MAX_ENTRY_BYTES, Fenced
 from .lifecycle import Context, Owned
 from .machine import ExecutionState
 
-__all__ = ["Corrupt", "adopt", "create", "load_snapshot", "reopen", "replay", "shard_of"]
+__all__ = ["Corrupt", "adopt", "create", "ended_state", "load_snapshot", "reopen", "replay", "shard_of"]
 
 log = get_logger(__name__)
 
@@ -238,14 +238,11 @@ def _chunks(jobs: list[JobConfig]) -> list[list[JobConfig]]:
     return chunks
 
 
-async def reopen(ctx: Context, record: ExecutionRecord, shard: int, epoch: int) -> Owned:
-    """A finished execution, retried: its snapshot becomes the start of a new journal (the retry step follows)."""
-    execution_id = record.execution_id
-    if not record.snapshot:
-        raise Corrupt(f"execution {execution_id} ended without a snapshot of its jobs")
-    records = await load_snapshot(ctx, execution_id, record.snapshot, record.snapshot_parts)
-    state = machine.state_from_records(
-        execution_id=execution_id,
+async def ended_state(ctx: Context, record: ExecutionRecord, shard: int) -> machine.ExecutionState:
+    """An ended execution's state, from its record and its jobs' snapshot."""
+    records = await load_snapshot(ctx, record.execution_id, record.snapshot, record.snapshot_parts)
+    return machine.state_from_records(
+        execution_id=record.execution_id,
         workflow_id=record.workflow_id,
         shard=shard,
         parallelism=record.parallelism,
@@ -257,6 +254,14 @@ async def reopen(ctx: Context, record: ExecutionRecord, shard: int, epoch: int) 
         records=records,
         priority=record.priority,
     )
+
+
+async def reopen(ctx: Context, record: ExecutionRecord, shard: int, epoch: int) -> Owned:
+    """A finished execution, retried: its snapshot becomes the start of a new journal (the retry step follows)."""
+    execution_id = record.execution_id
+    if not record.snapshot:
+        raise Corrupt(f"execution {execution_id} ended without a snapshot of its jobs")
+    state = await ended_state(ctx, record, shard)
     state.submitted_by = record.submitted_by
     await _load_large_results(ctx, state)
     last = await ctx.journal.last_seq(execution_id)
