@@ -415,7 +415,7 @@ class Commands:
         record = found[0]
         if record.status not in FINAL_EXECUTION_STATES or not record.snapshot:
             raise Unavailable(f"execution {execution_id} is being taken over; try again")
-        state = await ended_state(self.ctx, record, record.shard)
+        state = await ended_state(self.ctx, record, record.shard, record.snapshot, record.snapshot_parts)
         for job in state.jobs[query.offset : query.offset + limit]:
             if job.result_ref is not None and job.result is None:
                 entry = await self.ctx.pipeline.kv_get(self.ctx.bucket, job.result_ref)

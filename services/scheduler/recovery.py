@@ -89,21 +89,7 @@ async def replay(
                     state.run_at = head.run_at
                     started_at = head.at
             case JournalReopened():
-                records = await load_snapshot(ctx, execution_id, entry.generation, entry.parts)
-                state = machine.state_from_records(
-                    execution_id=execution_id,
-                    workflow_id=entry.workflow_id,
-                    shard=shard,
-                    parallelism=entry.parallelism,
-                    created_at=entry.created_at,
-                    status=entry.status,
-                    round=entry.round,
-                    completed_at=entry.completed_at,
-                    error=entry.error,
-                    records=records,
-                    priority=entry.priority,
-                )
-                state.submitted_by = entry.submitted_by
+                state = await ended_state(ctx, entry, shard, entry.generation, entry.parts)
                 started_at = entry.started_at
                 generation = entry.generation
             case JournalAdopted():
@@ -238,10 +224,13 @@ def _chunks(jobs: list[JobConfig]) -> list[list[JobConfig]]:
     return chunks
 
 
-async def ended_state(ctx: Context, record: ExecutionRecord, shard: int) -> machine.ExecutionState:
-    """An ended execution's state, from its record and its jobs' snapshot."""
-    records = await load_snapshot(ctx, record.execution_id, record.snapshot, record.snapshot_parts)
-    return machine.state_from_records(
+async def ended_state(
+    ctx: Context, record: ExecutionRecord | JournalReopened, shard: int, generation: int, parts: int
+) -> machine.ExecutionState:
+    """An ended execution's state: as its record (or the journal's `reopened` entry) describes it, its jobs
+    from snapshot `generation`."""
+    records = await load_snapshot(ctx, record.execution_id, generation, parts)
+    state = machine.state_from_records(
         execution_id=record.execution_id,
         workflow_id=record.workflow_id,
         shard=shard,
@@ -254,6 +243,8 @@ async def ended_state(ctx: Context, record: ExecutionRecord, shard: int) -> mach
         records=records,
         priority=record.priority,
     )
+    state.submitted_by = record.submitted_by
+    return state
 
 
 async def reopen(ctx: Context, record: ExecutionRecord, shard: int, epoch: int) -> Owned:
@@ -261,8 +252,7 @@ async def reopen(ctx: Context, record: ExecutionRecord, shard: int, epoch: int) 
     execution_id = record.execution_id
     if not record.snapshot:
         raise Corrupt(f"execution {execution_id} ended without a snapshot of its jobs")
-    state = await ended_state(ctx, record, shard)
-    state.submitted_by = record.submitted_by
+    state = await ended_state(ctx, record, shard, record.snapshot, record.snapshot_parts)
     await _load_large_results(ctx, state)
     last = await ctx.journal.last_seq(execution_id)
     entries = [
