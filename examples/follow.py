@@ -18,6 +18,7 @@ import os
 import sys
 
 import nats
+from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from shared.nats_conn import connect_options
@@ -35,7 +36,7 @@ async def follow(server: str, namespace: str, execution_id: str) -> int:
     stream = f"{namespace.upper().replace('-', '_')}_EVENTS"
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
-    async def on_event(msg: nats.aio.msg.Msg) -> None:
+    async def on_event(msg: Msg) -> None:
         event = json.loads(msg.data)
         what = msg.subject.rsplit(".", 1)[1]
         if what == "jobs":

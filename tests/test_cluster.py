@@ -1,6 +1,7 @@
 """Scenario 8: a 3-node NATS cluster (three local nats-server processes with routes, every stream and KV
-bucket at R3). A node killed mid-run, or frozen for 20 s (a partition as the rest of the cluster sees it),
-costs no execution: all of them complete with exact counts, and a frozen node rejoins and catches up.
+bucket at R3). A node killed mid-run, or frozen until the load has ended (a partition as the rest of the cluster
+sees it: sockets open, nothing answered), costs no execution: all of them complete with exact counts, and a frozen
+node rejoins and catches up.
 
 The tests start and stop the cluster themselves. Each prints what it measured (run with `-s`).
 """
@@ -40,6 +41,9 @@ CLUSTER_ENV = {
     "JETDAG_HEARTBEAT_INTERVAL_S": "1",
 }
 EXECUTIONS = 10
+# The majority must finish the load without a frozen node within this (measured 15-18 s on the 2-core machine;
+# before the routes' ping settings in jetdag.natsserver, 22-91 s: the survivors kept routing to the frozen node).
+SURVIVORS_FINISH_WITHIN_S = 40.0
 
 
 def monitor_json(node: NatsServer, path: str) -> dict[str, Any] | None:
@@ -328,7 +332,7 @@ async def test_node_killed_mid_run_costs_no_execution(
     assert all(p.alive() for p in stack.procs), [p.name for p in stack.procs if not p.alive()]
 
 
-async def test_node_frozen_for_20_s_rejoins_and_costs_no_execution(
+async def test_node_frozen_until_the_load_ends_costs_no_execution_and_rejoins(
     cluster: dict[str, NatsServer], cluster_stack: Stack, http: httpx.AsyncClient, cnc: Client, clock: EventClock
 ) -> None:
     stack = cluster_stack
@@ -336,13 +340,19 @@ async def test_node_frozen_for_20_s_rejoins_and_costs_no_execution(
     frozen = cluster[frozen_name]
     frozen.signal(signal.SIGSTOP)
     frozen_at = time.monotonic()
-    finishing = asyncio.ensure_future(all_final(http, stack, ids))
     try:
-        await asyncio.sleep(20)  # the partition itself
+        # The partition lasts until the majority has finished the load without the node, with exact counts.
+        try:
+            finals, seen_final_at = await asyncio.wait_for(all_final(http, stack, ids), SURVIVORS_FINISH_WITHIN_S)
+        except TimeoutError:
+            raise AssertionError(
+                f"the executions did not end within {SURVIVORS_FINISH_WITHIN_S} s of freezing {frozen_name}: "
+                "the majority stalled on a node that answers nothing"
+            ) from None
+        await assert_exact(http, stack, finals)
     finally:
         frozen.signal(signal.SIGCONT)
     resumed_at = time.monotonic()
-    finals, seen_final_at = await finishing
     first_after = await clock.first_completion_after(frozen_at)
     # The node rejoins: healthy (its streams and consumers current again), and a current replica of the job stream.
     await wait_for(lambda: fully_healthy(frozen), timeout=60, interval=0.2, message=f"{frozen_name} healthy again")
@@ -359,7 +369,8 @@ async def test_node_frozen_for_20_s_rejoins_and_costs_no_execution(
     await wait_for(caught_up, timeout=60, interval=0.2, message=f"{frozen_name} a current job stream replica")
     current_at = time.monotonic()
     print(
-        f"\ncluster node SIGSTOP 20 s ({frozen_name}, leader of the job stream; {baseline}/{total} jobs done): "
+        f"\ncluster node SIGSTOP until the load ended ({frozen_name}, leader of the job stream; "
+        f"{baseline}/{total} jobs done): "
         f"first completion {since(first_after, frozen_at)} after the freeze, all {EXECUTIONS} executions ended "
         f"{since(clock.end_of(ids), frozen_at)} after it (final through the API after "
         f"{since(seen_final_at, frozen_at)}); longest pause in completions "
@@ -367,6 +378,7 @@ async def test_node_frozen_for_20_s_rejoins_and_costs_no_execution(
         f"{since(healthy_at, resumed_at)}, "
         f"current job stream replica in {since(current_at, resumed_at)}"
     )
+    # Still exact with the node back: what it held while frozen changes nothing.
     await assert_exact(http, stack, finals)
     await clock.assert_all_announced(ids)
     assert all(p.alive() for p in stack.procs), [p.name for p in stack.procs if not p.alive()]

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from jetdag.cli import cli
-from jetdag.natsserver import find_nats_server, free_port
+from jetdag.natsserver import ROUTE_PING_INTERVAL, ROUTE_PING_MAX, find_nats_server, free_port
 from shared.settings import all_settings_classes
 from tests.api import job
 from tests.docs import Shell, assert_shows, blocks, console_commands
@@ -97,6 +97,16 @@ def test_units_start_commands_that_exist_with_settings_jetdag_has() -> None:
     assert not set(env_file(DEPLOY / "jetdag.env")) - SETTINGS
     nats = unit("nats-server.service")["Service"]
     assert nats["ExecStart"].endswith("-c /etc/nats/nats-server.conf") and nats["KillSignal"] == "SIGUSR2"
+
+
+def test_the_node_configs_drop_a_silent_peer_as_the_tested_cluster_does() -> None:
+    """deploy/cluster/*.conf close their routes to a frozen node with the settings the cluster tests run with."""
+    for name in NODES:
+        text = (DEPLOY / "cluster" / f"{name}.conf").read_text()
+        block = text[text.index("\ncluster {") :]
+        block = block[: block.index("\n}\n")]
+        assert f'ping_interval: "{ROUTE_PING_INTERVAL}"' in block, name
+        assert f"ping_max: {ROUTE_PING_MAX}" in block, name
 
 
 def test_every_command_of_production_md_is_run() -> None:
