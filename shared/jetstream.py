@@ -30,7 +30,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from shared.logging import get_logger
-from shared.pipeline import WRONG_LAST_SEQUENCE_CODES
+from shared.pipeline import STORE_FULL_CODES, WRONG_LAST_SEQUENCE_CODES, JetStreamError
 from shared.settings import StorageSettings
 from shared.subjects import Names
 
@@ -39,6 +39,7 @@ __all__ = [
     "ensure_bucket",
     "ensure_stream",
     "events_stream_config",
+    "is_store_full",
     "is_wrong_last_sequence",
     "jobs_stream_config",
     "journal_stream_config",
@@ -212,6 +213,11 @@ async def kv_entries(js: JetStreamContext, bucket: str, keys: str = ">", timeout
         return list(found.values())
     finally:
         await sub.unsubscribe()
+
+
+def is_store_full(exc: BaseException) -> bool:
+    """True if JetStream refused a write for want of room (through nats-py or our pipeline alike)."""
+    return isinstance(exc, APIError | JetStreamError) and exc.err_code in STORE_FULL_CODES
 
 
 def is_wrong_last_sequence(exc: BaseException) -> bool:

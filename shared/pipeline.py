@@ -16,10 +16,14 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-__all__ = ["WRONG_LAST_SEQUENCE_CODES", "JetStreamError", "Pipeline"]
+__all__ = ["STORE_FULL_CODES", "WRONG_LAST_SEQUENCE_CODES", "JetStreamError", "Pipeline"]
 
 # JSStreamWrongLastSequenceErrF / JSStreamWrongLastSequenceConstantErr: a compare-and-set lost its race.
 WRONG_LAST_SEQUENCE_CODES = (10071, 10164)
+# JSAccountResourcesExceededErr, JSInsufficientResourcesErr, JSMemoryResourcesExceededErr,
+# JSStorageResourcesExceededErr: the write was refused for want of room (an account's or the server's limit, or
+# the disk); nothing of it was stored.
+STORE_FULL_CODES = (10002, 10023, 10028, 10047)
 
 
 class JetStreamError(Exception):

@@ -305,14 +305,22 @@ async def test_the_consumer_limit_and_a_full_store(tmp_path: Path, nats_cli: str
         pad = "x" * 1000
         jobs = [job(f"j{i}", "sleep", config={"seconds": 600, "pad": pad}) for i in range(400)]
         refused = None
+        created: list[str] = []
         for _ in range(20):
             r = await http.post(f"{stack.url}/execute", json={"workflowId": "big", "jobs": jobs}, timeout=90)
             if r.status_code != 201:
                 refused = r
                 break
-        assert refused is not None and refused.status_code == 500, "the store never filled"
-        assert refused.json()["error"] == "internal error in the jetdag-scheduler service; see its log"
-        assert "resource limits exceeded for account (code 400, err_code 10002)" in scheduler.log_path.read_text()
+            created.append(r.json()["executionId"])
+        assert refused is not None, "the store never filled"
+        # A 503 that means "not done": the answer says why, and the refused execution left nothing behind.
+        assert refused.status_code == 503, refused.text
+        error = refused.json()["error"]
+        assert error.startswith("JetStream has no room to store the execution (resource limits exceeded for account")
+        assert "nothing was submitted" in error
+        assert "execution refused: the store is full" in scheduler.log_path.read_text()
+        listed = (await http.get(f"{stack.url}/executions", params={"workflowId": "big", "limit": 50})).json()
+        assert sorted(e["executionId"] for e in listed["executions"]) == sorted(created), listed
         await run_block(shell, "storage")
     finally:
         stack.stop_all()

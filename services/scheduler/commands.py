@@ -29,6 +29,7 @@ from shared.commands import (
     forward,
 )
 from shared.ids import check_id, check_idempotency_key, check_name
+from shared.jetstream import is_store_full
 from shared.keys import execution_key, idempotency_key, kv_subject
 from shared.logging import get_logger
 from shared.messages import (
@@ -262,18 +263,31 @@ class Commands:
         self, request: ExecuteRequest, dag: Dag, shard: Shard, execution_id: str, submitted_by: str | None
     ) -> ExecutionView:
         run_at = start_at(request, now_ms())
-        owned = await create(
-            self.ctx,
-            execution_id=execution_id,
-            workflow_id=request.workflow_id,
-            parallelism=request.parallelism,
-            priority=request.priority,
-            jobs=list(dag.jobs.values()),
-            shard=shard.n,
-            epoch=shard.revision,
-            submitted_by=submitted_by,
-            run_at=None if run_at is None else iso_from_ms(run_at),
-        )
+        try:
+            owned = await create(
+                self.ctx,
+                execution_id=execution_id,
+                workflow_id=request.workflow_id,
+                parallelism=request.parallelism,
+                priority=request.priority,
+                jobs=list(dag.jobs.values()),
+                shard=shard.n,
+                epoch=shard.revision,
+                submitted_by=submitted_by,
+                run_at=None if run_at is None else iso_from_ms(run_at),
+            )
+        except Exception as exc:
+            if not is_store_full(exc):
+                raise
+            # Refused before its record (the commit point) was stored: it does not exist. What of its journal
+            # was stored is an uncommitted draft under a fresh id; drop it, so a full store is not fuller.
+            log.warning("execution refused: the store is full", executionId=execution_id, error=str(exc))
+            with contextlib.suppress(Exception):
+                await self.ctx.journal.purge(execution_id)
+            raise Unavailable(
+                f"JetStream has no room to store the execution ({exc}); nothing was submitted. Free space in the "
+                "store or raise its limit, then retry"
+            ) from None
         self.manager.owned[execution_id] = owned
         view = await owned.view()
         await owned.execution_event("created")
