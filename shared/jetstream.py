@@ -35,6 +35,7 @@ from shared.settings import StorageSettings
 from shared.subjects import Names
 
 __all__ = [
+    "MAX_CONSUMERS_REACHED",
     "KvItem",
     "ensure_bucket",
     "ensure_stream",
@@ -51,6 +52,8 @@ __all__ = [
 log = get_logger(__name__)
 
 STREAM_NAME_IN_USE = 10058
+# JSMaximumConsumersLimitErr: the account's (or the stream's) `max_consumers` refuses one more.
+MAX_CONSUMERS_REACHED = 10026
 MAX_MESSAGE_BYTES = 1024 * 1024
 
 

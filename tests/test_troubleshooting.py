@@ -297,8 +297,16 @@ async def test_the_consumer_limit_and_a_full_store(tmp_path: Path, nats_cli: str
 
         # w1 took 30 consumers (3 handlers x cpu, any x 5 bands); w2's gpu needs 15 more.
         w2 = stack.process("w2", "services.worker", "--id", "w2", "--capabilities", "cpu,gpu").start()
-        await wait_for(lambda: "maximum consumers limit reached" in scheduler.log_path.read_text(), message="limit")
-        await wait_for(lambda: "waiting for the scheduler" in w2.log_path.read_text(), message="w2 waits")
+        await wait_for(lambda: "consumer refused" in scheduler.log_path.read_text(), message="limit")
+
+        def w2_says_why() -> bool:
+            # The worker's own log names the cause and the fix, not an internal error.
+            text = w2.log_path.read_text()
+            return "waiting for the scheduler" in text and "maximum consumers limit reached" in text
+
+        await wait_for(w2_says_why, message="w2 waits, saying why")
+        assert "internal error" not in w2.log_path.read_text()
+        assert "raise the account's max_consumers" in w2.log_path.read_text()
         await run_block(shell, "consumers")
 
         # Fill the 2 MB: big submissions until one fails.

@@ -19,10 +19,12 @@ from collections.abc import Callable
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from shared.commands import Unavailable
 from shared.events import publish_event
+from shared.jetstream import MAX_CONSUMERS_REACHED
 from shared.keys import QUEUE_KEY, queue_event_msg_id
 from shared.logging import get_logger
 from shared.messages import (
@@ -129,9 +131,22 @@ class JobQueue:
             await self.js.consumer_info(self.names.jobs_stream, name)
         except NotFoundError:
             until = consumer_until(await self.pauses(), capability, job_type)
-            await self.js.add_consumer(
-                self.names.jobs_stream, self.consumer_config(capability, job_type, ref.priority, until=until)
-            )
+            try:
+                await self.js.add_consumer(
+                    self.names.jobs_stream, self.consumer_config(capability, job_type, ref.priority, until=until)
+                )
+            except APIError as exc:
+                if exc.err_code != MAX_CONSUMERS_REACHED:
+                    raise
+                # Not a fault of ours to trace back: a limit the operator set. Say which, to both sides: the
+                # worker asking repeats this sentence in its log until the limit is raised.
+                reason = (
+                    f"JetStream refused consumer {name} on {self.names.jobs_stream}: {exc.description} "
+                    f"(err_code {MAX_CONSUMERS_REACHED}); raise the account's max_consumers or offer fewer "
+                    "(capability, handler) pairs"
+                )
+                log.warning("consumer refused", consumer=name, error=reason)
+                raise Unavailable(reason) from None
             log.info("consumer created", consumer=name, paused_until=until)
             again = consumer_until(await self.pauses(), capability, job_type)
             if again != until:
