@@ -39,8 +39,8 @@ def test_bench_quick_prints_the_table() -> None:
     assert "| GET /queue/stats |" in out and "| gateway |" in out, out
     for endpoint in ("GET /execute/{id}", "GET /queue/stats"):
         # The load generator read whole 200 answers, and no other kind.
-        row = re.search(rf"^\| {re.escape(endpoint)} \| \d+ \| ([\d,]+) \|.*\| (\d+) \|$", out, re.MULTILINE)
-        assert row is not None and int(row[1].replace(",", "")) > 0 and row[2] == "0", out
+        load = re.search(rf"^\| {re.escape(endpoint)} \| \d+ \| ([\d,]+) \|.*\| (\d+) \|$", out, re.MULTILINE)
+        assert load is not None and int(load[1].replace(",", "")) > 0 and load[2] == "0", out
     assert re.search(r"^\| W2 [^|]+\| \d+\.\d \|$", out, re.MULTILINE), out  # the scheduler's RSS after the run
 
 
