@@ -23,6 +23,7 @@ __all__ = [
     "consumer_until",
     "covers",
     "describe",
+    "held_by",
     "is_global",
     "pause_of",
     "paused",
@@ -121,3 +122,15 @@ def describe(pause: QueuePause) -> str:
     if pause.type is not None:
         return f"type {pause.type!r}"
     return "everything"
+
+
+def held_by(pauses: Iterable[QueuePause], capability: str, job_type: str) -> str | None:
+    """Why the pauses hold a (capability, type) job, as a job's `waitingReason` says it: `the queue is paused`
+    (everything, until resumed), with the scope when only some of the queue is (`for capability 'gpu'`) and the
+    time when every pause covering it ends by itself; None: nothing holds it."""
+    covering = [p for p in pauses if covers(p, capability, job_type)]
+    if not covering:
+        return None
+    scope = "" if any(is_global(p) for p in covering) else " for " + "; ".join(describe(p) for p in covering)
+    until = consumer_until(covering, capability, job_type)
+    return f"the queue is paused{scope}" + ("" if until == PAUSE_FOREVER else f" until {until}")

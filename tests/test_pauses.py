@@ -9,7 +9,7 @@ import pytest
 
 from shared.commands import Invalid
 from shared.messages import QueuePause, QueuePauseRequest, QueueResumeRequest, QueueState
-from shared.pauses import PAUSE_FOREVER, active, consumer_until, pause_of, paused, resumed
+from shared.pauses import PAUSE_FOREVER, active, consumer_until, held_by, pause_of, paused, resumed
 from shared.timeutil import iso_from_ms
 
 NOW = 1_800_000_000_000
@@ -27,6 +27,22 @@ def test_a_consumer_is_paused_until_the_latest_end_of_the_pauses_covering_it() -
     assert consumer_until(pauses, "cpu", "etl") == PAUSE_FOREVER
     assert consumer_until(pauses, "cpu", "noop") is None
     assert consumer_until([*pauses, p()], "cpu", "noop") == PAUSE_FOREVER
+
+
+def test_a_held_job_says_which_pauses_hold_it_and_until_when() -> None:
+    assert held_by([p()], "cpu", "noop") == "the queue is paused"
+    assert held_by([p(until_s=10)], "cpu", "noop") == f"the queue is paused until {iso_from_ms(NOW + 10_000)}"
+    assert held_by([p("gpu")], "gpu", "noop") == "the queue is paused for capability 'gpu'"
+    assert held_by([p("gpu")], "cpu", "noop") is None
+    both = [p("gpu", until_s=10), p(job_type="train", until_s=60)]
+    assert held_by(both, "gpu", "train") == (
+        f"the queue is paused for capability 'gpu'; type 'train' until {iso_from_ms(NOW + 60_000)}"
+    )
+    # One pause without an end holds it until resumed; a pause of everything needs no scope.
+    assert held_by([*both, p("gpu", "train")], "gpu", "train") == (
+        "the queue is paused for capability 'gpu'; type 'train'; capability 'gpu', type 'train'"
+    )
+    assert held_by([p("gpu"), p()], "gpu", "noop") == "the queue is paused"
 
 
 def test_ended_pauses_are_not_in_effect_and_an_old_switch_is_a_pause_of_everything() -> None:

@@ -96,7 +96,7 @@ async def test_a_timed_pause_of_one_type_holds_only_it_and_ends_by_itself(
 async def test_a_capability_pause_covers_a_later_consumer_and_resume_by_scope(
     stack: Stack, http: httpx.AsyncClient, nc: Client
 ) -> None:
-    await stack.up(workers=1)
+    await stack.up(workers=1, JETDAG_STALL_AFTER_S="1", JETDAG_SWEEP_INTERVAL_S="0.3")
     events = await follow_queue_events(nc, stack)
     r = await http.post(f"{stack.url}/queue/pause", json={"capability": "gpu", "reason": "driver update"})
     assert r.status_code == 200 and r.json()["message"].startswith("queue paused: capability 'gpu'"), r.text
@@ -111,6 +111,13 @@ async def test_a_capability_pause_covers_a_later_consumer_and_resume_by_scope(
     assert all(c.paused for c in await bands(nc, stack, "gpu", "noop"))
     assert not any(c.paused for c in await bands(nc, stack, "any", "noop"))
     assert (await jobs(http, stack.url, eid))["gpu-side"]["status"] == "queued"
+
+    async def says_which_pause() -> bool:
+        return (await jobs(http, stack.url, eid))["gpu-side"].get("waitingReason") == (
+            "the queue is paused for capability 'gpu'"
+        )
+
+    await wait_for(says_which_pause, timeout=20, message="the held job names the pause holding it")
 
     # A pause of everything on top; ending the gpu pause leaves gpu paused by it.
     assert (await http.post(f"{stack.url}/queue/pause", json={})).json()["isPaused"] is True

@@ -52,19 +52,19 @@ def worker(worker_id: str, caps: list[str], handlers: list[str], load: int = 0, 
 def test_waiting_reasons_name_what_is_missing() -> None:
     cpu = worker("w1", ["cpu"], ["noop", "sleep"])
     assert (
-        waiting_reason("train", "tpu", [cpu], False) == "no live worker has capability 'tpu' and a handler for 'train'"
+        waiting_reason("train", "tpu", [cpu], None) == "no live worker has capability 'tpu' and a handler for 'train'"
     )
-    assert waiting_reason("noop", "tpu", [cpu], False) == "no live worker has capability 'tpu'"
-    assert waiting_reason("preprocessing", None, [cpu], False) == "no live worker has a handler for 'preprocessing'"
-    assert waiting_reason("preprocessing", "cpu", [cpu], False) == (
+    assert waiting_reason("noop", "tpu", [cpu], None) == "no live worker has capability 'tpu'"
+    assert waiting_reason("preprocessing", None, [cpu], None) == "no live worker has a handler for 'preprocessing'"
+    assert waiting_reason("preprocessing", "cpu", [cpu], None) == (
         "no live worker with capability 'cpu' has a handler for 'preprocessing'"
     )
-    assert waiting_reason("noop", None, [], False) == "no live worker is connected"
-    assert waiting_reason("noop", None, [cpu], True) == "the queue is paused"
+    assert waiting_reason("noop", None, [], None) == "no live worker is connected"
+    assert waiting_reason("noop", None, [cpu], "the queue is paused") == "the queue is paused"  # it wins over the rest
     busy = worker("w2", ["cpu"], ["noop"], load=2, status="busy")
-    assert waiting_reason("noop", None, [busy], False) == "every worker able to run it is busy (2 of 2 slots)"
+    assert waiting_reason("noop", None, [busy], None) == "every worker able to run it is busy (2 of 2 slots)"
     gone = worker("w3", ["tpu"], ["train"], status="unhealthy")
-    assert waiting_reason("train", "tpu", [gone], False) == "no live worker is connected"
+    assert waiting_reason("train", "tpu", [gone], None) == "no live worker is connected"
 
 
 # --- bundles --------------------------------------------------------------------------------------------------

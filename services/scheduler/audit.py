@@ -20,7 +20,7 @@ from shared.commands import CommandError, request
 from shared.logging import get_logger
 from shared.messages import ListWorkers, WorkerList, WorkerView
 from shared.metrics import SchedulerMetrics
-from shared.pauses import consumer_until
+from shared.pauses import held_by
 from shared.timeutil import ms_from_iso, now_ms
 
 from .lifecycle import Context, Owned
@@ -36,10 +36,11 @@ METRICS_EVERY = 5
 """Rounds between two measurements of the gauges (they walk every owned job)."""
 
 
-def waiting_reason(job_type: str, capability: str | None, workers: list[WorkerView], paused: bool) -> str:
-    """Why a queued job is not picked up, in one sentence (pure: tested without NATS)."""
-    if paused:
-        return "the queue is paused"
+def waiting_reason(job_type: str, capability: str | None, workers: list[WorkerView], paused: str | None) -> str:
+    """Why a queued job is not picked up, in one sentence (pure: tested without NATS); `paused`: the sentence of
+    the pauses holding it (shared.pauses.held_by), if any."""
+    if paused is not None:
+        return paused
     live = [w for w in workers if w.status in ("idle", "busy") and isinstance(w.metadata.get("handlers"), list)]
     if not live:
         return "no live worker is connected"
@@ -113,9 +114,10 @@ class Audit:
         pauses = await self.queue.pauses()
         for owned, jobs in stalled:
             reasons: dict[str, str | None] = {}
-            held = {j.id for j in jobs if consumer_until(pauses, j.capability, j.type) is not None}
+            holding = {j.id: held_by(pauses, j.capability, j.type) for j in jobs}
+            held = {job_id for job_id, why in holding.items() if why is not None}
             for job in jobs:
-                reason = waiting_reason(job.type, job.requested_capability, workers, job.id in held)
+                reason = waiting_reason(job.type, job.requested_capability, workers, holding[job.id])
                 key = (owned.execution_id, job.id)
                 if self._warned.get(key) != reason:
                     self._warned[key] = reason
