@@ -42,15 +42,50 @@ function pauseScope(p) {
   return "everything";
 }
 
+/** The body of a finer pause from the form's fields: empty fields are left out, minutes become `durationS`. */
+export function pauseBody({ capability, type, minutes, reason }) {
+  const body = {};
+  if (capability.trim()) body.capability = capability.trim();
+  if (type.trim()) body.type = type.trim();
+  if (String(minutes).trim()) body.durationS = Number(minutes) * 60;
+  if (reason.trim()) body.reason = reason.trim();
+  return body;
+}
+
+/** A pause of one capability or job type, for a while, with a reason: the API checks it and says what is wrong. */
+function PauseForm({ busy, act }) {
+  const empty = { capability: "", type: "", minutes: "", reason: "" };
+  const [fields, setFields] = useState(empty);
+  const field = (name, label, attrs = {}) => html`<label class="field inline"><span>${label}</span>
+    <input name=${name} value=${fields[name]} ...${attrs}
+      onInput=${(e) => setFields({ ...fields, [name]: e.currentTarget.value })} /></label>`;
+  const submit = async (e) => {
+    e.preventDefault();
+    if (await act("pause", pauseBody(fields))) setFields(empty);
+  };
+  return html`<details class="pause-form">
+    <summary>Pause part of the queue, or for a while</summary>
+    <form class="filters" onSubmit=${submit}>
+      ${field("capability", "Capability", { placeholder: "any" })}
+      ${field("type", "Job type", { placeholder: "any" })}
+      ${field("minutes", "Minutes", { type: "number", min: "0", step: "any", placeholder: "until resumed" })}
+      ${field("reason", "Reason", { maxlength: "500" })}
+      <button type="submit" class="button" data-action="pause-scope" disabled=${busy}>Pause</button>
+    </form>
+  </details>`;
+}
+
 function Queue({ queue, error }) {
   const [busy, setBusy] = useState(false);
-  const act = async (what) => {
+  const act = async (what, body) => {
     setBusy(true);
     try {
-      const reply = await api(`/queue/${what}`, { method: "POST" });
+      const reply = await api(`/queue/${what}`, { method: "POST", body });
       notify(reply.message);
+      return true;
     } catch (e) {
       notify(e.message, "error");
+      return false;
     } finally {
       setBusy(false);
     }
@@ -82,9 +117,14 @@ function Queue({ queue, error }) {
           (p) => html`<li data-pause=${pauseScope(p)}>
             <strong>${pauseScope(p)}</strong> paused ${p.until ? `until ${clock(p.until)}` : "until resumed"}
             ${p.reason && html`<span class="muted"> · ${p.reason}</span>`}
+            ${(p.capability || p.type) &&
+            html` <button type="button" class="button small" data-action="resume-pause" disabled=${busy}
+              onClick=${() => act("resume", { capability: p.capability ?? undefined, type: p.type ?? undefined })}
+              aria-label=${`Resume ${pauseScope(p)}`}>Resume</button>`}
           </li>`,
         )}
       </ul>`}
+      <${PauseForm} busy=${busy || !queue} act=${act} />
     </section>
   `;
 }
