@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from nats.aio.client import Client
 
+from shared.settings import ExecutionSettings
 from tests.api import job, jobs, stats, status, submit, wait_final
 from tests.conftest import Stack
 from tests.helpers import wait_for
@@ -201,6 +202,39 @@ async def test_a_job_message_lost_from_the_stream_is_found_and_dispatched_again(
     await wait_for(dispatched_again, timeout=20, message="the lost job to be dispatched again")
     await stack.worker("w1", "--capabilities", "later")
     assert (await wait_final(http, stack.url, eid))["status"] == "completed"
+
+
+# --- 4. a slow command is answered, not reported failed --------------------------------------------------------
+
+
+async def test_the_largest_dag_and_its_cancel_are_answered_not_503(stack: Stack, http: httpx.AsyncClient) -> None:
+    """The documented maximum (JETDAG_MAX_JOBS, every job ready at once) and its cancel, with the stack's
+    default timeouts (the tests' request timeout is 5 s): each answers what happened, however long it takes."""
+    await stack.up()  # no worker: every job stays queued, so the cancel has all of them to withdraw
+    max_jobs = ExecutionSettings().max_jobs
+    body = {"workflowId": "wf-largest", "jobs": [job(f"j{i}") for i in range(max_jobs)]}
+    started = asyncio.get_running_loop().time()
+    r = await http.post(f"{stack.url}/execute", json=body, timeout=120)
+    submitted = asyncio.get_running_loop().time() - started
+    assert r.status_code == 201, r.text[:300]
+    eid = r.json()["executionId"]
+
+    async def all_queued() -> bool:
+        return bool((await status(http, stack.url, eid))["progress"]["queued"] == max_jobs)
+
+    await wait_for(all_queued, timeout=60, message=f"{max_jobs} jobs queued")
+    started = asyncio.get_running_loop().time()
+    r = await http.post(f"{stack.url}/execute/{eid}/cancel", timeout=120)
+    cancelled = asyncio.get_running_loop().time() - started
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["status"] == "cancelled"
+    print(f"\n{max_jobs} jobs: 201 after {submitted:.1f} s, cancel 200 after {cancelled:.1f} s")
+
+    async def nothing_waiting() -> bool:
+        return bool((await stats(http, stack.url))["stats"]["waiting"] == 0)
+
+    await wait_for(nothing_waiting, timeout=60, message="the withdrawn jobs no longer counted waiting")
+    assert (await status(http, stack.url, eid))["progress"]["cancelled"] == max_jobs
 
 
 # --- 4. a retried submit never creates a second execution --------------------------------------------------
