@@ -260,6 +260,36 @@ async def test_the_same_idempotency_key_returns_the_same_execution(stack: Stack,
     assert listed["count"] == 1
 
 
+async def test_an_idempotency_key_is_kept_for_its_ttl_then_names_a_new_execution(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    await stack.up(workers=1, JETDAG_IDEMPOTENCY_TTL_S="2")
+    body = {"workflowId": "wf-ttl", "jobs": [job("a")]}
+    headers = {"Idempotency-Key": "nightly-7"}
+    first = await http.post(f"{stack.url}/execute", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    started = asyncio.get_running_loop().time()
+    again = await http.post(f"{stack.url}/execute", json=body, headers=headers)
+    assert again.status_code == 200 and again.json()["executionId"] == first.json()["executionId"]
+    created: list[str] = []
+
+    async def expired() -> bool:
+        r = await http.post(f"{stack.url}/execute", json=body, headers=headers)
+        assert r.status_code in (200, 201), r.text
+        if r.status_code == 201:
+            created.append(r.json()["executionId"])
+            return True
+        assert r.json()["executionId"] == first.json()["executionId"]
+        return False
+
+    await wait_for(expired, timeout=30, interval=0.2, message="the key forgotten after its TTL")
+    # Not before its TTL, and then one new execution, not a second copy of the first.
+    assert asyncio.get_running_loop().time() - started >= 1.5
+    assert created and created[0] != first.json()["executionId"]
+    listed = (await http.get(f"{stack.url}/executions", params={"workflowId": "wf-ttl"})).json()
+    assert listed["count"] == 2
+
+
 async def test_concurrent_submits_with_one_key_create_one_execution(stack: Stack, http: httpx.AsyncClient) -> None:
     await stack.up(workers=1)
     body = {"workflowId": "wf-race", "jobs": [job("a"), job("b", "noop", ["a"])]}
