@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import httpx
 from nats.aio.client import Client
 
+from services.scheduler.recovery import shard_of
 from shared.settings import ExecutionSettings
 from tests.api import job, jobs, stats, status, submit, wait_final
 from tests.conftest import Stack
@@ -202,6 +205,41 @@ async def test_a_job_message_lost_from_the_stream_is_found_and_dispatched_again(
     await wait_for(dispatched_again, timeout=20, message="the lost job to be dispatched again")
     await stack.worker("w1", "--capabilities", "later")
     assert (await wait_final(http, stack.url, eid))["status"] == "completed"
+
+
+async def test_a_running_job_whose_report_was_lost_is_found_and_runs_again(
+    stack: Stack, http: httpx.AsyncClient, nc: Client
+) -> None:
+    """The other way to be left open with nothing in flight: a job ran, its worker stored its report and acked
+    its message, and the report was lost before the scheduler read it (here: purged while the scheduler is
+    stopped). Nothing would ever report on the job again; the audit finds it and runs it again."""
+    await stack.up(workers=1, **QUICK_AUDIT)
+    scheduler = next(p for p in stack.procs if p.name == "scheduler")
+    # The job outlasts the stopped scheduler's pull requests (they expire after 10 s), so its report is stored
+    # and not delivered: a report already in the scheduler's socket would not be lost by the purge.
+    eid = await submit(http, stack.url, [job("a", "sleep", config={"seconds": 12}), job("b", "noop", ["a"])])
+    await running(http, stack.url, eid)
+    js = nc.jetstream()
+    shard = stack.names.reports_consumer(shard_of(eid, ExecutionSettings().shards))
+    os.kill(scheduler.pid, signal.SIGSTOP)
+    try:
+
+        async def reported_and_acked() -> bool:
+            consumer = await js.consumer_info(stack.names.reports_stream, shard)
+            queued = await js.stream_info(stack.names.jobs_stream, subjects_filter=stack.names.jobs_of_execution(eid))
+            return consumer.num_pending >= 1 and not consumer.num_ack_pending and queued.state.messages == 0
+
+        await wait_for(reported_and_acked, timeout=40, message="the report stored, undelivered, the job message acked")
+        await js.purge_stream(stack.names.reports_stream)
+    finally:
+        os.kill(scheduler.pid, signal.SIGCONT)
+    final = await wait_final(http, stack.url, eid, timeout=60)
+    assert final["status"] == "completed", final
+    assert scheduler.has_logged("running jobs with no job message and no report left; dispatched again")
+    a = (await jobs(http, stack.url, eid))["a"]
+    # It ran twice, both runs on the books; one attempt (the first one's result was lost, not its verdict).
+    assert a["status"] == "completed" and a["attempts"] == 1, a
+    assert [d["workerId"] for d in a["deliveries"]] == ["w1", "w1"], a
 
 
 # --- 4. a slow command is answered, not reported failed --------------------------------------------------------

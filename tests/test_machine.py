@@ -243,6 +243,29 @@ def test_a_handed_back_job_is_dispatched_again_alone() -> None:
     assert step.dispatched == [1] and j1.solo and j1.bundle != s.jobs[0].bundle and j1.status == "queued"
 
 
+def test_a_running_job_whose_report_was_lost_runs_again_and_the_old_run_changes_nothing() -> None:
+    clock = Clock()
+    s = state_of(cfg("a"), cfg("b", ["a"]))
+    m.on_start(s, clock.env())
+    a = s.jobs[0]
+    old = a.token or ""
+    m.on_report(s, clock.env(), JobStartedReport(execution_id="exec-1", job_id="a", token=old, at=AT, attempt=1), "w1")
+    assert statuses(s)["a"] == "running" and s.counts.running == 1
+    step = m.on_requeue(s, clock.env(), ["a"])
+    assert step.dispatched == [0] and statuses(s)["a"] == "queued" and a.token != old
+    assert s.counts.running == 0 and s.counts.queued == 1
+    # The lost run's report, if it turns up after all, is a stale one.
+    late = msgspec.structs.replace(finished(a), token=old)
+    assert not m.on_report(s, clock.env(), late, "w1") and statuses(s)["a"] == "queued"
+    new = a.token or ""
+    m.on_report(s, clock.env(), JobStartedReport(execution_id="exec-1", job_id="a", token=new, at=AT, attempt=1), "w1")
+    assert [d.worker_id for d in a.deliveries] == ["w1", "w1"] and a.attempts == 1  # both runs on the books
+    m.on_report(s, clock.env(), finished(a), "w1")
+    assert statuses(s) == {"a": "completed", "b": "queued"}
+    # Ended jobs are not dispatched again.
+    assert not m.on_requeue(s, clock.env(), ["a"]) and statuses(s)["a"] == "completed"
+
+
 def test_bundles_group_ready_jobs_of_one_type_up_to_the_bundle_size() -> None:
     clock = Clock()
     jobs = [cfg(f"n{i}") for i in range(10)] + [cfg(f"s{i}", type="sleep") for i in range(3)]

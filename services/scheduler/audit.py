@@ -6,6 +6,10 @@ Every sweep interval, for the executions this replica owns:
   handlers; it shows in the job listing and the job events, and is logged once as a warning;
 - such a job whose message is no longer in the job stream (lost with a node, purged by hand) is dispatched again
   (seen missing twice in a row, so a message acked a moment ago whose result is on its way is not);
+- a job running for longer than the stall time whose message is gone from the job stream (a worker acks it
+  only once its report is stored) while its shard's reports consumer holds no report at all, delivered or not,
+  will never be reported on: the report was lost with data the reports stream lost (a purge, a node's unsynced
+  writes). Seen so at two looks in a row under the same token, it is dispatched again under a new token;
 - an open execution of a shard this replica owns that is not in memory (its adoption failed) is adopted again.
 """
 
@@ -33,6 +37,9 @@ __all__ = ["Audit", "waiting_reason"]
 log = get_logger(__name__)
 METRICS = SchedulerMetrics.process()
 METRICS_EVERY = 5
+LOST_RUNS_EVERY = 10
+"""Rounds between two looks for running jobs nothing will report on (a query of the reports consumer per shard
+and of the job stream per execution holding such a job, so not at every round)."""
 """Rounds between two measurements of the gauges (they walk every owned job)."""
 
 
@@ -69,6 +76,8 @@ class Audit:
     _missing: dict[tuple[str, str], str] = field(default_factory=dict)
     """(execution, job) → the token seen without a message at the previous audit."""
     _warned: dict[tuple[str, str], str] = field(default_factory=dict)
+    _unreported: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(execution, job) → the token of a run seen with no message and no report at the previous look."""
 
     async def run(self, interval_s: float) -> None:
         rounds = 0
@@ -76,6 +85,8 @@ class Audit:
             await asyncio.sleep(interval_s)
             try:
                 await self.once()
+                if rounds % LOST_RUNS_EVERY == 0:
+                    await self.lost_runs()
                 if rounds % METRICS_EVERY == 0:
                     await self.measure()
             except Exception as exc:
@@ -174,6 +185,55 @@ class Audit:
             elif job.token is not None:
                 self._missing[key] = job.token
         return lost
+
+    async def lost_runs(self) -> None:
+        """Dispatch again the running jobs nothing will ever report on (see the module's docstring)."""
+        cutoff = now_ms() - int(self.stall_after_s * 1000)
+        names = self.ctx.names
+        quiet: dict[int, bool] = {}
+        looked: set[tuple[str, str]] = set()
+        for owned in list(self.manager.owned.values()):
+            if owned.gone or owned.state.final or not owned.state.counts.running:
+                continue
+            jobs = [
+                j
+                for j in owned.state.jobs
+                if j.status == "running"
+                and j.token is not None
+                and j.started_at is not None
+                and ms_from_iso(j.started_at) < cutoff
+            ]
+            if not jobs:
+                continue
+            shard = owned.state.shard
+            if shard not in quiet:
+                # A report stored and not yet committed is pending or awaiting its ack here: then wait.
+                info = await self.ctx.js.consumer_info(names.reports_stream, names.reports_consumer(shard))
+                quiet[shard] = not info.num_pending and not info.num_ack_pending
+            if not quiet[shard]:
+                continue
+            stream = await self.ctx.js.stream_info(
+                names.jobs_stream, subjects_filter=names.jobs_of_execution(owned.execution_id)
+            )
+            present = set((stream.state.subjects or {}).keys())
+            lost: list[Job] = []
+            for job in jobs:
+                key = (owned.execution_id, job.id)
+                looked.add(key)
+                if names.jobs(job.capability, job.type, job.priority, owned.execution_id) in present:
+                    self._unreported.pop(key, None)
+                elif self._unreported.get(key) == job.token:
+                    lost.append(job)
+                    self._unreported.pop(key, None)
+                else:
+                    self._unreported[key] = job.token or ""
+            if lost:
+                owned.log.warning(
+                    "running jobs with no job message and no report left; dispatched again",
+                    jobs=[j.id for j in lost],
+                )
+                owned.requeue([j.id for j in lost])
+        self._unreported = {k: v for k, v in self._unreported.items() if k in looked}
 
     async def _stragglers(self) -> None:
         cutoff = now_ms() - int(self.stall_after_s * 1000)

@@ -667,7 +667,13 @@ def _record_start(b: _Builder, job: Job, worker_id: str, started_at: str, delive
     if job.waiting_reason is not None:
         fields["waiting_reason"] = None
     last = job.deliveries[-1] if job.deliveries else None
-    if last is None or (last.worker_id, last.delivery, last.attempt) != (worker_id, delivery, job.attempt):
+    # A start of a queued job is a new run (a dispatch under a new token, the same attempt when it was handed
+    # back or found lost): recorded even on the worker, delivery and attempt of the last one.
+    if (
+        last is None
+        or job.status == "queued"
+        or (last.worker_id, last.delivery, last.attempt) != (worker_id, delivery, job.attempt)
+    ):
         fields["delivery"] = Delivery(worker_id=worker_id, at=started_at, attempt=job.attempt, delivery=delivery)
     if job.started_at is None or job.status == "queued":
         fields["started_at"] = started_at
@@ -800,12 +806,13 @@ def on_schedule_timeout(state: ExecutionState, env: Env, job_id: str, why: str) 
 
 
 def on_requeue(state: ExecutionState, env: Env, job_ids: Iterable[str]) -> Step:
-    """Queued jobs whose message is gone from the job stream (never stored, or lost): dispatched again under a
-    new token, so a copy of the old message that turns up after all is ignored."""
+    """Queued jobs whose message is gone from the job stream (never stored, or lost), and running jobs whose
+    report is gone (their message acked, no report left to deliver): dispatched again under a new token, so a
+    copy of the old message, or a report of the old run, that turns up after all is ignored."""
     b = _Builder(state, env)
     for job_id in job_ids:
         job = state.job(job_id)
-        if job is None or job.status != "queued" or state.final:
+        if job is None or job.status not in ("queued", "running") or state.final:
             continue
         token = env.token()
         b.job(
