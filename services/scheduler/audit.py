@@ -37,10 +37,10 @@ __all__ = ["Audit", "waiting_reason"]
 log = get_logger(__name__)
 METRICS = SchedulerMetrics.process()
 METRICS_EVERY = 5
+"""Rounds between two measurements of the gauges (they walk every owned job)."""
 LOST_RUNS_EVERY = 10
 """Rounds between two looks for running jobs nothing will report on (a query of the reports consumer per shard
 and of the job stream per execution holding such a job, so not at every round)."""
-"""Rounds between two measurements of the gauges (they walk every owned job)."""
 
 
 def waiting_reason(job_type: str, capability: str | None, workers: list[WorkerView], paused: str | None) -> str:
