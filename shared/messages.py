@@ -93,6 +93,8 @@ class HeartbeatCommand(Message):
 
     worker_id: str
     current_load: int
+    problem: str | None = None
+    """Why the worker cannot take (some) jobs, in one sentence; None: nothing keeps it from working."""
 
 
 class WorkerRef(Message):
@@ -121,6 +123,8 @@ class WorkerRecord(Message):
     source: Literal["rest", "nats"] = "rest"
     unhealthy_since: str | None = None
     """Set by the registry when it announced the worker unhealthy; cleared by the next heartbeat."""
+    problem: str | None = None
+    """What the worker's last heartbeat said keeps it from taking jobs (HeartbeatCommand.problem)."""
 
 
 class WorkerView(Message):
@@ -139,6 +143,8 @@ class WorkerView(Message):
     registered_at: Timestamp
     heartbeat_interval_s: float
     metadata: dict[str, Any]
+    problem: str | None = None
+    """Why the worker cannot take (some) jobs, as its last heartbeat said (its consumers refused, say)."""
 
 
 class RegisterReply(Message):

@@ -307,6 +307,17 @@ async def test_the_consumer_limit_and_a_full_store(tmp_path: Path, nats_cli: str
         await wait_for(w2_says_why, message="w2 waits, saying why")
         assert "internal error" not in w2.log_path.read_text()
         assert "raise the account's max_consumers" in w2.log_path.read_text()
+
+        async def w2_listed_with_its_problem() -> bool:
+            # Alive (it heartbeats while it waits), and the registry shows why it takes no jobs; w1 has none.
+            r = await http.get(f"{stack.url}/workers")
+            assert r.status_code == 200, r.text
+            listed = {w["workerId"]: w for w in r.json()["workers"]}
+            w2_view = listed.get("w2") or {}
+            assert listed["w1"]["problem"] is None, listed["w1"]
+            return w2_view.get("status") == "idle" and "maximum consumers limit reached" in (w2_view["problem"] or "")
+
+        await wait_for(w2_listed_with_its_problem, timeout=20, message="w2 listed with its problem")
         await run_block(shell, "consumers")
 
         # Fill the 2 MB: big submissions until one fails.

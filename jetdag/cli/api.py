@@ -343,6 +343,9 @@ def workers(client: Client, as_json: bool) -> int:
         for w in found
     ]
     print_table(["worker", "host", "status", "load", "capabilities", "last heartbeat"], rows)
+    for w in found:
+        if w.problem:
+            click.echo(f"{w.worker_id}: {w.problem}")
     return 0
 
 

@@ -175,6 +175,7 @@ class RegistryService:
                 )
             recovered = record.unhealthy_since is not None
             record.current_load = cmd.current_load
+            record.problem = cmd.problem
             record.last_heartbeat = now_iso()
             record.unhealthy_since = None
             try:

@@ -45,4 +45,5 @@ def view(record: WorkerRecord, now_ms: int) -> WorkerView:
         registered_at=record.registered_at,
         heartbeat_interval_s=record.heartbeat_interval_s,
         metadata=record.metadata,
+        problem=record.problem,
     )

@@ -38,11 +38,13 @@ class Presence:
         *,
         timeout: float,
         metadata: dict[str, object] | None = None,
+        problem: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.nc = nc
         self.names = names
         self.options = options
         self.load = load
+        self.problem = problem
         self.timeout = timeout
         self.metadata = metadata or {}
         self.leaving = False
@@ -84,7 +86,7 @@ class Presence:
             delay = min(delay * 2, 5.0)
 
     async def heartbeat(self) -> WorkerView | None:
-        cmd = HeartbeatCommand(worker_id=self.options.worker_id, current_load=self.load())
+        cmd = HeartbeatCommand(worker_id=self.options.worker_id, current_load=self.load(), problem=self.problem())
         try:
             return await request(
                 self.nc,

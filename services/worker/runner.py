@@ -154,6 +154,8 @@ class Runner:
         self._decoder = msgspec.json.Decoder(JobBundle)
         self._threads = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="handler")
         self._to_ack: list[Msg] = []
+        self.problem: str | None = None
+        """Why the worker cannot take jobs yet (its heartbeats say it), e.g. the consumers it needs refused."""
         self.log = log.bind(workerId=options.worker_id)
 
     @property
@@ -193,6 +195,7 @@ class Runner:
                 )
                 self.pools.append(pool)
                 self._tasks.append(asyncio.create_task(pool.consumer.run(), name=f"pull {ref.consumer}"))
+        self.problem = None
         self._tasks.append(asyncio.create_task(self._keepalive(), name="keepalive"))
         self.ctx.reconnect_listeners.append(self._on_reconnect)
         self.log.info("consuming", consumers=[p.ref.consumer for p in self.pools], concurrency=self.options.concurrency)
@@ -219,6 +222,7 @@ class Runner:
             except CommandError as exc:
                 if self.ctx.stop.is_set():
                     raise
+                self.problem = f"no consumer for ({cap}, {job_type}) yet: {exc.message}"
                 self.log.warning("waiting for the scheduler", error=exc.message, retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

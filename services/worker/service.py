@@ -36,6 +36,7 @@ class WorkerService:
             lambda: runner.load,
             timeout=ctx.nats.request_timeout_s,
             metadata={"handlers": self.handlers.types()},
+            problem=lambda: runner.problem,
         )
         # Startup hooks first (a model loaded once), so the first job finds what they prepared.
         await self.handlers.run_hooks(self.handlers.startup)
@@ -44,6 +45,7 @@ class WorkerService:
         # then deregister.
         stack.push_async_callback(presence.deregister)
         stack.push_async_callback(self.handlers.run_hooks, self.handlers.shutdown)
+        # Heartbeats from the start: a worker waiting for its consumers is alive, and says what it waits for.
+        ctx.spawn(presence.beat_forever(), "heartbeat")
         await runner.start()
         stack.push_async_callback(runner.stop)
-        ctx.spawn(presence.beat_forever(), "heartbeat")

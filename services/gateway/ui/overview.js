@@ -148,7 +148,8 @@ function Workers({ workers, error, now }) {
             (w) => html`<tr data-worker-id=${w.workerId} data-status=${w.status}>
               <th scope="row" class="mono">${w.workerId}</th>
               <td>${w.hostname}${w.pid ? html`<span class="muted"> · pid ${w.pid}</span>` : ""}</td>
-              <td><${Badge} state=${w.status} /></td>
+              <td><${Badge} state=${w.status} />
+                ${w.problem && html`<div class="error-text problem" data-problem>${w.problem}</div>`}</td>
               <td class="num">${w.currentLoad} / ${w.maxConcurrency}</td>
               <td><span class="meter" role="meter" aria-valuemin="0" aria-valuemax="100"
                 aria-valuenow=${Math.round(w.utilization * 100)} aria-label=${`utilization of ${w.workerId}`}>
