@@ -203,3 +203,23 @@ async def test_heartbeat_crossing_deregistration_does_not_register_again(
     staying = Presence(nc, stack.names, WorkerOptions("staying", "h", ("cpu",), 2, (), 10.0, 1.0), lambda: 0, timeout=5)
     assert await staying.heartbeat() is None
     assert (await http.get(f"{stack.url}/workers/staying")).status_code == 200
+
+
+async def test_listing_the_fleet_reads_the_registrys_copy_not_a_consumer_per_call(
+    stack: Stack, http: httpx.AsyncClient, nc: Client
+) -> None:
+    """GET /workers (and the health summary, the dashboard, the scheduler's audit) used to cost an ephemeral
+    consumer on the workers bucket per call: polled, they ran into an account's max_consumers."""
+    await stack.up()
+    stream = f"KV_{stack.names.workers_bucket}"
+    assert (await http.post(f"{stack.url}/workers/register", json=W1)).status_code == 201
+    # Read-your-writes through the copy: the new worker is listed at once, deregistered it is gone at once.
+    assert [w["workerId"] for w in (await http.get(f"{stack.url}/workers")).json()["workers"]] == ["worker-1"]
+    before = (await nc.jetstream().stream_info(stream)).state.consumer_count
+    for _ in range(60):
+        r = await http.get(f"{stack.url}/workers")
+        assert r.status_code == 200 and r.json()["count"] == 1, r.text
+        assert (await http.get(f"{stack.url}/health")).status_code == 200
+    assert (await nc.jetstream().stream_info(stream)).state.consumer_count == before
+    assert (await http.delete(f"{stack.url}/workers/worker-1")).status_code == 200
+    assert (await http.get(f"{stack.url}/workers")).json()["workers"] == []

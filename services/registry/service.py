@@ -16,7 +16,6 @@ from nats.js.kv import KeyValue
 from shared.commands import Conflict, Endpoint, Invalid, NotFound, add_endpoints
 from shared.events import publish_event
 from shared.jetstream import (
-    KvItem,
     ensure_bucket,
     ensure_stream,
     events_stream_config,
@@ -44,6 +43,7 @@ from shared.service import ServiceContext
 from shared.settings import RegistrySettings, load
 from shared.timeutil import now_iso, now_ms
 
+from .roster import Roster
 from .status import derive_status, held_by_other, silence_ms, view
 
 __all__ = ["RegistryService"]
@@ -63,6 +63,7 @@ class RegistryService:
         self.settings = settings or load(RegistrySettings)
         self._kv: KeyValue | None = None
         self._ctx: ServiceContext | None = None
+        self._roster: Roster | None = None
 
     @property
     def kv(self) -> KeyValue:
@@ -82,6 +83,9 @@ class RegistryService:
 
     async def serve(self, ctx: ServiceContext, stack: AsyncExitStack) -> None:
         self._ctx = ctx
+        self._roster = Roster(ctx.js, ctx.names.workers_bucket)
+        ctx.spawn(self._roster.run(), "roster")
+        ctx.reconnect_listeners.append(self._roster.resubscribe)
         svc = await add_endpoints(
             ctx.nc,
             service=ctx.names.registry_service,
@@ -132,7 +136,7 @@ class RegistryService:
         payload = _encode(record)
         for _ in range(CAS_ATTEMPTS):
             try:
-                await self.kv.create(cmd.worker_id, payload)
+                self._wrote(await self.kv.create(cmd.worker_id, payload), record)
                 created = True
                 break
             except KeyWrongLastSequenceError:
@@ -151,7 +155,7 @@ class RegistryService:
                     "register with an admin API token"
                 )
             try:
-                await self.kv.update(cmd.worker_id, payload, last=entry.revision)
+                self._wrote(await self.kv.update(cmd.worker_id, payload, last=entry.revision), record)
             except KeyWrongLastSequenceError:
                 continue
             if holder is not None:
@@ -179,7 +183,7 @@ class RegistryService:
             record.last_heartbeat = now_iso()
             record.unhealthy_since = None
             try:
-                await self.kv.update(cmd.worker_id, _encode(record), last=entry.revision)
+                self._wrote(await self.kv.update(cmd.worker_id, _encode(record), last=entry.revision), record)
             except KeyWrongLastSequenceError:
                 continue
             if recovered:
@@ -188,8 +192,10 @@ class RegistryService:
         raise Conflict(f"worker {cmd.worker_id} is being updated concurrently; retry the heartbeat")
 
     async def deregister(self, cmd: WorkerRef) -> DeregisterReply:
-        _, record = await self._load(cmd.worker_id)
+        entry, record = await self._load(cmd.worker_id)
         await self.kv.delete(cmd.worker_id)
+        if self._roster is not None:
+            self._roster.deleted(cmd.worker_id, entry.revision or 0)
         log.info("worker deregistered", workerId=cmd.worker_id)
         await self._event(record, "deregistered")
         return DeregisterReply(worker_id=cmd.worker_id)
@@ -242,11 +248,18 @@ class RegistryService:
         assert entry.value is not None
         return entry, _decode_record(entry.value)
 
-    async def _all(self) -> list[tuple[KvItem, WorkerRecord]]:
+    def _wrote(self, revision: int, record: WorkerRecord) -> None:
+        if self._roster is not None:
+            self._roster.wrote(revision, record)
+
+    async def _all(self) -> list[tuple[int, WorkerRecord]]:
+        """(revision, record) of every worker: from the roster while it follows the bucket, else read once."""
+        if self._roster is not None and self._roster.current.is_set():
+            return self._roster.records()
         out = []
         for entry in await kv_entries(self.ctx.js, self.ctx.names.workers_bucket):
             if entry.value:
-                out.append((entry, _decode_record(entry.value)))
+                out.append((entry.revision, _decode_record(entry.value)))
         return out
 
     async def _event(self, record: WorkerRecord, what: str, **extra: object) -> None:
@@ -264,20 +277,23 @@ class RegistryService:
 
     async def _reap_once(self) -> None:
         now = now_ms()
-        for entry, record in await self._all():
+        for revision, record in await self._all():
             silent = silence_ms(record, now)
             try:
                 if silent > self.settings.reap_after_s * 1000:
                     # CAS delete: only one replica reaps, and never a worker that just heartbeated.
-                    await self.kv.delete(record.worker_id, last=entry.revision)
+                    await self.kv.delete(record.worker_id, last=revision)
+                    if self._roster is not None:
+                        self._roster.deleted(record.worker_id, revision)
                     log.info("worker reaped", workerId=record.worker_id, silent_s=silent / 1000)
                     await self._event(record, "reaped", reason=f"no heartbeat for {silent / 1000:.0f} s")
                 elif derive_status(record, now) == "unhealthy" and record.unhealthy_since is None:
-                    record.unhealthy_since = now_iso()
-                    await self.kv.update(record.worker_id, _encode(record), last=entry.revision)
+                    # A copy: the roster's record changes only once the write is stored.
+                    marked = msgspec.structs.replace(record, unhealthy_since=now_iso())
+                    self._wrote(await self.kv.update(record.worker_id, _encode(marked), last=revision), marked)
                     log.warning("worker unhealthy", workerId=record.worker_id, silent_s=silent / 1000)
                     await self._event(
-                        record,
+                        marked,
                         "unhealthy",
                         status="unhealthy",
                         reason=f"no heartbeat for {silent / 1000:.0f} s",
