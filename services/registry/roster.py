@@ -12,7 +12,6 @@ replaced only by a later revision, so a watch message older than a write already
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
+from shared.kvfollow import follow
 from shared.logging import get_logger
 from shared.messages import WorkerRecord
 
@@ -111,26 +111,4 @@ class Roster:
 
     async def run(self) -> None:
         """Follow the bucket forever; start over from the bucket if the consumer disappears."""
-        while True:
-            try:
-                sub = await self._subscribe()
-            except Exception as exc:
-                log.warning("worker roster: subscribing failed; retrying", error=repr(exc))
-                await asyncio.sleep(1)
-                continue
-            try:
-                while True:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._rebuild.wait(), CHECK_EVERY_S)
-                    if self._rebuild.is_set():
-                        self._rebuild.clear()
-                        break
-                    try:
-                        await sub.consumer_info()
-                    except Exception as exc:
-                        log.warning("worker roster: its consumer is gone; replaying the bucket", error=repr(exc))
-                        self.current.clear()
-                        break
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        await follow(self._subscribe, self._rebuild, self.current, name="worker roster", check_every_s=CHECK_EVERY_S)

@@ -11,7 +11,6 @@ bucket stays the truth: the view is rebuilt from it on start, and again whenever
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from bisect import bisect_left, insort
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from shared.keys import ARCHIVE_KEY
+from shared.kvfollow import follow
 from shared.logging import get_logger
 from shared.messages import FINAL_EXECUTION_STATES, Archive, Counts, ExecutionRecord
 from shared.timeutil import ms_from_iso
@@ -341,27 +341,4 @@ class ExecutionIndex:
 
     async def run(self) -> None:
         """Follow the bucket forever; start over from the bucket if the consumer disappears."""
-        while True:
-            try:
-                sub = await self._subscribe()
-            except Exception as exc:
-                log.warning("execution index: subscribing failed; retrying", error=repr(exc))
-                await asyncio.sleep(1)
-                continue
-            try:
-                while True:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._rebuild.wait(), CHECK_EVERY_S)
-                    if self._rebuild.is_set():
-                        self._rebuild.clear()
-                        log.info("execution index: reconnected; rebuilding from the bucket")
-                        break
-                    try:
-                        await sub.consumer_info()
-                    except Exception as exc:
-                        log.warning("execution index: consumer lost; rebuilding from the bucket", error=repr(exc))
-                        self.current.clear()
-                        break
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        await follow(self._subscribe, self._rebuild, self.current, name="execution index", check_every_s=CHECK_EVERY_S)
