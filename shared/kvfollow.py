@@ -13,11 +13,32 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
 from shared.logging import get_logger
 
-__all__ = ["follow"]
+__all__ = ["follow", "watch_bucket"]
 
 log = get_logger(__name__)
+
+
+async def watch_bucket(
+    js: JetStreamContext, bucket: str, cb: Callable[[Msg], Awaitable[None]], *, keys: str = ">"
+) -> tuple[Any, bool]:
+    """An ordered consumer giving `cb` the last value of every key of `bucket` matching `keys`, then every change.
+    Returns it, and whether the replay is already over: nothing matched and nothing was delivered, so no last
+    message (one with nothing pending) will ever say so."""
+    sub = await js.subscribe(
+        f"$KV.{bucket}.{keys}",
+        stream=f"KV_{bucket}",
+        cb=cb,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+    )
+    info = await sub.consumer_info()
+    return sub, not info.num_pending and not (info.delivered and info.delivered.consumer_seq)
 
 
 async def follow(

@@ -18,9 +18,8 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
-from shared.kvfollow import follow
+from shared.kvfollow import follow, watch_bucket
 from shared.logging import get_logger
 from shared.messages import WorkerRecord
 
@@ -69,7 +68,8 @@ class Roster:
         self._rebuild.set()
 
     def _apply(self, key: str, entry: RosterEntry, *, keep_revision: bool = False) -> None:
-        for view in {id(self._view): self._view, id(self._target): self._target}.values():
+        # Both copies while a replay fills the next one: what this replica wrote must be in the one swapped in.
+        for view in (self._view,) if self._target is self._view else (self._view, self._target):
             known = view.get(key)
             newer = known is None or known.revision < entry.revision
             if newer or (keep_revision and known is not None and known.revision == entry.revision):
@@ -97,16 +97,9 @@ class Roster:
 
     async def _subscribe(self) -> Any:
         self._target = {}
-        sub = await self.js.subscribe(
-            f"{self._prefix}>",
-            stream=f"KV_{self.bucket}",
-            cb=self._on_entry,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        )
-        info = await sub.consumer_info()
-        if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
-            self._caught_up()  # an empty bucket: no last message will say so
+        sub, replayed = await watch_bucket(self.js, self.bucket, self._on_entry)
+        if replayed:
+            self._caught_up()  # an empty bucket
         return sub
 
     async def run(self) -> None:

@@ -71,6 +71,11 @@ class RegistryService:
         return self._kv
 
     @property
+    def roster(self) -> Roster:
+        assert self._roster is not None, "serve() not called"
+        return self._roster
+
+    @property
     def ctx(self) -> ServiceContext:
         assert self._ctx is not None, "serve() not called"
         return self._ctx
@@ -136,7 +141,7 @@ class RegistryService:
         payload = _encode(record)
         for _ in range(CAS_ATTEMPTS):
             try:
-                self._wrote(await self.kv.create(cmd.worker_id, payload), record)
+                self.roster.wrote(await self.kv.create(cmd.worker_id, payload), record)
                 created = True
                 break
             except KeyWrongLastSequenceError:
@@ -155,7 +160,7 @@ class RegistryService:
                     "register with an admin API token"
                 )
             try:
-                self._wrote(await self.kv.update(cmd.worker_id, payload, last=entry.revision), record)
+                self.roster.wrote(await self.kv.update(cmd.worker_id, payload, last=entry.revision), record)
             except KeyWrongLastSequenceError:
                 continue
             if holder is not None:
@@ -183,7 +188,7 @@ class RegistryService:
             record.last_heartbeat = now_iso()
             record.unhealthy_since = None
             try:
-                self._wrote(await self.kv.update(cmd.worker_id, _encode(record), last=entry.revision), record)
+                self.roster.wrote(await self.kv.update(cmd.worker_id, _encode(record), last=entry.revision), record)
             except KeyWrongLastSequenceError:
                 continue
             if recovered:
@@ -194,8 +199,7 @@ class RegistryService:
     async def deregister(self, cmd: WorkerRef) -> DeregisterReply:
         entry, record = await self._load(cmd.worker_id)
         await self.kv.delete(cmd.worker_id)
-        if self._roster is not None:
-            self._roster.deleted(cmd.worker_id, entry.revision or 0)
+        self.roster.deleted(cmd.worker_id, entry.revision or 0)
         log.info("worker deregistered", workerId=cmd.worker_id)
         await self._event(record, "deregistered")
         return DeregisterReply(worker_id=cmd.worker_id)
@@ -248,14 +252,10 @@ class RegistryService:
         assert entry.value is not None
         return entry, _decode_record(entry.value)
 
-    def _wrote(self, revision: int, record: WorkerRecord) -> None:
-        if self._roster is not None:
-            self._roster.wrote(revision, record)
-
     async def _all(self) -> list[tuple[int, WorkerRecord]]:
         """(revision, record) of every worker: from the roster while it follows the bucket, else read once."""
-        if self._roster is not None and self._roster.current.is_set():
-            return self._roster.records()
+        if self.roster.current.is_set():
+            return self.roster.records()
         out = []
         for entry in await kv_entries(self.ctx.js, self.ctx.names.workers_bucket):
             if entry.value:
@@ -283,14 +283,13 @@ class RegistryService:
                 if silent > self.settings.reap_after_s * 1000:
                     # CAS delete: only one replica reaps, and never a worker that just heartbeated.
                     await self.kv.delete(record.worker_id, last=revision)
-                    if self._roster is not None:
-                        self._roster.deleted(record.worker_id, revision)
+                    self.roster.deleted(record.worker_id, revision)
                     log.info("worker reaped", workerId=record.worker_id, silent_s=silent / 1000)
                     await self._event(record, "reaped", reason=f"no heartbeat for {silent / 1000:.0f} s")
                 elif derive_status(record, now) == "unhealthy" and record.unhealthy_since is None:
                     # A copy: the roster's record changes only once the write is stored.
                     marked = msgspec.structs.replace(record, unhealthy_since=now_iso())
-                    self._wrote(await self.kv.update(record.worker_id, _encode(marked), last=revision), marked)
+                    self.roster.wrote(await self.kv.update(record.worker_id, _encode(marked), last=revision), marked)
                     log.warning("worker unhealthy", workerId=record.worker_id, silent_s=silent / 1000)
                     await self._event(
                         marked,

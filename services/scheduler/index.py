@@ -20,10 +20,9 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
 from shared.keys import ARCHIVE_KEY
-from shared.kvfollow import follow
+from shared.kvfollow import follow, watch_bucket
 from shared.logging import get_logger
 from shared.messages import FINAL_EXECUTION_STATES, Archive, Counts, ExecutionRecord
 from shared.timeutil import ms_from_iso
@@ -326,16 +325,8 @@ class ExecutionIndex:
     async def _subscribe(self) -> Any:
         self._target = _View()
         # Execution records are the single-token keys: `$KV.<bucket>.*` leaves job records out.
-        sub = await self.js.subscribe(
-            f"$KV.{self.bucket}.*",
-            stream=self.stream,
-            cb=self._on_entry,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        )
-        info = await sub.consumer_info()
-        if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
-            # Nothing matched and nothing was delivered: there is no last message whose arrival would say so.
+        sub, replayed = await watch_bucket(self.js, self.bucket, self._on_entry, keys="*")
+        if replayed:
             self._caught_up()
         return sub
 

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
 from shared.commands import Conflict, Endpoint, Invalid, NotFound, Unavailable
 from shared.ids import check_id
 from shared.jetstream import MAX_MESSAGE_BYTES, kv_entries
 from shared.keys import execution_key, kv_subject, schedule_key, schedule_run_key, schedule_state_key
+from shared.kvfollow import watch_bucket
 from shared.logging import get_logger
 from shared.messages import (
     FINAL_EXECUTION_STATES,
@@ -417,13 +417,7 @@ class Schedules:
 
     async def run(self) -> None:
         """Follow the bucket and keep the timers of the schedules of the shards this replica owns."""
-        sub = await self.js.subscribe(
-            f"$KV.{self.bucket}.>",
-            stream=f"KV_{self.bucket}",
-            cb=self._on_msg,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        )
+        sub, _ = await watch_bucket(self.js, self.bucket, self._on_msg)
         last_resync = 0.0
         loop = asyncio.get_running_loop()
         try:
