@@ -10,6 +10,7 @@ status the gateway answers with (503 when nobody answers in time).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -79,11 +80,19 @@ class Unavailable(CommandError):
 
 
 class Endpoint:
-    """One typed command handler: decodes `request_type`, encodes whatever Struct the handler returns."""
+    """One typed command handler: decodes `request_type`, encodes whatever Struct the handler returns.
 
-    def __init__(self, request_type: type[In], handler: Callable[[In], Awaitable[msgspec.Struct]]) -> None:
+    nats-py runs a subscription's callbacks one at a time, so by default an endpoint answers one request
+    after the other. `concurrent` > 1 lets up to that many run at once: for handlers that are safe to
+    interleave (reads, and submits, whose writes are fenced), so that one slow request — a 20,000-job DAG
+    being journalled, a lookup waiting for its owner — does not hold up every other caller behind it."""
+
+    def __init__(
+        self, request_type: type[In], handler: Callable[[In], Awaitable[msgspec.Struct]], *, concurrent: int = 1
+    ) -> None:
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(request_type)
         self.handler: Callable[[Any], Awaitable[msgspec.Struct]] = handler
+        self.concurrent = concurrent
 
 
 _encoder = msgspec.json.Encoder()
@@ -132,7 +141,34 @@ def _wrap(service: str, name: str, endpoint: Endpoint) -> Callable[[Any], Awaita
             return
         await req.respond(_encoder.encode(reply))
 
-    return handle
+    if endpoint.concurrent <= 1:
+        return handle
+    return _concurrently(handle, endpoint.concurrent)
+
+
+def _concurrently(handle: Callable[[Any], Awaitable[None]], limit: int) -> Callable[[Any], Awaitable[None]]:
+    """Run each request as its own task, at most `limit` at once; past that the subscription's own queue
+    holds the rest (the callback waits for a free place before it returns)."""
+    places = asyncio.Semaphore(limit)
+    running: set[asyncio.Task[None]] = set()
+
+    def done(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        places.release()
+
+    async def guarded(req: Any) -> None:
+        try:
+            await handle(req)
+        except Exception as exc:  # the reply could not be sent (the connection went): the caller times out
+            log.warning("command reply not sent", error=repr(exc))
+
+    async def dispatch(req: Any) -> None:
+        await places.acquire()
+        task = asyncio.create_task(guarded(req))
+        running.add(task)  # a strong reference: the loop keeps only weak ones
+        task.add_done_callback(done)
+
+    return dispatch
 
 
 async def add_endpoints(

@@ -470,6 +470,24 @@ async def test_backpressure_refuses_whole_executions(stack: Stack, http: httpx.A
     assert (await wait_final(http, stack.url, second))["status"] == "completed"
 
 
+async def test_concurrent_submits_cannot_slip_past_the_bound_together(stack: Stack, http: httpx.AsyncClient) -> None:
+    """Submits are answered concurrently: each admitted one counts against the bound while it is created, so
+    a burst admits exactly what fits."""
+    await up(stack, 1, JETDAG_MAX_OPEN_JOBS="10")
+    assert (await http.post(f"{stack.url}/queue/pause")).status_code == 200
+    bodies = [{"workflowId": f"burst-{n}", "jobs": [job(f"j{i}") for i in range(4)]} for n in range(8)]
+    answers = await asyncio.gather(*(http.post(f"{stack.url}/execute", json=b) for b in bodies))
+    codes = Counter(r.status_code for r in answers)
+    assert codes == {201: 2, 503: 6}, [(r.status_code, r.text) for r in answers]
+    refused = [r.json()["error"] for r in answers if r.status_code == 503]
+    assert all(e.startswith("the scheduler is at capacity: 8 jobs are open") for e in refused), refused
+    accepted = {r.json()["executionId"] for r in answers if r.status_code == 201}
+    listed = (await http.get(f"{stack.url}/executions")).json()
+    assert {e["executionId"] for e in listed["executions"]} == accepted
+    assert (await http.post(f"{stack.url}/queue/resume")).status_code == 200
+    assert [(await wait_final(http, stack.url, eid))["status"] for eid in accepted] == ["completed"] * 2
+
+
 async def test_sigterm_ends_every_service_even_with_nats_gone(tmp_path: Path, namespace: str) -> None:
     server = start_nats(tmp_path, "gone")
     stack = Stack(server.url, namespace, tmp_path / "logs")

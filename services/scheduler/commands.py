@@ -9,7 +9,8 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
@@ -93,6 +94,16 @@ STATS_CACHE_S = 0.25
 MAX_JOBS_PAGE = 5000
 PAGE_BYTES = 512 * 1024
 """A page of the job listing stays well inside one NATS reply."""
+ADMITTED_UNSEEN_S = 30.0
+"""A submission the index has not counted this long after its admission no longer counts against the bounds."""
+COMMANDS_AT_ONCE = 64
+"""Requests of one read or submit endpoint answered at once (the rest wait in the subscription's queue)."""
+
+
+@dataclass
+class _Admission:
+    created: bool = False
+    """Set once the execution exists: it then counts until the index does (else it is forgotten at once)."""
 
 
 @dataclass
@@ -110,19 +121,23 @@ class Commands:
     max_types: int = 0
     max_open_per_token: int = 0
     _counts: tuple[float, list[QueuePause]] | None = None
+    _admitting: dict[str, tuple[int, str | None, float]] = field(default_factory=dict)
+    """Submissions admitted (execution id → jobs, submitter, admitted at): counted against the bounds until the
+    index counts them, since submits are answered concurrently and the index learns of a new record from its
+    watch a moment after the write."""
 
     def endpoints(self) -> dict[str, Endpoint]:
         """The queue-grouped endpoints every replica serves."""
         return {
-            "execute": Endpoint(ExecuteCommand, self.execute),
-            "get": Endpoint(ExecutionRef, self.get),
-            "jobs": Endpoint(JobsQuery, self.jobs),
-            "list": Endpoint(ListExecutions, self.list_executions),
+            "execute": Endpoint(ExecuteCommand, self.execute, concurrent=COMMANDS_AT_ONCE),
+            "get": Endpoint(ExecutionRef, self.get, concurrent=COMMANDS_AT_ONCE),
+            "jobs": Endpoint(JobsQuery, self.jobs, concurrent=COMMANDS_AT_ONCE),
+            "list": Endpoint(ListExecutions, self.list_executions, concurrent=COMMANDS_AT_ONCE),
             "cancel": Endpoint(ExecutionRef, self.cancel),
             "retry": Endpoint(ExecutionRef, self.retry),
             "pause-execution": Endpoint(ExecutionRef, self.pause_execution),
             "resume-execution": Endpoint(ExecutionRef, self.resume_execution),
-            "queue.stats": Endpoint(ExecutionRef, self.stats),
+            "queue.stats": Endpoint(ExecutionRef, self.stats, concurrent=COMMANDS_AT_ONCE),
             "queue.pause": Endpoint(QueuePauseCommand, self.pause),
             "queue.resume": Endpoint(QueueResumeCommand, self.resume),
             "queue.pauses": Endpoint(ExecutionRef, self.pauses),
@@ -136,9 +151,9 @@ class Commands:
     def owner_endpoints(self) -> dict[str, Endpoint]:
         """What the owner of a shard serves on `<ns>.scheduler.shard.<n>.*`."""
         return {
-            "execute": Endpoint(ExecuteCommand, self.execute),
-            "get": Endpoint(ExecutionRef, self.local_get),
-            "jobs": Endpoint(JobsQuery, self.local_jobs),
+            "execute": Endpoint(ExecuteCommand, self.execute, concurrent=COMMANDS_AT_ONCE),
+            "get": Endpoint(ExecutionRef, self.local_get, concurrent=COMMANDS_AT_ONCE),
+            "jobs": Endpoint(JobsQuery, self.local_jobs, concurrent=COMMANDS_AT_ONCE),
             "cancel": Endpoint(ExecutionRef, self.local_cancel),
             "retry": Endpoint(ExecutionRef, self.local_retry),
             "pause-execution": Endpoint(ExecutionRef, self.local_pause_execution),
@@ -220,29 +235,46 @@ class Commands:
         dag = validate(request, self.max_jobs, self.max_types)
         start_at(request, now_ms())  # runAt / delayS checked before anything is written
         if key is None:
-            self._admit(len(dag.jobs), cmd.submitted_by)
             shard = await self._shard_for_new()
             execution_id = self._new_id(shard)
-            return ExecuteReply(execution=await self._create(request, dag, shard, execution_id, cmd.submitted_by))
+            with self._admit(execution_id, len(dag.jobs), cmd.submitted_by) as admission:
+                view = await self._create(request, dag, shard, execution_id, cmd.submitted_by)
+                admission.created = True
+                return ExecuteReply(execution=view)
         return await self._idempotent(check_idempotency_key(key), request, dag, cmd.submitted_by)
 
-    def _admit(self, jobs: int, submitted_by: str | None) -> None:
+    @contextlib.contextmanager
+    def _admit(self, execution_id: str, jobs: int, submitted_by: str | None) -> Iterator[_Admission]:
         """Backpressure: refuse a submission that would push the open jobs over the bound, or its token's open
-        executions over theirs, before anything of it is written."""
+        executions over theirs, before anything of it is written. Admitted, it counts against both bounds
+        while it is being created and the index does not count it yet, so that submits answered at once
+        cannot slip past them together."""
+        now = time.monotonic()
+        for k, (_, _, at) in list(self._admitting.items()):
+            if k in self.index or now - at > ADMITTED_UNSEEN_S:
+                del self._admitting[k]
+        creating = [(n, by) for n, by, _ in self._admitting.values()]
         if submitted_by is not None and self.max_open_per_token:
-            open_executions = self.index.open_for(submitted_by)
+            open_executions = self.index.open_for(submitted_by) + sum(1 for _, by in creating if by == submitted_by)
             if open_executions >= self.max_open_per_token:
                 raise CommandError(
                     f"token {submitted_by} has {open_executions} open executions (the limit is "
                     f"{self.max_open_per_token}, JETDAG_MAX_OPEN_EXECUTIONS_PER_TOKEN); wait for some to end",
                     429,
                 )
-        open_jobs = self.index.open_jobs
+        open_jobs = self.index.open_jobs + sum(n for n, _ in creating)
         if open_jobs + jobs > self.max_open_jobs:
             raise Unavailable(
                 f"the scheduler is at capacity: {open_jobs} jobs are open and this execution adds {jobs} "
                 f"(limit {self.max_open_jobs}); retry later"
             )
+        self._admitting[execution_id] = (jobs, submitted_by, now)
+        admission = _Admission()
+        try:
+            yield admission
+        finally:
+            if not admission.created:
+                del self._admitting[execution_id]
 
     async def _shard_for_new(self) -> Shard:
         with contextlib.suppress(TimeoutError):
@@ -311,18 +343,25 @@ class Commands:
         for _ in range(3):
             found = await self.ctx.pipeline.kv_get(self.ctx.bucket, record_key)
             if found is None:
-                self._admit(len(dag.jobs), submitted_by)
                 shard = await self._shard_for_new()
                 execution_id = self._new_id(shard)
-                record = IdempotencyRecord(execution_id=execution_id, fingerprint=fingerprint, created_at=now_iso())
-                headers = {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-TTL": f"{int(self.idempotency_ttl_s)}s"}
-                try:
-                    await self.ctx.pipeline.publish(kv_subject(self.ctx.bucket, record_key), _encode(record), headers)
-                except JetStreamError as exc:
-                    if exc.wrong_last_sequence:
-                        continue  # the same key at the same moment elsewhere: read what it wrote
-                    raise
-                return ExecuteReply(execution=await self._create(request, dag, shard, execution_id, submitted_by))
+                with self._admit(execution_id, len(dag.jobs), submitted_by) as admission:
+                    record = IdempotencyRecord(execution_id=execution_id, fingerprint=fingerprint, created_at=now_iso())
+                    headers = {
+                        "Nats-Expected-Last-Subject-Sequence": "0",
+                        "Nats-TTL": f"{int(self.idempotency_ttl_s)}s",
+                    }
+                    try:
+                        await self.ctx.pipeline.publish(
+                            kv_subject(self.ctx.bucket, record_key), _encode(record), headers
+                        )
+                    except JetStreamError as exc:
+                        if exc.wrong_last_sequence:
+                            continue  # the same key at the same moment elsewhere: read what it wrote
+                        raise
+                    view = await self._create(request, dag, shard, execution_id, submitted_by)
+                    admission.created = True
+                    return ExecuteReply(execution=view)
             record = _idempotency_decoder.decode(found[0])
             if record.fingerprint != fingerprint:
                 raise Conflict(

@@ -183,6 +183,11 @@ class ExecutionIndex:
     def __len__(self) -> int:
         return len(self._view.ids)
 
+    def __contains__(self, execution_id: object) -> bool:
+        """Whether the view has seen the execution's record (and counts it)."""
+        view = self._view
+        return execution_id in view.open or execution_id in view.finished
+
     def get(self, execution_id: str) -> tuple[ExecutionRecord, int] | None:
         """The record and revision, if the view follows the bucket and holds it in full; None: read the bucket."""
         if not self.current.is_set():
