@@ -106,6 +106,25 @@ class AckRef:
         return self.msg if self.pending == 0 else None
 
 
+class DispatchTokens:
+    """Unguessable dispatch tokens (8 random bytes as hex), drawn from the OS's random source a few hundred at
+    a time: one system call per token was 3 % of the scheduler's time on many small executions."""
+
+    TOKEN_BYTES = 8
+    BATCH = 512
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def next(self) -> str:
+        if self._at >= len(self._pool):
+            self._pool, self._at = secrets.token_bytes(self.TOKEN_BYTES * self.BATCH), 0
+        token = self._pool[self._at : self._at + self.TOKEN_BYTES].hex()
+        self._at += self.TOKEN_BYTES
+        return token
+
+
 @dataclass
 class Context:
     """What every execution this replica owns shares."""
@@ -129,6 +148,7 @@ class Context:
     gates: Gates
     """Concurrency keys and rate limits, shared with every replica."""
     rng: random.Random = field(default_factory=lambda: random.Random(secrets.randbits(64)))
+    tokens: DispatchTokens = field(default_factory=DispatchTokens)
 
     @property
     def bucket(self) -> str:
@@ -137,7 +157,7 @@ class Context:
     def env(self) -> Env:
         return Env(
             now_ms=now_ms(),
-            token=lambda: secrets.token_hex(8),
+            token=self.tokens.next,
             jitter=lambda: 0.8 + 0.4 * self.rng.random(),
             bundle_size=self.durations.bundle_size,
             limited_types=self.gates.limited_types,
@@ -876,6 +896,10 @@ class Owned:
         raise RuntimeError(f"could not write the record of {self.execution_id}")
 
     async def _checkpoint(self) -> None:
+        checkpoint = await self._store_checkpoint()
+        await self._publish_events([self._checkpoint_event(checkpoint)])
+
+    async def _store_checkpoint(self) -> Checkpoint:
         state = self.state
         self.checkpoint_seq += 1
         checkpoint_id = f"{self.execution_id}-cp{self.checkpoint_seq}"
@@ -894,18 +918,21 @@ class Owned:
             self.ctx.names.checkpoints_bucket, execution_key(self.execution_id), _encode(cp), last=None
         )
         self.checkpoint_id = checkpoint_id
+        return cp
+
+    def _checkpoint_event(self, cp: Checkpoint) -> tuple[str, bytes, str]:
         subject = self.ctx.names.execution_event(self.execution_id, "checkpoint")
-        await self._publish_events([(subject, _encode(cp), checkpoint_msg_id(checkpoint_id, state.round))])
+        return subject, _encode(cp), checkpoint_msg_id(cp.checkpoint_id, cp.round)
 
     async def _finish(self) -> None:
-        """The execution ended: checkpoint, snapshot its jobs, write the final record, announce it, purge its
-        journal. Each step is idempotent: a takeover in the middle does them again."""
+        """The execution ended: checkpoint and snapshot its jobs, write the final record, announce both, purge
+        its journal. Each step is idempotent: a takeover in the middle does them again. Writes that do not
+        depend on each other go together: an end costs four round trips, not six."""
         state = self.state
         self._cancel_timers()
-        await self._checkpoint()
         generation = self.snapshot + 1
         parts = _snapshot_parts(state, generation)
-        await asyncio.gather(
+        snapshot = asyncio.gather(
             *(
                 self.ctx.pipeline.kv_write(
                     self.ctx.bucket, snapshot_key(self.execution_id, generation, n), data, last=None
@@ -913,16 +940,26 @@ class Owned:
                 for n, data in enumerate(parts)
             )
         )
+        try:
+            checkpoint = await self._store_checkpoint()
+        finally:
+            await snapshot
         previous = self.snapshot
         self.snapshot, self.snapshot_parts = generation, len(parts)
-        await self.write_record()
-        await self.execution_event(state.status)
-        await self.ctx.journal.purge(self.execution_id)
+        await self.write_record()  # the end is committed: the snapshot it names is stored
+        # In this order on the events stream: the last checkpoint, then the end a follower stops at.
+        await self._publish_events(
+            [self._checkpoint_event(checkpoint), self._execution_event(state.status, self.ctx.env().now)]
+        )
+        purges: list[Awaitable[object]] = [self.ctx.journal.purge(self.execution_id)]
         if previous:
-            await self.ctx.js.purge_stream(
-                f"KV_{self.ctx.bucket}",
-                subject=f"$KV.{self.ctx.bucket}.{self.execution_id}.snapshot.{previous}.>",
+            purges.append(
+                self.ctx.js.purge_stream(
+                    f"KV_{self.ctx.bucket}",
+                    subject=f"$KV.{self.ctx.bucket}.{self.execution_id}.snapshot.{previous}.>",
+                )
             )
+        await asyncio.gather(*purges)
         self.log.info("execution finished", status=state.status, round=state.round)
         METRICS.execution_finished(state.status)
         self.finished.set()
