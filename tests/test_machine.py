@@ -101,6 +101,24 @@ def test_a_diamond_runs_in_dependency_order_and_completes_with_exact_counts() ->
     assert s.counts == recount(s) == Counts(completed=4)
 
 
+def test_reports_of_one_batch_ready_their_children_together_in_shared_bundles() -> None:
+    """Reports applied without filling (one batch, as the scheduler commits it): the children they make ready
+    are dispatched at the batch's end, together, so they share bundles instead of one bundle per parent."""
+    clock = Clock()
+    parents = [cfg(f"p{i}") for i in range(3)]
+    children = [cfg(f"c{i}", [f"p{i % 3}"]) for i in range(9)]
+    s = state_of(*parents, *children)
+    m.on_start(s, clock.env(bundle=32))
+    for job in s.jobs[:3]:
+        step = m.on_report(s, clock.env(bundle=32), finished(job), "w", fill=False)
+        assert not step.dispatched
+    assert s.counts.ready == 9 and s.counts.queued == 0
+    step = m.on_batch_end(s, clock.env(bundle=32))
+    assert sorted(s.jobs[i].id for i in step.dispatched) == sorted(f"c{i}" for i in range(9))
+    assert len({s.jobs[i].bundle for i in step.dispatched}) == 1
+    assert s.counts == recount(s) == Counts(completed=3, queued=9)
+
+
 def test_parallelism_caps_dispatched_jobs_and_ready_ones_wait_first_come() -> None:
     clock = Clock()
     s = state_of(*(cfg(f"j{i}") for i in range(5)), parallelism=2)
@@ -472,7 +490,7 @@ def check(world: World, jobs: list[JobConfig], parallelism: int | None) -> None:
 
 ACTIONS = [
     *("finish", "finish", "finish", "fail", "start", "duplicate", "forge", "return", "backoff", "cancel", "retry"),
-    *("pause", "unpause"),
+    *("pause", "unpause", "batch end"),
 ]
 
 
@@ -518,9 +536,12 @@ def test_any_interleaving_ends_with_each_job_in_one_final_state_and_exact_counts
             else:
                 report = finished(job, ok=action == "finish", started_at=env.now)
             world.sent.append(report)
-            return m.on_report(s, env, report, rng.choice(["w1", "w2"]))
+            # As the scheduler applies a batch of reports: without filling slots, until its end.
+            return m.on_report(s, env, report, rng.choice(["w1", "w2"]), fill=rng.random() < 0.5)
         if action == "duplicate" and world.sent:
-            return m.on_report(s, env, rng.choice(world.sent), "w1")
+            return m.on_report(s, env, rng.choice(world.sent), "w1", fill=rng.random() < 0.5)
+        if action == "batch end":
+            return m.on_batch_end(s, env)
         if action == "forge" and live:
             forged = msgspec.structs.replace(finished(rng.choice(live)), token="forged")
             step = m.on_report(s, env, forged, "evil")
@@ -548,6 +569,7 @@ def test_any_interleaving_ends_with_each_job_in_one_final_state_and_exact_counts
             break
         if s.paused:
             act("unpause")
+        act("batch end")
         live = world.outstanding()
         delayed = [j for j in s.jobs if j.status == "delayed"]
         if live:

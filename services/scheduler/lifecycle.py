@@ -418,9 +418,9 @@ class Owned:
                         with tracing.span(
                             "result", parent=report.traceparent, attributes={"jetdag.job_id": report.job_id}
                         ):
-                            step = machine.on_report(state, env, report, worker_id)
+                            step = machine.on_report(state, env, report, worker_id, fill=False)
                         return step, None
-                step = machine.on_report(state, env, report, worker_id)
+                step = machine.on_report(state, env, report, worker_id, fill=False)
                 if step.ignored and "forged" in step.ignored:
                     self.log.warning(
                         "report ignored",
@@ -485,6 +485,11 @@ class Owned:
             if step:
                 steps.append(step)
             outcomes.append((item, error))
+        if any(isinstance(item, _Report) for item in items):
+            # Reports were applied without filling slots: what they made ready is dispatched together.
+            filled = machine.on_batch_end(state, env)
+            if filled:
+                steps.append(filled)
         if self._placed:
             for bundle, job_ids in self._placed:
                 placed = machine.on_placed(state, env, job_ids, bundle)

@@ -60,6 +60,7 @@ __all__ = [
     "needs_gate",
     "new_state",
     "on_backoff_over",
+    "on_batch_end",
     "on_cancel",
     "on_cleared",
     "on_limited",
@@ -680,7 +681,9 @@ def _record_start(b: _Builder, job: Job, worker_id: str, started_at: str, delive
     return fields
 
 
-def on_report(state: ExecutionState, env: Env, report: AnyJobReport, worker_id: str) -> Step:
+def on_report(state: ExecutionState, env: Env, report: AnyJobReport, worker_id: str, *, fill: bool = True) -> Step:
+    """A worker's report. With `fill` False the jobs it makes ready wait for `on_batch_end`, so that the reports
+    of one batch ready their children together and these travel in shared bundles."""
     b = _Builder(state, env)
     if state.final:
         b.step.ignored = f"the execution is {state.status}"
@@ -718,6 +721,15 @@ def on_report(state: ExecutionState, env: Env, report: AnyJobReport, worker_id: 
                 worker_id=None,
             )
             b.step.dispatched.append(job.index)
+    if fill:
+        _fill(b)
+    _settle(b)
+    return b.done()
+
+
+def on_batch_end(state: ExecutionState, env: Env) -> Step:
+    """After reports applied with `fill` False: free slots go to the jobs they made ready, in one go."""
+    b = _Builder(state, env)
     _fill(b)
     _settle(b)
     return b.done()
