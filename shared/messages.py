@@ -706,10 +706,15 @@ class JournalCreated(JournalEntry, tag="created"):
     """The execution's priority (its jobs that set none take it)."""
     run_at: str | None = None
     """A delayed execution's start: the owner (or whoever takes it over) starts it then."""
+    owner: str | None = None
+    """The replica that created it, its first owner (in part 0). The creation is its own fence: it is appended
+    at expected last sequence 0, so no `adopted` entry follows it."""
+    epoch: int | None = None
+    """The lease epoch of the shard when it was created (in part 0)."""
 
 
 class JournalAdopted(JournalEntry, tag="adopted"):
-    """A scheduler replica took the execution over (or created it): later appends of earlier owners fail."""
+    """A scheduler replica took the execution over: later appends of earlier owners fail."""
 
     owner: str
     epoch: int

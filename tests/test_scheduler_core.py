@@ -12,7 +12,7 @@ from nats.aio.client import Client
 
 from services.scheduler.audit import waiting_reason
 from services.scheduler.dispatch import MAX_BUNDLE, bundle_size
-from shared.messages import AnyJournalEntry, JournalStep, WorkerView
+from shared.messages import AnyJournalEntry, JournalCreated, JournalStep, WorkerView
 from shared.timeutil import ms_from_iso
 from tests.api import job, jobs, stats, submit, wait_final
 from tests.conftest import Stack
@@ -129,8 +129,10 @@ async def test_the_journal_is_readable_and_holds_every_decision(
         return entries if "JournalStep" in kinds else None
 
     entries = await wait_for(queued, timeout=10, message="the first step in the journal")
-    assert [type(e).__name__ for e in entries][:3] == ["JournalCreated", "JournalAdopted", "JournalStep"]
-    step = entries[2]
+    assert [type(e).__name__ for e in entries][:2] == ["JournalCreated", "JournalStep"]
+    created = entries[0]
+    assert isinstance(created, JournalCreated) and created.owner and created.epoch is not None
+    step = entries[1]
     assert isinstance(step, JournalStep)
     assert [(p.job, p.status) for p in step.jobs] == [("a", "ready"), ("a", "queued")]
     await stack.worker("w1")

@@ -170,8 +170,9 @@ async def create(
     run_at: str | None = None,
     priority: int | None = None,
 ) -> Owned:
-    """Journal the DAG, fence it as ours, write the record (the commit point: from here on it exists). A
-    delayed execution (`run_at`) journals its start time with the DAG: whoever owns it later starts it then."""
+    """Journal the DAG (its first entry, at expected last sequence 0, fences it as ours), write the record (the
+    commit point: from here on it exists). A delayed execution (`run_at`) journals its start time with the DAG:
+    whoever owns it later starts it then."""
     now = ctx.env().now
     state = machine.new_state(
         execution_id=execution_id,
@@ -200,11 +201,12 @@ async def create(
                 traceparent=state.traceparent if n == 0 else None,
                 run_at=run_at,
                 priority=priority,
+                owner=ctx.replica_id if n == 0 else None,
+                epoch=epoch if n == 0 else None,
             )
         )
         for n, chunk in enumerate(chunks)
     ]
-    entries.append(_encode(JournalAdopted(at=now, owner=ctx.replica_id, epoch=epoch)))
     seq = await ctx.journal.append_all(execution_id, entries, last=0)
     owned = Owned(ctx, state, journal_seq=seq, started_at=now, record_revision=0)
     await owned.write_record()
