@@ -11,7 +11,7 @@ status the gateway answers with (503 when nobody answers in time).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -37,6 +37,7 @@ __all__ = [
     "NotFound",
     "Unavailable",
     "add_endpoints",
+    "drain",
     "forward",
     "request",
     "subscribe_endpoints",
@@ -93,6 +94,16 @@ class Endpoint:
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(request_type)
         self.handler: Callable[[Any], Awaitable[msgspec.Struct]] = handler
         self.concurrent = concurrent
+        self.running: set[asyncio.Task[None]] = set()
+        """Requests being answered (a `concurrent` endpoint's): `drain` waits for them."""
+
+
+async def drain(endpoints: Iterable[Endpoint], timeout: float) -> None:
+    """Wait (at most `timeout`) for the requests concurrent endpoints are still answering: at shutdown, after
+    the service stopped taking new ones, so that what was taken is answered before the process lets go."""
+    running = [task for endpoint in endpoints for task in endpoint.running]
+    if running:
+        await asyncio.wait(running, timeout=timeout)
 
 
 _encoder = msgspec.json.Encoder()
@@ -143,14 +154,15 @@ def _wrap(service: str, name: str, endpoint: Endpoint) -> Callable[[Any], Awaita
 
     if endpoint.concurrent <= 1:
         return handle
-    return _concurrently(handle, endpoint.concurrent)
+    return _concurrently(handle, endpoint.concurrent, endpoint.running)
 
 
-def _concurrently(handle: Callable[[Any], Awaitable[None]], limit: int) -> Callable[[Any], Awaitable[None]]:
+def _concurrently(
+    handle: Callable[[Any], Awaitable[None]], limit: int, running: set[asyncio.Task[None]]
+) -> Callable[[Any], Awaitable[None]]:
     """Run each request as its own task, at most `limit` at once; past that the subscription's own queue
     holds the rest (the callback waits for a free place before it returns)."""
     places = asyncio.Semaphore(limit)
-    running: set[asyncio.Task[None]] = set()
 
     def done(task: asyncio.Task[None]) -> None:
         running.discard(task)

@@ -16,7 +16,7 @@ from typing import Any
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectStoreConfig, StorageType
 from nats.js.errors import BadRequestError
 
-from shared.commands import add_endpoints, subscribe_endpoints
+from shared.commands import add_endpoints, drain, subscribe_endpoints
 from shared.ids import check_id
 from shared.jetstream import (
     ensure_bucket,
@@ -50,6 +50,8 @@ __all__ = ["SchedulerService"]
 log = get_logger(__name__)
 VERSION = "0.1.0"
 CONSUMER_EXISTS = 10148
+COMMANDS_DRAIN_S = 3.0
+"""At shutdown, how long the commands being answered may take to end before the shards are handed over."""
 
 
 class SchedulerService:
@@ -198,13 +200,14 @@ class SchedulerService:
 
         manager.serve_commands = serve_shard
         ctx.reconnect_listeners.append(manager.on_reconnect)
+        served = {**commands.endpoints(), **schedules.endpoints()}
         svc = await add_endpoints(
             ctx.nc,
             service=names.scheduler_service,
             description="jetdag scheduler: executions, job stream, queue control",
             version=VERSION,
             prefix=names.scheduler_prefix,
-            endpoints={**commands.endpoints(), **schedules.endpoints()},
+            endpoints=served,
         )
         retention = Retention(ctx.js, pipeline, index, names=names, retention_s=self.settings.execution_retention_s)
         audit = Audit(ctx=context, manager=manager, queue=queue, stall_after_s=self.settings.stall_after_s)
@@ -212,6 +215,9 @@ class SchedulerService:
         stack.push_async_callback(self._report, context, manager)
         stack.push_async_callback(manager.stop)
         stack.callback(schedules.stop)  # before the shards go: no tick fires for a shard on its way out
+        # Once no new command comes in, the ones being answered (a submit half journalled) end before the
+        # shards are handed over.
+        stack.push_async_callback(drain, [*served.values(), *owner_endpoints.values()], COMMANDS_DRAIN_S)
         stack.push_async_callback(svc.stop)
         ctx.spawn(manager.run(), "shards")
         ctx.spawn(self._retention_loop(retention), "retention")
