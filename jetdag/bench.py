@@ -11,8 +11,11 @@ to stderr) ready to paste into docs/performance.md:
   `random.Random(42)` with `sample(range(500), 2)`, in order over layers then jobs.
 - W4: 200 concurrent executions of a 25-job diamond 1-5-13-5-1 (see `diamond`), submitted 16 POSTs at a time.
 
-Wall time runs from the first POST /execute to the poll that sees the last execution final (W1-W3 poll
-GET /execute/{id} every 20 ms, W4 polls GET /executions?workflowId= every 50 ms); jobs/s = jobs / wall. Each
+Wall time runs from the first POST /execute to the moment the last execution's final event (`completed`,
+`failed` or `cancelled`, docs/events.md) reaches the bench over NATS, the way a subscriber learns of it; the
+bench also polls (W1-W3 GET /execute/{id} every 20 ms, W4 GET /executions?workflowId= every 50 ms) to check
+that every execution completed with every job, but the poll's interval is not in the wall time. jobs/s = jobs /
+wall. Each
 workload runs once as a discarded warm-up and then `--repeats` times; the table shows medians (of the hop
 percentiles too: the median over runs of each run's p50 / p99). For each workload the same run measures the raw
 JetStream floor for the same message count (jetdag.bench_floor) and the ratio jobs/s ÷ floor msgs/s. Then 50
@@ -57,10 +60,12 @@ from typing import Any
 
 import httpx
 import nats
+from nats.aio.client import Client
 
 from jetdag.bench_floor import FloorRun, die_with_parent, measure_floor
 from jetdag.natsserver import NatsServer, NatsServerConfig, free_port
 from shared.settings import all_settings_classes
+from shared.subjects import Names
 
 __all__ = ["main"]
 
@@ -430,6 +435,8 @@ class RunResult:
     jobs: int
     execution_id: str
     hops_ms: tuple[float, ...] = ()
+    polled_s: float = 0.0
+    """When the poll saw the last execution final: what the wall time was until 2026-12-03."""
 
     @property
     def jobs_per_s(self) -> float:
@@ -522,8 +529,43 @@ async def hop_latencies(client: httpx.AsyncClient, url: str, execution_id: str, 
     return tuple(hops)
 
 
-async def run_once(client: httpx.AsyncClient, url: str, workload: Workload, workflow_id: str) -> RunResult:
-    """Submit, wait until final, check it completed; wall time from the first submit to the last final seen."""
+class FinalEvents:
+    """When each execution's final event reached the bench (perf_counter), from a core NATS subscription to
+    the final events of every execution of the namespace."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+        self._changed = asyncio.Event()
+
+    async def subscribe(self, nc: Client) -> None:
+        names = Names(NAMESPACE)
+        for what in FINAL:
+            await nc.subscribe(names.execution_event("*", what), cb=self._on_msg)
+        await nc.flush()  # the server has the subscriptions before the first submit
+
+    async def _on_msg(self, msg: Any) -> None:
+        # <prefix>.execution.<executionId>.<what>
+        self.seen.setdefault(msg.subject.split(".")[-2], time.perf_counter())
+        self._changed.set()
+
+    async def last_of(self, ids: Sequence[str], timeout: float) -> float:
+        """When the last of `ids` ended (waiting for its event, at most `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while any(i not in self.seen for i in ids):
+            self._changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = [i for i in ids if i not in self.seen]
+                raise BenchError(f"no final event for {len(missing)} executions, e.g. {missing[0]}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return max(self.seen[i] for i in ids)
+
+
+async def run_once(
+    client: httpx.AsyncClient, url: str, workload: Workload, workflow_id: str, ends: FinalEvents
+) -> RunResult:
+    """Submit, wait until final, check it completed; wall time from the first submit to the last final event."""
     started = time.perf_counter()
     if workload.copies == 1:
         execution_id = await submit(client, url, workflow_id, workload.dag)
@@ -539,12 +581,14 @@ async def run_once(client: httpx.AsyncClient, url: str, workload: Workload, work
 
         ids = await asyncio.gather(*(one() for _ in range(workload.copies)))
         finals = await wait_all_final(client, url, workflow_id, ids)
-    wall = time.perf_counter() - started
+    # The poll above saw them final; the wall time ends at the last final event (a moment before the poll).
+    polled = time.perf_counter() - started
+    wall = await ends.last_of([e["executionId"] for e in finals], timeout=10) - started
     for execution in finals:
         check_completed(execution, len(workload.dag))
     execution_id = finals[-1]["executionId"]
     hops = await hop_latencies(client, url, execution_id, len(workload.dag)) if workload.hops else ()
-    return RunResult(wall_s=wall, jobs=workload.jobs, execution_id=execution_id, hops_ms=hops)
+    return RunResult(wall_s=wall, jobs=workload.jobs, execution_id=execution_id, hops_ms=hops, polled_s=polled)
 
 
 # --- gateway load --------------------------------------------------------------------------------------------
@@ -719,6 +763,18 @@ class Report:
 async def bench_workload(
     stack: BenchStack, client: httpx.AsyncClient, workload: Workload, opts: Options
 ) -> WorkloadSummary:
+    nc = await nats.connect([node.url for node in stack.nodes])
+    ends = FinalEvents()
+    await ends.subscribe(nc)
+    try:
+        return await _bench_runs(stack, client, workload, opts, ends)
+    finally:
+        await nc.close()
+
+
+async def _bench_runs(
+    stack: BenchStack, client: httpx.AsyncClient, workload: Workload, opts: Options, ends: FinalEvents
+) -> WorkloadSummary:
     runs: list[RunResult] = []
     rss: list[int | None] = []
     floors: list[FloorRun] = []
@@ -728,10 +784,13 @@ async def bench_workload(
     for i in range(total):
         kind = "warm-up" if i < opts.warmup else f"run {i - opts.warmup + 1}/{opts.repeats}"
         before = stack.cpu_ms()
-        result = await run_once(client, stack.url, workload, f"bench-{workload.key}-{i}")
+        result = await run_once(client, stack.url, workload, f"bench-{workload.key}-{i}", ends)
         after = stack.cpu_ms()
         stack.assert_alive()
-        say(f"{workload.title} {kind}: {result.wall_s:.2f} s, {result.jobs_per_s:,.0f} jobs/s")
+        say(
+            f"{workload.title} {kind}: {result.wall_s:.3f} s, {result.jobs_per_s:,.0f} jobs/s "
+            f"(the poll saw it end at {result.polled_s:.3f} s)"
+        )
         floor = await measure_floor(stack.nats.url, workload.jobs, f"{workload.key}_{i}", replicas=stack.replicas)
         say(f"{workload.title} floor {kind}: {floor.messages} msgs in {floor.elapsed_s:.3f} s")
         if i >= opts.warmup:
