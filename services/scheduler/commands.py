@@ -274,7 +274,7 @@ class Commands:
             yield admission
         finally:
             if not admission.created:
-                del self._admitting[execution_id]
+                self._admitting.pop(execution_id, None)  # (already pruned if its record was seen before a failure)
 
     async def _shard_for_new(self) -> Shard:
         with contextlib.suppress(TimeoutError):
