@@ -989,6 +989,10 @@ class Owned:
             await asyncio.wait(tasks, timeout=remaining)
         await self._lost("its shard moved to another replica", planned=True)
 
+    async def give_up(self, why: str) -> None:
+        """Stop owning it without reading it back (the caller retries the adoption)."""
+        await self._lost(why)
+
     async def _lost(
         self, why: str, *, items: list[Input] | None = None, reload: bool = False, planned: bool = False
     ) -> None:

@@ -321,10 +321,16 @@ class ShardManager:
         if owned is None:
             return
         self.owned[execution_id] = owned
-        if owned.state.status in FINAL_EXECUTION_STATES:
-            await owned.finish_again()
-        else:
-            await resume(owned)
+        try:
+            if owned.state.status in FINAL_EXECUTION_STATES:
+                await owned.finish_again()
+            else:
+                await resume(owned)
+        except BaseException:
+            # Not carried on: out of memory again, or the retry would find it "owned" and stop there, and the
+            # execution would stay half ended (its reads waiting for an end nobody writes).
+            await owned.give_up("adopted, but carrying it on failed")
+            raise
 
     async def _drop(self, n: int) -> None:
         """Stop serving shard n here (its lease is gone or given away): its executions leave memory; what was in
