@@ -186,8 +186,13 @@ class PullConsumer:
                     self.log.debug("pull request not sent", error=repr(exc))
                 if not self._buffer:
                     self._arrived.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._arrived.wait(), self.heartbeat_s)
+                    # A timer instead of asyncio.wait_for, which wraps the wait in a task of its own: three loop
+                    # turns between a message's arrival and its handling instead of one, on every hop of a DAG.
+                    timer = loop.call_later(self.heartbeat_s, self._arrived.set)
+                    try:
+                        await self._arrived.wait()
+                    finally:
+                        timer.cancel()
                     if self._requested and not self._buffer and loop.time() - self._last_heard > 2.5 * self.heartbeat_s:
                         # No message and no heartbeat: the server no longer holds our request.
                         self._requested = 0

@@ -158,4 +158,7 @@ class Pipeline:
                         raise
                     await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
 
-        await asyncio.gather(*(one(*m) for m in messages))
+        if len(messages) == 1:
+            await one(*messages[0])  # no task for the common lone message: one loop turn less on its way
+        else:
+            await asyncio.gather(*(one(*m) for m in messages))

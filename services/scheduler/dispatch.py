@@ -162,7 +162,10 @@ class Dispatcher:
     async def publish(self, outgoing: list[Outgoing]) -> list[Outgoing]:
         """Publish (pipelined) and return the messages the job stream stored; a failure is logged and left
         for recovery to publish again (under the same message id, so never twice)."""
-        results = await asyncio.gather(*(self._publish_one(o) for o in outgoing))
+        if len(outgoing) == 1:
+            results = [await self._publish_one(outgoing[0])]  # a lone message needs no task
+        else:
+            results = await asyncio.gather(*(self._publish_one(o) for o in outgoing))
         placed = [o for o, ok in zip(outgoing, results, strict=True) if ok]
         self.published += len(placed)
         return placed

@@ -60,7 +60,6 @@ class Reporter:
         self._seq = 0
         self._pending: dict[int, _Pending] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._soon = False
         self._flushing: set[asyncio.Task[None]] = set()
         self.sent = 0
 
@@ -82,20 +81,15 @@ class Reporter:
     def _schedule(self, *, now: bool) -> None:
         loop = asyncio.get_running_loop()
         if now:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if not self._soon:
-                self._soon = True
-                loop.call_soon(self._flush)
-        elif self._timer is None and not self._soon:
+            # Nothing else is running (or the batch is full): what is pending goes out at once.
+            self._flush()
+        elif self._timer is None:
             self._timer = loop.call_later(WINDOW_S, self._flush)
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
-        self._soon = False
         pending, self._pending = self._pending, {}
         for shard, batch in pending.items():
             if batch.reports:
