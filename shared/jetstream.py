@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
-    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -29,6 +28,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from shared.kvfollow import watch_bucket
 from shared.logging import get_logger
 from shared.pipeline import STORE_FULL_CODES, WRONG_LAST_SEQUENCE_CODES, JetStreamError
 from shared.settings import StorageSettings
@@ -201,16 +201,9 @@ async def kv_entries(js: JetStreamContext, bucket: str, keys: str = ">", timeout
         if meta.num_pending == 0 and not done.done():
             done.set_result(None)
 
-    sub = await js.subscribe(
-        f"{prefix}{keys}",
-        stream=f"KV_{bucket}",
-        cb=on_msg,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-    )
+    sub, replayed = await watch_bucket(js, bucket, on_msg, keys=keys)
     try:
-        info = await sub.consumer_info()
-        if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
+        if replayed:
             return []  # nothing matches: no message will come to say so
         await asyncio.wait_for(done, timeout)
         return list(found.values())

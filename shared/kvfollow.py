@@ -37,7 +37,12 @@ async def watch_bucket(
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
     )
-    info = await sub.consumer_info()
+    try:
+        info = await sub.consumer_info()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        raise
     return sub, not info.num_pending and not (info.delivered and info.delivered.consumer_seq)
 
 
