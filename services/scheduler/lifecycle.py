@@ -525,7 +525,6 @@ class Owned:
                     item.future.set_result(
                         execution_view(state, started_at=self.started_at, checkpoint_id=self.checkpoint_id)
                     )
-        await self._ack(refs)
         self._arm_timers(patches)
         self._count(patches)
         self._gate(steps, patches)
@@ -534,6 +533,9 @@ class Owned:
             paused_changed = execution is not None and execution.paused is not msgspec.UNSET and not state.final
             events = self._events(steps, env.now, status_changed, paused_changed)
             self._queue_effects(_Effects(steps, self.seq, env.now, state.final, status_changed, paused_changed, events))
+        # Acked after the effects are queued: their task runs before the connection's flusher, so the acks and
+        # the first job messages and events leave in one socket write (a loop turn and a syscall less per hop).
+        await self._ack(refs)
 
     def _gate(self, steps: list[Step], patches: list[JobPatch]) -> None:
         """Send gated jobs to the gates; free the slots of keyed jobs that ended (or start a new round)."""
@@ -690,13 +692,18 @@ class Owned:
             await self.withdraw_stale()
         if e.status_changed is not None and e.status_changed.status == "cancelled":
             await self._withdraw()
+            if e.events:
+                await self._publish_events(e.events)
         else:
             jobs = [state.jobs[i] for i in dispatched]
             jobs = [j for j in jobs if j.status == "queued" and not j.placed]
-            if jobs:
+            if jobs and e.events:
+                # Both already hold in the journal, so neither waits for the other: they leave in one write.
+                await asyncio.gather(self.publish(jobs), self._publish_events(e.events))
+            elif jobs:
                 await self.publish(jobs)
-        if e.events:
-            await self._publish_events(e.events)
+            elif e.events:
+                await self._publish_events(e.events)
         completed = [p.job for step in e.steps for p in step.jobs if p.status == "completed"]
         self._completed_since_checkpoint.extend(completed)
         if e.final:
