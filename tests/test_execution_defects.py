@@ -58,10 +58,28 @@ async def test_a_cancelled_job_never_runs_and_is_not_counted_waiting(stack: Stac
     assert (await http.post(f"{stack.url}/execute/{eid}/cancel")).status_code == 200
     s = (await stats(http, stack.url))["stats"]
     assert s["waiting"] == 0, s
+    # Across a restart too: the withdrawal is in the stream, not in the scheduler's memory.
+    next(p for p in stack.procs if p.name == "scheduler").kill()
+    await stack.scheduler("scheduler-2")
+
+    async def answered() -> dict[str, Any] | None:
+        r = await http.get(f"{stack.url}/queue/stats")
+        return r.json()["stats"] if r.status_code == 200 else None
+
+    s = await wait_for(answered, timeout=20, message="queue stats from the new scheduler")
+    assert s["waiting"] == 0, s
     # A capable worker comes later: it runs a job submitted after the cancel (same consumer, in order), and
     # never the cancelled one.
     worker = await stack.worker("w1", "--capabilities", "probecap")
-    later = await submit(http, stack.url, [job("probe", capability="probecap")])
+
+    async def submitted() -> str | None:
+        # 503 until the new scheduler holds the shards the killed one leased.
+        r = await http.post(
+            f"{stack.url}/execute", json={"workflowId": "wf-test", "jobs": [job("probe", capability="probecap")]}
+        )
+        return str(r.json()["executionId"]) if r.status_code == 201 else None
+
+    later = await wait_for(submitted, timeout=30, interval=0.5, message="a submit to the new scheduler")
     assert (await wait_final(http, stack.url, later))["status"] == "completed"
     ran = [line["executionId"] for line in worker.log_lines() if line.get("event") == "job completed"]
     assert ran == [later]

@@ -165,6 +165,8 @@ def test_up_runs_the_stack_and_stops_cleanly(up: Up) -> None:
     assert "Starting nats-server" in (up.data_dir / "nats-server.log").read_text()
     lines = [json.loads(line.split("| ", 1)[1]) for line in text.splitlines() if "| {" in line]
     assert [line for line in lines if line["event"] == "nats disconnected"] == []
+    # ... and the gateway's startup probes leave no coroutine un-awaited.
+    assert "never awaited" not in text
     closed = [line for line in lines if line["event"] == "nats connection closed"]
     assert len(closed) >= 5 and {line["level"] for line in closed} == {"info"}, closed
 
