@@ -353,6 +353,9 @@ class ErrorInfo(Message):
     type: str
     message: str
     traceback: str | None = None
+    log: list[str] | None = None
+    """The attempt's last log lines (its `ctx.log` and the stdlib records that pass the worker's level), oldest
+    first: at most 20 of at most 300 characters."""
 
 
 class Delivery(Message):
@@ -550,7 +553,6 @@ class JobFinishedReport(JobReport, tag="finished"):
     """False when the handler raised NonRetryable: the job fails without using up its retries."""
     cancelled: bool = False
     delivery: int = 1
-    logs: list[str] = msgspec.field(default_factory=list)
     traceparent: str | None = None
     """W3C trace context of the worker's span of the job (when tracing is on)."""
 
@@ -671,7 +673,6 @@ class JobPatch(Message, omit_defaults=True):
     waiting_reason: str | msgspec.UnsetType | None = msgspec.UNSET
     delivery: Delivery | msgspec.UnsetType = msgspec.UNSET
     """A run to add to the job's deliveries."""
-    logs: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ExecutionPatch(Message, omit_defaults=True):
@@ -809,7 +810,6 @@ class JobRecord(Message):
     result_ref: str | None = None
     deliveries: list[Delivery] = msgspec.field(default_factory=list)
     progress: JobProgress | None = None
-    logs: list[str] = msgspec.field(default_factory=list)
     priority: int = DEFAULT_PRIORITY
     """Its priority in effect (its own, else its execution's)."""
     concurrency_key: str | None = None

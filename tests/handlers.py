@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from pathlib import Path
@@ -64,8 +65,20 @@ async def not_json(ctx: JobContext) -> Any:
 
 @handler("raises")
 async def raises(ctx: JobContext) -> Any:
-    """Raises an ordinary exception from a nested call, so its traceback has a line to point at."""
+    """Logs what it is about to do, then raises an ordinary exception from a nested call, so its traceback has a
+    line to point at."""
+    ctx.log.info("dividing", by=ctx.config.get("by", 0))
     return _divide(ctx.config.get("by", 0))
+
+
+@handler("chatty")
+def chatty(ctx: JobContext) -> Any:
+    """A plain def (it runs in the worker's threads): logs 30 rows through ctx.log and a warning through the
+    stdlib, then fails."""
+    for n in range(30):
+        ctx.log.info("row", n=n)
+    logging.getLogger("user.loader").warning("disk almost full")
+    raise JobFailed("no rows left")
 
 
 def _divide(by: int) -> float:

@@ -164,6 +164,20 @@ async def test_a_failure_keeps_its_type_message_and_traceback(stack: Stack, http
     assert info["type"] == "ZeroDivisionError" and info["message"] == "ZeroDivisionError: division by zero"
     assert "tests/handlers.py" in info["traceback"] and "_divide" in info["traceback"]
     assert div["error"] == "ZeroDivisionError: division by zero"
+    # What the job logged before it failed, and nothing the worker logged around it.
+    assert info["log"] == ["INFO dividing by=0"]
+
+
+async def test_a_failure_keeps_the_last_lines_its_job_logged(stack: Stack, http: httpx.AsyncClient) -> None:
+    await stack.up()
+    await stack.worker("w1", "tests.handlers")
+    eid = await submit(http, stack.url, [job("chatty", "chatty"), job("fine", "noop")])
+    await wait_final(http, stack.url, eid)
+    listing = await jobs(http, stack.url, eid)
+    lines = listing["chatty"]["errorInfo"]["log"]
+    # The last 20 of 31 lines, from ctx.log and the stdlib, logged in the worker's thread.
+    assert lines == [f"INFO row n={n}" for n in range(11, 30)] + ["WARNING user.loader: disk almost full"]
+    assert listing["fine"]["status"] == "completed" and listing["fine"]["errorInfo"] is None
 
 
 async def test_non_retryable_fails_at_once(stack: Stack, http: httpx.AsyncClient) -> None:

@@ -177,7 +177,6 @@ class Job(msgspec.Struct, gc=False):
     progress: JobProgress | None = None
     waiting_reason: str | None = None
     deliveries: list[Delivery] = msgspec.field(default_factory=list)
-    logs: list[str] = msgspec.field(default_factory=list)
     awaiting: bool = False
     """Sent to the gates (concurrency key, rate limit), no answer yet. Like `cleared`, not journaled: a
     takeover finds the job `ready` and asks the gates again."""
@@ -471,7 +470,6 @@ def state_from_records(
                 result_ref=r.result_ref,
                 deliveries=list(r.deliveries),
                 progress=r.progress,
-                logs=list(r.logs),
             )
         )
         setattr(counts, r.status, getattr(counts, r.status) + 1)
@@ -519,7 +517,6 @@ def record_of(state: ExecutionState, job: Job) -> JobRecord:
         result_ref=job.result_ref,
         deliveries=job.deliveries,
         progress=job.progress,
-        logs=job.logs,
     )
 
 
@@ -738,7 +735,6 @@ def on_batch_end(state: ExecutionState, env: Env) -> Step:
 def _finished(b: _Builder, job: Job, report: JobFinishedReport, worker_id: str) -> None:
     env = b.env
     fields = _record_start(b, job, worker_id, report.started_at, report.delivery)
-    fields["logs"] = report.logs
     if report.ok:
         b.job(
             job,
@@ -978,7 +974,6 @@ def on_retry(state: ExecutionState, env: Env) -> Step:
                 result_ref=None,
                 progress=None,
                 waiting_reason=None,
-                logs=[],
             )
     _make_ready(b, state.jobs)
     _fill(b)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import math
 import time
@@ -35,7 +36,7 @@ from shared import tracing
 from shared.commands import CommandError, request
 from shared.consume import PullConsumer, delivery_of
 from shared.keys import result_key
-from shared.logging import get_logger
+from shared.logging import capture_lines, get_logger
 from shared.messages import (
     ANY_CAPABILITY,
     CancelNotice,
@@ -441,28 +442,31 @@ class Runner:
         error: ErrorInfo | None = None
         retryable = True
         cancelled = False
-        try:
-            if item.fetch_dependencies:
-                ctx.dependencies.update(await self._fetch_dependencies(run))
-            if asyncio.iscoroutinefunction(handler):
-                coro = handler(ctx)
-                value = await asyncio.wait_for(coro, item.timeout_s) if item.timeout_s else await coro
-            else:
-                value = await self._run_sync(handler, ctx, item.timeout_s)
-        except TimeoutError:
-            ctx.cancelled.set()
-            error = ErrorInfo(type="TimeoutError", message=f"timed out after {item.timeout_s:g} s")
-        except asyncio.CancelledError:
-            if self.stopping.is_set() and not ctx.cancelled.is_set():
-                return None  # handed back at shutdown (reported by stop)
-            cancelled = True
-            error = ErrorInfo(type="Cancelled", message="cancelled")
-        except NonRetryable as exc:
-            error, retryable = _error_info(exc, str(exc) or "failed"), False
-        except JobFailed as exc:
-            error = _error_info(exc, str(exc) or "failed", traceback_too=False)
-        except Exception as exc:
-            error = _error_info(exc, f"{type(exc).__name__}: {exc}")
+        with capture_lines() as lines:
+            try:
+                if item.fetch_dependencies:
+                    ctx.dependencies.update(await self._fetch_dependencies(run))
+                if asyncio.iscoroutinefunction(handler):
+                    coro = handler(ctx)
+                    value = await asyncio.wait_for(coro, item.timeout_s) if item.timeout_s else await coro
+                else:
+                    value = await self._run_sync(handler, ctx, item.timeout_s)
+            except TimeoutError:
+                ctx.cancelled.set()
+                error = ErrorInfo(type="TimeoutError", message=f"timed out after {item.timeout_s:g} s")
+            except asyncio.CancelledError:
+                if self.stopping.is_set() and not ctx.cancelled.is_set():
+                    return None  # handed back at shutdown (reported by stop)
+                cancelled = True
+                error = ErrorInfo(type="Cancelled", message="cancelled")
+            except NonRetryable as exc:
+                error, retryable = _error_info(exc, str(exc) or "failed"), False
+            except JobFailed as exc:
+                error = _error_info(exc, str(exc) or "failed", traceback_too=False)
+            except Exception as exc:
+                error = _error_info(exc, f"{type(exc).__name__}: {exc}")
+            if error is not None and lines:
+                error.log = list(lines)
         result: Any = None
         if error is None:
             try:
@@ -497,7 +501,9 @@ class Runner:
         """A plain `def` handler in the worker's thread pool. Its slot stays taken until the thread returns,
         whatever happens meanwhile (a timeout, a cancel): Python cannot stop a thread, and a freed slot would
         let one more job run than the worker promised."""
-        future = asyncio.get_running_loop().run_in_executor(self._threads, handler, ctx)
+        # In a copy of this task's context: what the handler logs from its thread is captured as the job's.
+        run = contextvars.copy_context().run
+        future = asyncio.get_running_loop().run_in_executor(self._threads, run, handler, ctx)
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except (TimeoutError, asyncio.CancelledError):

@@ -52,6 +52,7 @@ export function JobDetails({ job, now, onClose }) {
     </ol>`}
     ${job.error && html`<h3>Error</h3><pre class="error-text">${job.error}</pre>`}
     ${job.errorInfo?.traceback && html`<details><summary>Traceback</summary><pre>${job.errorInfo.traceback}</pre></details>`}
+    ${job.errorInfo?.log?.length > 0 && html`<details data-section="log"><summary>Last log lines</summary><pre>${job.errorInfo.log.join("\n")}</pre></details>`}
     ${job._progress?.length > 0 &&
     html`<h3>Progress</h3><ol class="progress-log">
       ${job._progress.map(
