@@ -73,11 +73,13 @@ class PullConsumer:
         expires_s: float = 10.0,
         heartbeat_s: float = 2.0,
         on_drained: Callable[[], None] | None = None,
+        on_clear_changed: Callable[[], None] | None = None,
         probe: bool = False,
     ) -> None:
         """`heartbeat_s` ≥ `expires_s`: requests ask for no idle heartbeats (a short request's own expiry
-        says it is gone). `on_drained` is called when the consumer becomes known to hold nothing more for us.
-        With `probe`, a request made while that is not known is `no_wait` (see `known`)."""
+        says it is gone). `on_drained` is called when the consumer becomes known to hold nothing more for us,
+        `on_clear_changed` whenever `clear` flips either way. With `probe`, a request made while that is not
+        known is `no_wait` (see `known`)."""
         self.nc = nc
         self.stream = stream
         self.consumer = consumer
@@ -95,6 +97,7 @@ class PullConsumer:
         self._stopping = False
         self._sub: Subscription | None = None
         self.on_drained = on_drained
+        self.on_clear_changed = on_clear_changed
         self.probe = probe
         self.backlog = 0
         """Messages the consumer held for delivery when it last delivered to us (0 once it ran dry): other
@@ -118,8 +121,14 @@ class PullConsumer:
     def reset(self) -> None:
         """Forget what was requested (after a reconnect the server may have dropped the requests)."""
         self._requested = 0
-        self.known = False
+        self._forget()
         self._arrived.set()
+
+    def _forget(self) -> None:
+        was_clear = self.clear
+        self.known = False
+        if was_clear and self.on_clear_changed is not None:
+            self.on_clear_changed()
 
     async def _on_msg(self, msg: Msg) -> None:
         loop_time = asyncio.get_running_loop().time()
@@ -131,7 +140,7 @@ class PullConsumer:
             if status == "408":
                 missed = headers.get("Nats-Pending-Messages")
                 self._requested = max(0, self._requested - (int(missed) if missed else self._requested))
-                self.known = False
+                self._forget()
             elif status == "404":
                 self._requested = 0
                 self._learned(0)
@@ -150,7 +159,11 @@ class PullConsumer:
         was_clear = self.clear
         self.backlog = backlog
         self.known = True
-        if self.clear and not was_clear and self.on_drained is not None:
+        if self.clear is was_clear:
+            return
+        if self.on_clear_changed is not None:
+            self.on_clear_changed()  # first: what on_drained does may ask which bands are clear now
+        if self.clear and self.on_drained is not None:
             self.on_drained()
 
     async def _pull(self) -> None:

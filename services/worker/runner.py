@@ -149,6 +149,8 @@ class Runner:
         self.held: dict[int, _Held] = {}
         """By the message's stream sequence."""
         self.pools: list[_Pool] = []
+        self._top: int | None = None
+        self._top_stale = True
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._cancelled = _Cancelled()
@@ -192,9 +194,11 @@ class Runner:
                     expires_s=PULL_EXPIRES_S,
                     heartbeat_s=PULL_EXPIRES_S,
                     on_drained=self._on_drained,
+                    on_clear_changed=self._bands_changed,
                     probe=True,
                 )
                 self.pools.append(pool)
+                self._bands_changed()
                 self._tasks.append(asyncio.create_task(pool.consumer.run(), name=f"pull {ref.consumer}"))
         self.problem = None
         self._tasks.append(asyncio.create_task(self._keepalive(), name="keepalive"))
@@ -231,9 +235,17 @@ class Runner:
     # --- taking messages ----------------------------------------------------------------------------------------
 
     def _top_unclear(self) -> int | None:
-        return first_unclear(
-            (p.ref.priority, p.paused or p.consumer.clear) for p in self.pools if p.consumer is not None
-        )
+        """Kept until a consumer's `clear` or a pause changes: asked for by every pool on every slot freed, it
+        would otherwise cost a walk of all the pools (a band of every capability and type) each time."""
+        if self._top_stale:
+            self._top = first_unclear(
+                (p.ref.priority, p.paused or p.consumer.clear) for p in self.pools if p.consumer is not None
+            )
+            self._top_stale = False
+        return self._top
+
+    def _bands_changed(self) -> None:
+        self._top_stale = True
 
     async def _on_pause_advisory(self, msg: Msg) -> None:
         """A paused consumer answers "no messages" and holds long requests past its resume: while it is paused
@@ -247,6 +259,7 @@ class Runner:
         for pool in self.pools:
             if pool.ref.consumer == advisory.consumer and pool.consumer is not None:
                 pool.paused = advisory.paused
+                self._bands_changed()
                 if not advisory.paused:
                     pool.consumer.reset()
         self._start_waiting()
@@ -268,8 +281,11 @@ class Runner:
         return max(1, math.ceil(free / max(1.0, pool.jobs_per_message)))
 
     def _wake(self) -> None:
+        # Only the bands that may take jobs now: a lower band's pull would ask for nothing. When a higher band
+        # runs dry (`_on_drained`) or is paused, this runs again with the lower bands let in.
+        top = self._top_unclear()
         for pool in self.pools:
-            if pool.consumer is not None:
+            if pool.consumer is not None and may_take(pool.ref.priority, top):
                 pool.consumer.wake()
 
     def _on_drained(self) -> None:
