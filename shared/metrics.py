@@ -210,14 +210,29 @@ class SchedulerMetrics(_Group):
             registry=registry,
         )
         self._depth_keys: set[tuple[str, str]] = set()
+        # The labelled children of the per-job series, by label values: `labels()` takes a lock and builds a
+        # key on every call, a few microseconds on each of thousands of jobs a second. The metrics hold a child
+        # per label set anyway: these only keep references to the same children.
+        self._finished: dict[tuple[str, str], Counter] = {}
+        self._durations: dict[str, Histogram] = {}
+        self._waits: dict[str, Histogram] = {}
 
     def job_finished(self, state: str, job_type: str, duration_s: float | None = None) -> None:
-        self.jobs.labels(state, job_type).inc()
+        counter = self._finished.get((state, job_type))
+        if counter is None:
+            counter = self._finished[(state, job_type)] = self.jobs.labels(state, job_type)
+        counter.inc()
         if duration_s is not None:
-            self.job_duration.labels(job_type).observe(duration_s)
+            histogram = self._durations.get(job_type)
+            if histogram is None:
+                histogram = self._durations[job_type] = self.job_duration.labels(job_type)
+            histogram.observe(duration_s)
 
     def queue_wait(self, job_type: str, seconds: float) -> None:
-        self.job_queue_wait.labels(job_type).observe(max(0.0, seconds))
+        histogram = self._waits.get(job_type)
+        if histogram is None:
+            histogram = self._waits[job_type] = self.job_queue_wait.labels(job_type)
+        histogram.observe(max(0.0, seconds))
 
     def execution_finished(self, status: str) -> None:
         self.executions.labels(status).inc()
