@@ -400,6 +400,8 @@ class JobView(Message):
     priority: int = DEFAULT_PRIORITY
     concurrency_key: str | None = None
     """Its concurrency key, resolved (a job waiting for one of its slots is `ready`, with a waitingReason)."""
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The job's config as submitted."""
 
 
 class ExecutionRef(Message):

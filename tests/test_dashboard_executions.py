@@ -50,6 +50,7 @@ async def test_diamond_completes_live_without_a_reload(
     await browser.wait("() => document.querySelector('[data-details=\"b\"]')", message="details of b")
     details = await browser.eval("() => document.querySelector('[data-details=\"b\"]').textContent")
     assert "w1" in details or "w2" in details
+    assert '"seconds": 0.3' in details, details  # its config
     await shoot(browser, "execution", tmp_path)
     # The keyboard reaches every node: focus, Enter.
     await browser.press('.graph [data-job-id="c"]', "Enter")

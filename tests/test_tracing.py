@@ -184,7 +184,7 @@ async def test_an_executions_jobs_are_spans_of_its_submit(
     )
     assert r.status_code == 201, r.text
 
-    def chain() -> list[tuple[Received, Received, Received]] | None:
+    def chain() -> tuple[Received, list[tuple[Received, Received, Received]]] | None:
         command = next(
             (s for s in collector.spans if s.service == "jetdag-scheduler" and s.name.endswith(" execute")), None
         )
@@ -197,9 +197,10 @@ async def test_an_executions_jobs_are_spans_of_its_submit(
             verdict = run and next((s for s in ours if s.name == "result" and s.parent_id == run.span_id), None)
             if run and verdict:
                 found.append((dispatch, run, verdict))
-        return found if len(found) == 2 else None
+        return (command, found) if len(found) == 2 else None
 
-    links = await wait_for(chain, timeout=30, message="both jobs' spans in the submit's trace")
+    command, links = await wait_for(chain, timeout=30, message="both jobs' spans in the submit's trace")
     for dispatch, run, verdict in links:
+        assert dispatch.parent_id == command.span_id  # the execution keeps its submit's context
         assert run.name == "job noop" and verdict.service == "jetdag-scheduler"
         assert dispatch.trace_id == run.trace_id == verdict.trace_id

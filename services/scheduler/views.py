@@ -96,6 +96,7 @@ def job_view(state: ExecutionState, job: Job) -> JobView:
         retry_at=job.retry_at,
         priority=job.priority,
         concurrency_key=job.concurrency_key,
+        config=job.config,
     )
 
 

@@ -62,8 +62,7 @@ export function JobDetails({ job, now, onClose }) {
       )}
     </ol>`}
     <h3>Config</h3>
-    ${"config" in job ? html`<${Json} value=${job.config} label="config" />` : html`<p class="muted">This gateway's job
-      listing does not include configs.</p>`}
+    <${Json} value=${job.config} label="config" />
     <h3>Result</h3>
     <${Json} value=${job.result} label="result" />
   </aside>`;
