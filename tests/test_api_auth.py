@@ -161,6 +161,14 @@ async def test_scopes_give_401_403_and_pass_where_they_should(stack: Stack, http
                 assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
     executions = (await http.get(f"{url}/executions", headers=bearer(READER))).json()
     assert executions["count"] == 2  # the writer's and the admin's submissions, not the reader's
+    # The event streams are reads like any other: 401 without a token, open with a read token.
+    eid = executions["executions"][0]["executionId"]
+    for path in ("/events", f"/execute/{eid}/events"):
+        r = await http.get(f"{url}{path}")
+        assert r.status_code == 401 and r.json()["success"] is False, (path, r.text)
+        async with http.stream("GET", f"{url}{path}", headers=bearer(READER)) as stream:
+            assert stream.status_code == 200, path
+            assert stream.headers["content-type"].startswith("text/event-stream")
     # Open without a token: /health for load balancers, the OpenAPI document.
     assert (await http.get(f"{url}/health")).status_code == 200
     schema = (await http.get(f"http://127.0.0.1:{stack.gateway_port}/schema/openapi.json")).json()

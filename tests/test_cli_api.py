@@ -141,6 +141,12 @@ async def test_inspection_commands_and_json(stack: Stack) -> None:
     tail = await jetdag(stack, "events", eid, "--json", "--since", str(as_json[-3]["id"]))
     assert [json.loads(line)["id"] for line in tail.stdout.splitlines()] == [e["id"] for e in as_json[-2:]]
 
+    # --json with --watch: one JSON document, the execution as it ended (no id or progress lines before it).
+    watched = await jetdag(stack, "submit", "examples/hello.yaml", "--watch", "--json")
+    assert watched.returncode == 0, watched.stderr
+    ended = json.loads(watched.stdout)
+    assert ended["status"] == "completed" and ended["progress"]["completed"] == 5
+
 
 async def test_ctrl_c_stops_watching_not_the_execution(stack: Stack, tmp_path: Path) -> None:
     await stack.up(workers=1)

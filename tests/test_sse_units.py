@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import pytest
 
+from jetdag.client.events import decode_event
 from services.gateway.sse import Frame, StreamBuffer, control, event, parse_kinds, parse_last_id
 from shared.commands import Invalid
+from shared.messages import ExecutionEvent, QueueEvent, WorkerEvent
 from shared.subjects import Names
 
 
@@ -62,3 +66,17 @@ async def test_a_full_buffer_waits_for_the_client_then_gives_up() -> None:
 
 async def test_get_times_out_on_an_idle_stream() -> None:
     assert await StreamBuffer(10, 1).get(0.01) is None
+
+
+def test_every_documented_kind_decodes_to_its_struct() -> None:
+    """docs/events.md's payloads: the client yields each kind as its Struct, not as a dict."""
+    progress = {"total": 1, "completed": 0, "failed": 0, "running": 1}
+    execution: dict[str, Any] = {"executionId": "exec-1", "workflowId": "w", "status": "running", "at": "2026-12-03"}
+    execution["progress"] = progress
+    for kind in ("created", "running", "paused", "resumed", "completed"):
+        assert isinstance(decode_event(1, kind, json.dumps(execution)).payload, ExecutionEvent), kind
+    queue = {"event": "paused", "at": "2026-12-03T00:00:00Z"}
+    assert isinstance(decode_event(2, "queue", json.dumps(queue)).payload, QueueEvent)
+    worker = {"event": "registered", "workerId": "w1", "at": "2026-12-03T00:00:00Z"}
+    assert isinstance(decode_event(3, "worker", json.dumps(worker)).payload, WorkerEvent)
+    assert decode_event(4, "later-kind", '{"x": 1}').payload == {"x": 1}

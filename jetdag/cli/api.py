@@ -159,11 +159,13 @@ def submit(
         print_json(run)
         return 0
     if follow:
-        print(run.execution_id, flush=True)
-        code = watch_execution(client, run.execution_id)
         if as_json:
+            # One JSON document: the execution as it ended, without the id and progress lines before it.
+            code = watch_execution(client, run.execution_id, quiet=True)
             print_json(client.get(run.execution_id))
-        return code
+            return code
+        print(run.execution_id, flush=True)
+        return watch_execution(client, run.execution_id)
     print(run.execution_id)
     return 0
 
@@ -173,7 +175,7 @@ def submit(
 @api_command
 def watch(client: Client, as_json: bool, execution_id: str) -> int:
     """Show the live progress of EXECUTION_ID; Ctrl-C stops the watching, not the execution."""
-    code = watch_execution(client, execution_id)
+    code = watch_execution(client, execution_id, quiet=as_json)
     if as_json:
         print_json(client.get(execution_id))
     return code
@@ -297,7 +299,7 @@ def retry(client: Client, as_json: bool, execution_id: str, follow: bool) -> int
 
 @click.command(short_help="Print live events over HTTP (SSE), like `nats sub` on the event stream.")
 @click.argument("execution_id", required=False)
-@click.option("--kinds", help="Comma-separated kinds (completed,failed,job,…); only without EXECUTION_ID.")
+@click.option("--kinds", help="Comma-separated kinds (completed,failed,jobs,queue,…); only without EXECUTION_ID.")
 @click.option("--since", "since", type=click.IntRange(min=0), help="Start after this event id (Last-Event-ID).")
 @api_command
 def events(client: Client, as_json: bool, execution_id: str | None, kinds: str | None, since: int | None) -> int:

@@ -82,16 +82,20 @@ class _View:
 _STYLE = {"completed": "bold green", "failed": "bold red", "cancelled": "bold yellow", "running": "cyan"}
 
 
-def watch(client: Client, execution_id: str) -> int:
-    """Follow an execution until it ends; its exit code (0 completed, 1 failed, 3 cancelled; 130 Ctrl-C)."""
+def watch(client: Client, execution_id: str, *, quiet: bool = False) -> int:
+    """Follow an execution until it ends; its exit code (0 completed, 1 failed, 3 cancelled; 130 Ctrl-C).
+    `quiet`: print nothing on stdout (`--json` prints the end state as its one document instead)."""
     state = WatchState.from_view(client.get(execution_id))
     started = time.monotonic()
     lock = threading.Lock()
-    live = Live(_View(state, started, lock), console=out, refresh_per_second=8, transient=False) if is_tty() else None
+    shown = is_tty() and not quiet
+    live = Live(_View(state, started, lock), console=out, refresh_per_second=8, transient=False) if shown else None
     last_line = ""
 
     def plain() -> None:
         nonlocal last_line
+        if quiet:
+            return
         line = f"{state.status} {summary(state)}"
         if line != last_line:
             last_line = line
@@ -131,6 +135,8 @@ def watch(client: Client, execution_id: str) -> int:
     finally:
         if live is not None:
             live.stop()
+    if quiet:
+        return exit_code(state.status)
     elapsed = time.monotonic() - started
     message = f"execution {execution_id} {state.status} after {_elapsed(elapsed)}: {summary(state)}"
     if state.error and state.status != "completed":

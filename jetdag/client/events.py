@@ -9,13 +9,13 @@ from typing import Any, TypeAlias
 import msgspec
 
 from shared.api import SSE_DROPPED, SSE_END, StreamDropped, StreamEnd
-from shared.messages import Checkpoint, ExecutionEvent, JobsEvent, WorkerEvent
+from shared.messages import Checkpoint, ExecutionEvent, JobsEvent, QueueEvent, WorkerEvent
 
 __all__ = ["Event", "Payload", "decode_event", "read_sse"]
 
-Payload: TypeAlias = ExecutionEvent | Checkpoint | JobsEvent | WorkerEvent | dict[str, Any]
+Payload: TypeAlias = ExecutionEvent | Checkpoint | JobsEvent | WorkerEvent | QueueEvent | dict[str, Any]
 
-EXECUTION_KINDS = frozenset({"created", "running", "completed", "failed", "cancelled", "retried"})
+EXECUTION_KINDS = frozenset({"created", "running", "completed", "failed", "cancelled", "retried", "paused", "resumed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class Event:
     """JetStream stream sequence: pass it as `last_event_id` to resume right after this event."""
     kind: str
     """The last token of `execution.<exec>.<kind>` (`jobs` for the batched job changes); `worker` for
-    `worker.<id>.<what>`."""
+    `worker.<id>.<what>`, `queue` for `queue.<paused|resumed>`."""
     payload: Payload
 
 
@@ -44,6 +44,8 @@ def decode_event(event_id: int, kind: str, data: bytes | str) -> Event:
                 payload = msgspec.convert(raw, JobsEvent)
             elif kind == "worker":
                 payload = msgspec.convert(raw, WorkerEvent)
+            elif kind == "queue":
+                payload = msgspec.convert(raw, QueueEvent)
         except msgspec.ValidationError:
             payload = raw
     return Event(event_id, kind, payload)

@@ -75,7 +75,7 @@ def parse_last_id(header: str | None, query: str | None) -> int | None:
 
 
 def parse_kinds(raw: str | None) -> frozenset[str] | None:
-    """`?kinds=completed,failed,job` → the kinds to send; None: every kind."""
+    """`?kinds=completed,failed,jobs` → the kinds to send; None: every kind."""
     if raw is None or not raw.strip():
         return None
     kinds = [k.strip() for k in raw.split(",") if k.strip()]
