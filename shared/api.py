@@ -145,6 +145,9 @@ class QueueStatsResponse(Response):
     """A pause of everything is in effect (`stats.paused` counts the jobs it holds)."""
     pauses: list[QueuePause] = msgspec.field(default_factory=list)
     """Every pause in effect: what it covers (no capability and no type: everything), until when, why."""
+    ready: int = 0
+    """Jobs whose parents are done that wait for a slot: their execution's `parallelism` or their concurrency
+    key's `maxConcurrent`."""
 
 
 class QueueControlResponse(MessageResponse):

@@ -447,6 +447,7 @@ class QueueStats(Message):
     delayed: int
     paused: int
     total: int
+    """The sum of the six above; exactly these seven fields (the contract's)."""
 
 
 class QueueStatsReply(Message):
@@ -454,6 +455,9 @@ class QueueStatsReply(Message):
     is_paused: bool
     healthy: bool
     pauses: list[QueuePause] = msgspec.field(default_factory=list)
+    ready: int = 0
+    """Jobs whose parents are done that wait for a slot: their execution's parallelism or their concurrency
+    key's maxConcurrent (beside `stats`, whose seven fields are the contract's)."""
 
 
 class QueueControl(Message):

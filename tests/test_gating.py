@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+import msgspec
 import pytest
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from services.scheduler import machine
-from services.scheduler.gating import STALE_MS, TemplateError, acquire, drop, resolve_key, take_starts
+from services.scheduler.gates import _compare_and_set
+from services.scheduler.gating import STALE_MS, TemplateError, acquire, drop, refresh, resolve_key, take_starts
 from shared.messages import ConcurrencyRecord, JobConfig, RateLimit, RateLimitRecord, Slot
 
 
@@ -71,6 +77,55 @@ def test_entries_nobody_confirms_expire() -> None:
     assert not granted
     record, granted, _ = acquire(record, slot("b", execution="exec-b"), 1, STALE_MS + 1)
     assert granted and [h.job_id for h in record.holders] == ["b"]
+
+
+def test_a_confirmation_is_a_new_record_and_keeps_what_its_owner_confirms() -> None:
+    record, _, _ = acquire(ConcurrencyRecord(key="k"), slot("a"), 1, 0)
+    confirmed = refresh(record, {("exec-a", "a")}, STALE_MS + 5)
+    # The record read is left as it was: whoever compares the two sees that there is something to write.
+    assert record.holders[0].seen == 0 and confirmed.holders[0].seen == STALE_MS + 5
+    assert confirmed != record
+    assert refresh(record, set(), STALE_MS + 5).holders == []  # not confirmed, and stale: gone
+
+
+class _KV:
+    """Just enough of a KV bucket for a compare-and-set: one key, its value and revision."""
+
+    def __init__(self, value: bytes, revision: int) -> None:
+        self.value, self.revision, self.reads = value, revision, 0
+
+    async def get(self, key: str) -> Any:
+        self.reads += 1
+        return type("Entry", (), {"value": self.value, "revision": self.revision})()
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        if last != self.revision:
+            raise KeyWrongLastSequenceError()
+        self.value, self.revision = value, self.revision + 1
+        return self.revision
+
+
+async def test_a_decision_to_write_nothing_is_made_on_the_record_as_it_is_now() -> None:
+    """This replica's cache says both slots are taken; another replica has given them back since. Its job
+    must get a slot at once, not wait until an entry goes stale (found as a 30 s stall with two replicas)."""
+    full, _, _ = acquire(ConcurrencyRecord(key="k"), slot("x", execution="exec-b"), 2, 0)
+    full, _, _ = acquire(full, slot("y", execution="exec-b"), 2, 0)
+    mine, granted, _ = acquire(full, slot("a", since=1), 2, 0)
+    assert not granted
+    kv = _KV(msgspec.json.encode(drop(mine, {("exec-b", "x"), ("exec-b", "y")}, 0)), revision=7)
+    cache: dict[str, tuple[ConcurrencyRecord, int]] = {"k": (mine, 6)}
+    outcome: list[bool] = []
+
+    def ask(record: ConcurrencyRecord) -> ConcurrencyRecord:
+        record, granted, _ = acquire(record, slot("a", since=1), 2, 0)
+        outcome[:] = [granted]
+        return record
+
+    written = await _compare_and_set(
+        cast(KeyValue, kv), "concurrency.k", ConcurrencyRecord(key="k"), ask, cache=cache, cache_key="k"
+    )
+    assert outcome == [True] and [h.job_id for h in written.holders] == ["a"]
+    assert kv.reads == 1 and kv.revision == 8 and cache["k"][1] == 8
 
 
 def test_a_rate_limit_is_a_sliding_window() -> None:

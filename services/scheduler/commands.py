@@ -585,7 +585,7 @@ class Commands:
             total=0,
         )
         stats.total = stats.waiting + stats.active + stats.completed + stats.failed + stats.delayed + stats.paused
-        return QueueStatsReply(stats=stats, is_paused=paused, healthy=True, pauses=pauses)
+        return QueueStatsReply(stats=stats, is_paused=paused, healthy=True, pauses=pauses, ready=self.index.ready_jobs)
 
     async def pauses(self, _: Any) -> QueuePauses:
         pauses = await self.queue.pauses()

@@ -402,11 +402,15 @@ async def _compare_and_set(
     cache_key: str = "",
 ) -> R:
     """Read, change, write back unless another writer came first (then again). `change` answers None when
-    there is nothing to write. With `cache`, the value as this process last wrote it is tried first: it is read
-    only when another writer changed it meanwhile."""
+    there is nothing to write. With `cache`, the value as this process last wrote it is tried first: a write
+    on it fails when another writer changed it meanwhile, and is tried again on what that writer wrote. A
+    decision to write nothing can't fail that way, so one made on the cached value is made again on the value
+    read now: a replica deciding from its own last write alone would never see that another one gave back the
+    slots its jobs wait for."""
     cached = cache.get(cache_key) if cache is not None else None
     kind = type(empty)
     while True:
+        from_cache = cached is not None
         if cached is not None:
             record, revision = msgspec.json.decode(_encode(cached[0]), type=kind), cached[1]  # `change` may mutate
         else:
@@ -415,8 +419,12 @@ async def _compare_and_set(
                 record, revision = msgspec.json.decode(entry.value or b"{}", type=kind), entry.revision or 0
             except KeyNotFoundError:
                 record, revision = empty, 0
+        before = _encode(record)
         updated = change(record)
-        if updated is None or (updated == record and revision):
+        if updated is None or (revision and _encode(updated) == before):
+            if from_cache:
+                cached = None
+                continue
             return record if updated is None else updated
         try:
             if not revision:

@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
+
 from shared.messages import ConcurrencyRecord, RateLimitRecord, Slot
 
 __all__ = [
@@ -109,13 +111,17 @@ def drop(record: ConcurrencyRecord, ids: set[tuple[str, str]], now_ms: int) -> C
 
 
 def refresh(record: ConcurrencyRecord, ids: set[tuple[str, str]], now_ms: int) -> ConcurrencyRecord:
-    """These entries confirmed by their owner now."""
-    for slot in (*record.holders, *record.waiters):
-        if (slot.execution_id, slot.job_id) in ids:
-            slot.seen = now_ms
-    return ConcurrencyRecord(
-        key=record.key, holders=_fresh(record.holders, now_ms), waiters=_fresh(record.waiters, now_ms)
-    )
+    """These entries confirmed by their owner now. A new record: the caller compares it with the one it read
+    to know whether there is anything to write."""
+
+    def seen(slots: list[Slot]) -> list[Slot]:
+        confirmed = [
+            msgspec.structs.replace(slot, seen=now_ms) if (slot.execution_id, slot.job_id) in ids else slot
+            for slot in slots
+        ]
+        return _fresh(confirmed, now_ms)
+
+    return ConcurrencyRecord(key=record.key, holders=seen(record.holders), waiters=seen(record.waiters))
 
 
 def take_starts(

@@ -121,6 +121,7 @@ class _View:
         t.failed += sign * counts.failed
         t.delayed += sign * counts.delayed
         t.queued += sign * counts.queued
+        t.ready += sign * counts.ready
         t.running += sign * counts.running
         t.pending += sign * counts.open  # "pending" of the totals holds every open job
 
@@ -170,6 +171,11 @@ class ExecutionIndex:
     @property
     def running(self) -> int:
         return self._view.totals.running
+
+    @property
+    def ready_jobs(self) -> int:
+        """Jobs ready to start and held by a slot (parallelism, a concurrency key), over all open executions."""
+        return self._view.totals.ready
 
     def open_for(self, submitter: str) -> int:
         """Open executions the API token `submitter` submitted."""

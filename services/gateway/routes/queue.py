@@ -33,7 +33,7 @@ class QueueController(Controller):
     async def stats(self, backend: Backend) -> QueueStatsResponse:
         reply = await backend.queue_stats()
         return QueueStatsResponse(
-            healthy=reply.healthy, stats=reply.stats, is_paused=reply.is_paused, pauses=reply.pauses
+            healthy=reply.healthy, stats=reply.stats, is_paused=reply.is_paused, pauses=reply.pauses, ready=reply.ready
         )
 
     @post(
