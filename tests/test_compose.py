@@ -20,7 +20,7 @@ import yaml
 from jetdag.launcher import stack_specs
 from jetdag.natsauth import seed_path
 from services.gateway.auth import AuthPolicy
-from shared.settings import GatewaySettings, SettingsError, all_settings_classes, load
+from shared.settings import GatewaySettings, SettingsError, WorkerSettings, all_settings_classes, load
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
@@ -293,6 +293,14 @@ def test_nats_runs_with_the_generated_authorization_and_each_service_with_its_ro
         environment(AUTH_SERVICE, auth).get("JETDAG_NAMESPACE")
         == environment("registry", services()["registry"])["JETDAG_NAMESPACE"]
     ), "the block must be written for the namespace the services use"
+
+
+def test_compose_lets_a_stopped_worker_finish_its_grace() -> None:
+    """Compose SIGKILLs a container 10 s after SIGTERM unless told otherwise; a worker's running jobs get
+    JETDAG_WORKER_GRACE_S to finish, so the wait must be longer (as TimeoutStopSec is in the systemd units)."""
+    worker = services()["worker"]
+    period = str(worker["stop_grace_period"])
+    assert period.endswith("s") and float(period[:-1]) > WorkerSettings().shutdown_grace_s, period
 
 
 def test_the_gateway_would_start_with_its_settings() -> None:
