@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from jetdag.natsserver import free_port
-from tests.api import job, submit, wait_final
+from tests.api import job, jobs, submit, wait_final
 from tests.conftest import Stack, base_env
 from tests.helpers import ServiceProcess
 
@@ -94,3 +94,46 @@ def test_a_handler_module_that_does_not_load_is_one_line_and_exit_2(tmp_path: Pa
         assert result.stderr.strip() == expected, args
         assert result.stdout == ""
         assert time.monotonic() - started < 10
+
+
+HOOKED = """
+from pathlib import Path
+
+from jetdag.worker import JobContext, handler, on_shutdown, on_startup
+
+state = {"startups": 0}
+
+
+@on_startup
+async def load() -> None:
+    state["startups"] += 1
+    state["model"] = "loaded"
+
+
+@handler("predict")
+async def predict(ctx: JobContext) -> dict:
+    return {"model": state["model"], "startups": state["startups"]}
+
+
+@on_shutdown
+def unload() -> None:
+    Path("shutdown.txt").write_text("unloaded")
+"""
+
+
+async def test_startup_hooks_run_once_before_any_job_and_shutdown_hooks_after_the_last(
+    stack: Stack, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    await stack.up()
+    home = tmp_path / "home"
+    write(home, "hooked.py", HOOKED)
+    worker = ServiceProcess("hooked", [JETDAG, "worker", "hooked", "--id", "hooked"], stack.env(), stack.log_dir, home)
+    stack.procs.append(worker)
+    await worker.start().wait_ready()
+    execution = await submit(http, stack.url, [job("a", "predict"), job("b", "predict", ["a"])])
+    assert (await wait_final(http, stack.url, execution))["status"] == "completed"
+    listed = await jobs(http, stack.url, execution)
+    assert listed["a"]["result"] == listed["b"]["result"] == {"model": "loaded", "startups": 1}
+    assert not (home / "shutdown.txt").exists()
+    worker.terminate()
+    assert (home / "shutdown.txt").read_text() == "unloaded"
