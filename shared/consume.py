@@ -74,12 +74,15 @@ class PullConsumer:
         heartbeat_s: float = 2.0,
         on_drained: Callable[[], None] | None = None,
         on_clear_changed: Callable[[], None] | None = None,
+        on_missing: Callable[[], None] | None = None,
         probe: bool = False,
     ) -> None:
         """`heartbeat_s` ≥ `expires_s`: requests ask for no idle heartbeats (a short request's own expiry
         says it is gone). `on_drained` is called when the consumer becomes known to hold nothing more for us,
-        `on_clear_changed` whenever `clear` flips either way. With `probe`, a request made while that is not
-        known is `no_wait` (see `known`)."""
+        `on_clear_changed` whenever `clear` flips either way. With `on_missing`, a "no responders" answer (the
+        consumer does not exist, or has no leader this moment) calls it and no request is sent until `reset()`;
+        without it, such an answer is a dropped request like any other. With `probe`, a request made while that
+        is not known is `no_wait` (see `known`)."""
         self.nc = nc
         self.stream = stream
         self.consumer = consumer
@@ -98,6 +101,9 @@ class PullConsumer:
         self._sub: Subscription | None = None
         self.on_drained = on_drained
         self.on_clear_changed = on_clear_changed
+        self.on_missing = on_missing
+        self.missing = False
+        """The server answered "no responders": the consumer is gone (asked for again by whoever owns us)."""
         self.probe = probe
         self.backlog = 0
         """Messages the consumer held for delivery when it last delivered to us (0 once it ran dry): other
@@ -119,7 +125,9 @@ class PullConsumer:
         return self.known and not self.backlog
 
     def reset(self) -> None:
-        """Forget what was requested (after a reconnect the server may have dropped the requests)."""
+        """Forget what was requested (after a reconnect the server may have dropped the requests, or the
+        consumer was made again)."""
+        self.missing = False
         self._requested = 0
         self._forget()
         self._arrived.set()
@@ -144,6 +152,16 @@ class PullConsumer:
             elif status == "404":
                 self._requested = 0
                 self._learned(0)
+            elif status == "503" and self.on_missing is not None:
+                # No responders: the consumer does not exist (or has no leader this moment). Asking again at once
+                # would loop as fast as the server answers: wait until whoever owns us has it made again.
+                self._requested = 0
+                self._forget()
+                if not self.missing:
+                    self.missing = True
+                    self.log.warning("consumer not answering (removed, or electing its leader); asking for it again")
+                    if self.on_missing is not None:
+                        self.on_missing()
             else:  # 409 and the rest: the server dropped our requests
                 if status != "409" or "Leadership Change" not in (headers.get("Description") or ""):
                     self.log.debug("pull request ended", status=status, description=headers.get("Description"))
@@ -193,7 +211,7 @@ class PullConsumer:
         try:
             while not self._stopping:
                 try:
-                    if self.nc.is_connected:
+                    if self.nc.is_connected and not self.missing:
                         await self._pull()
                 except Exception as exc:  # the connection went away between the check and the publish
                     self.log.debug("pull request not sent", error=repr(exc))

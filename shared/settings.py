@@ -227,6 +227,12 @@ class ExecutionSettings:
         "its job message is still in the job stream (it is dispatched again if not).",
     )
     sweep_interval_s: float = env("JETDAG_SWEEP_INTERVAL_S", 1.0, "How often the scheduler runs that audit.")
+    stale_consumer_s: float = env(
+        "JETDAG_STALE_CONSUMER_S",
+        3600.0,
+        "A job consumer whose pool no live worker serves, holding no message, is removed after this long (a "
+        "worker that comes back asks for it again); 0 keeps them.",
+    )
     schedule_timeout_s: float = env(
         "JETDAG_SCHEDULE_TIMEOUT_S",
         0.0,

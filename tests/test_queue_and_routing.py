@@ -1,10 +1,13 @@
-"""Capability routing, pause/resume by consumer pause, and the exactness of the queue statistics."""
+"""Capability routing, pause/resume by consumer pause, the exactness of the queue statistics, and job consumers
+that follow the pools workers serve."""
 
 from __future__ import annotations
 
 import httpx
 from nats.aio.client import Client
 
+from services.scheduler.audit import pools_served
+from shared.messages import PRIORITIES, WorkerView
 from tests.api import job, jobs, stats, status, submit, wait_final
 from tests.conftest import Stack
 from tests.helpers import wait_for
@@ -117,3 +120,60 @@ async def test_delayed_counts_jobs_waiting_out_a_backoff(stack: Stack, http: htt
     assert (await status(http, stack.url, eid))["progress"]["delayed"] == 1
     assert (await wait_final(http, stack.url, eid))["status"] == "completed"
     assert (await stats(http, stack.url))["stats"]["delayed"] == 0
+
+
+# --- stale consumers --------------------------------------------------------------------------------------
+
+
+def _worker(status: str, capabilities: list[str], handlers: object) -> WorkerView:
+    at = "2026-12-03T00:00:00Z"
+    return WorkerView(
+        worker_id="w", hostname="h", pid=1, capabilities=capabilities, status=status,  # type: ignore[arg-type]
+        current_load=0, max_concurrency=1, utilization=0.0, last_heartbeat=at, uptime=0.0, registered_at=at,
+        heartbeat_interval_s=1.0, metadata={"handlers": handlers},
+    )  # fmt: skip
+
+
+def test_the_pools_live_workers_serve() -> None:
+    served = pools_served(
+        [
+            _worker("idle", ["gpu"], ["train", "noop"]),
+            _worker("unhealthy", ["tpu"], ["noop"]),  # not live
+            _worker("busy", ["cpu"], None),  # says nothing of its handlers
+        ]
+    )
+    assert served == {("any", "train"), ("gpu", "train"), ("any", "noop"), ("gpu", "noop")}
+
+
+async def test_a_pool_its_workers_left_loses_its_consumers_and_gets_them_back(
+    stack: Stack, http: httpx.AsyncClient, nc: Client
+) -> None:
+    await stack.up(JETDAG_STALE_CONSUMER_S="1", JETDAG_SWEEP_INTERVAL_S="0.1")
+    js = nc.jetstream()
+    names = stack.names
+
+    async def consumers() -> set[str]:
+        return {c.name or "" for c in await js.consumers_info(names.jobs_stream)}
+
+    gpu = {names.jobs_consumer("gpu", "noop", band) for band in PRIORITIES}
+    first = await stack.worker("w1", "--capabilities", "gpu")
+    assert gpu <= await consumers()
+    first.terminate()  # it deregisters: nothing serves the pool any more
+    # A job of the pool queued meanwhile keeps its band's consumer: only consumers holding nothing go.
+    queued = await submit(http, stack.url, [job("g", capability="gpu")])
+    kept = names.jobs_consumer("gpu", "noop", 3)
+
+    async def only_the_busy_one_left() -> bool:
+        return (await consumers()) & gpu == {kept}
+
+    await wait_for(only_the_busy_one_left, timeout=20, message="the gpu pool's empty consumers removed")
+    # A worker serving the pool again asks for its consumers, which are made again; the job runs.
+    again = await stack.worker("w2", "--capabilities", "gpu")
+    assert (await wait_final(http, stack.url, queued))["status"] == "completed"
+    assert gpu <= await consumers()
+    # A consumer removed under a live worker (by an operator here): the worker's pull finds it gone, it asks for
+    # it again instead of pulling in a loop, and the next job of its pool runs.
+    await js.delete_consumer(names.jobs_stream, kept)
+    later = await submit(http, stack.url, [job("h", capability="gpu")])
+    assert (await wait_final(http, stack.url, later, timeout=30))["status"] == "completed"
+    assert again.has_logged("job consumer made again")

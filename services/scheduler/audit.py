@@ -10,7 +10,9 @@ Every sweep interval, for the executions this replica owns:
   only once its report is stored) while its shard's reports consumer holds no report at all, delivered or not,
   will never be reported on: the report was lost with data the reports stream lost (a purge, a node's unsynced
   writes). Seen so at two looks in a row under the same token, it is dispatched again under a new token;
-- an open execution of a shard this replica owns that is not in memory (its adoption failed) is adopted again.
+- an open execution of a shard this replica owns that is not in memory (its adoption failed) is adopted again;
+- every STALE_CONSUMERS_EVERY rounds, job consumers of pools no live worker serves that hold nothing are removed
+  once they have been so for the stale time (queue.remove_stale).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 
 from shared.commands import CommandError, request
 from shared.logging import get_logger
-from shared.messages import ListWorkers, WorkerList, WorkerView
+from shared.messages import ANY_CAPABILITY, ListWorkers, WorkerList, WorkerView
 from shared.metrics import SchedulerMetrics
 from shared.pauses import held_by
 from shared.timeutil import ms_from_iso, now_ms
@@ -32,7 +34,7 @@ from .machine import Job
 from .queue import JobQueue
 from .shards import ShardManager
 
-__all__ = ["Audit", "waiting_reason"]
+__all__ = ["Audit", "pools_served", "waiting_reason"]
 
 log = get_logger(__name__)
 METRICS = SchedulerMetrics.process()
@@ -41,6 +43,21 @@ METRICS_EVERY = 5
 LOST_RUNS_EVERY = 10
 """Rounds between two looks for running jobs nothing will report on (a query of the reports consumer per shard
 and of the job stream per execution holding such a job, so not at every round)."""
+STALE_CONSUMERS_EVERY = 10
+"""Rounds between two looks for stale job consumers (one listing of the job stream's consumers)."""
+
+
+def pools_served(workers: list[WorkerView]) -> set[tuple[str, str]]:
+    """The (capability, type) pools live workers serve: each of their handlers under each of their
+    capabilities, and under `any` (pure)."""
+    served: set[tuple[str, str]] = set()
+    for w in workers:
+        handlers = w.metadata.get("handlers")
+        if w.status not in ("idle", "busy") or not isinstance(handlers, list):
+            continue
+        for job_type in handlers:
+            served.update((cap, str(job_type)) for cap in (ANY_CAPABILITY, *w.capabilities))
+    return served
 
 
 def waiting_reason(job_type: str, capability: str | None, workers: list[WorkerView], paused: str | None) -> str:
@@ -73,6 +90,8 @@ class Audit:
     manager: ShardManager
     queue: JobQueue
     stall_after_s: float
+    stale_consumer_s: float = 0.0
+    """0: job consumers are never removed."""
     _missing: dict[tuple[str, str], str] = field(default_factory=dict)
     """(execution, job) → the token seen without a message at the previous audit."""
     _warned: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -89,6 +108,8 @@ class Audit:
                     await self.lost_runs()
                 if rounds % METRICS_EVERY == 0:
                     await self.measure()
+                if self.stale_consumer_s > 0 and rounds % STALE_CONSUMERS_EVERY == 0:
+                    await self.stale_consumers()
             except Exception as exc:
                 log.warning("audit failed; retrying", error=repr(exc))
             rounds += 1
@@ -148,6 +169,17 @@ class Audit:
         live = {(o.execution_id, j.id) for o, js in stalled for j in js}
         self._missing = {k: v for k, v in self._missing.items() if k in live}
         self._warned = {k: v for k, v in self._warned.items() if k in live}
+
+    async def stale_consumers(self) -> list[str]:
+        """Remove the job consumers no live worker serves that hold nothing (see queue.remove_stale)."""
+        try:
+            reply = await request(
+                self.ctx.nc, self.ctx.names.registry("list"), ListWorkers(), WorkerList, service="registry", timeout=2.0
+            )
+        except CommandError:
+            return []  # who is live is not known now: remove nothing
+        served = pools_served(reply.workers)
+        return await self.queue.remove_stale(lambda cap, job_type: (cap, job_type) in served, self.stale_consumer_s)
 
     async def _workers(self) -> list[WorkerView]:
         try:

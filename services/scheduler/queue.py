@@ -67,7 +67,8 @@ class JobQueue:
         self.names = names
         self.ack_wait_s = ack_wait_s
         self.max_deliver = max_deliver
-        self._known: set[str] = set()
+        self._idle_since: dict[str, float] = {}
+        """Consumers seen holding nothing with no live worker serving their pool: since when (monotonic)."""
         self._lock = asyncio.Lock()
         self._ends: dict[tuple[str | None, str | None, str], asyncio.Task[None]] = {}
 
@@ -117,12 +118,11 @@ class JobQueue:
         """Create the (capability, type) consumers of every priority band if missing, paused when a pause covers
         them."""
         refs = [self._ref(capability, job_type, p) for p in PRIORITIES]
-        missing = [ref for ref in refs if ref.consumer not in self._known]
-        if missing:
-            async with self._lock:
-                for ref in missing:
-                    if ref.consumer not in self._known:
-                        await self._ensure(capability, job_type, ref)
+        # Looked up every time (a worker asks when it starts, and again when a pull finds its consumer gone): a
+        # replica's memory of having made one says nothing once another replica removed it as stale.
+        async with self._lock:
+            for ref in refs:
+                await self._ensure(capability, job_type, ref)
         return ConsumerSet(consumers=refs)
 
     async def _ensure(self, capability: str, job_type: str, ref: ConsumerRef) -> None:
@@ -151,7 +151,6 @@ class JobQueue:
             again = consumer_until(await self.pauses(), capability, job_type)
             if again != until:
                 await self._pause_one(name, again)
-        self._known.add(name)
 
     async def _pause_one(self, consumer: str, until: str | None) -> None:
         if until is None:
@@ -247,6 +246,35 @@ class JobQueue:
             )
         self._arm(value)
         return after, ended, consumers
+
+    async def remove_stale(self, serves: Callable[[str, str], bool], idle_s: float) -> list[str]:
+        """Delete the job consumers of pools no live worker serves (`serves(capability, type)` is False) that
+        hold nothing — no message pending, none delivered and unacked, no pull waiting — and have been so for
+        `idle_s`: what a pool leaves behind once its last worker has gone for good. A worker that comes back
+        asks for its consumers again (and one that finds its consumer gone while it runs asks again then)."""
+        now = asyncio.get_running_loop().time()
+        removed: list[str] = []
+        seen: set[str] = set()
+        for info in await self._consumers():
+            name = info.name or ""
+            pair = self.names.jobs_consumer_pair(name)
+            if pair is None:
+                continue
+            seen.add(name)
+            empty = not info.num_pending and not info.num_ack_pending and not info.num_waiting
+            if not empty or serves(*pair):
+                self._idle_since.pop(name, None)
+                continue
+            since = self._idle_since.setdefault(name, now)
+            if now - since < idle_s:
+                continue
+            with contextlib.suppress(NotFoundError):  # another replica removed it first
+                await self.js.delete_consumer(self.names.jobs_stream, name)
+                removed.append(name)
+                log.info("stale consumer removed", consumer=name, idle_s=round(now - since, 1))
+            self._idle_since.pop(name, None)
+        self._idle_since = {k: v for k, v in self._idle_since.items() if k in seen}
+        return removed
 
     async def paused_consumers(self) -> int:
         """How many job consumers the server holds paused now."""

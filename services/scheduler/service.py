@@ -210,7 +210,13 @@ class SchedulerService:
             endpoints=served,
         )
         retention = Retention(ctx.js, pipeline, index, names=names, retention_s=self.settings.execution_retention_s)
-        audit = Audit(ctx=context, manager=manager, queue=queue, stall_after_s=self.settings.stall_after_s)
+        audit = Audit(
+            ctx=context,
+            manager=manager,
+            queue=queue,
+            stall_after_s=self.settings.stall_after_s,
+            stale_consumer_s=self.settings.stale_consumer_s,
+        )
         # Unwound in reverse: stop answering commands, hand every shard over, then report what was done.
         stack.push_async_callback(self._report, context, manager)
         stack.push_async_callback(manager.stop)

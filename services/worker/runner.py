@@ -91,6 +91,8 @@ class _Pool:
     paused: bool = False
     """As JetStream's last pause advisory said. Its requests go on (a missed advisory costs order, not
     progress)."""
+    asking: bool = False
+    """Its consumer was found gone and is being asked for again."""
 
 
 @dataclass(eq=False)
@@ -195,6 +197,7 @@ class Runner:
                     heartbeat_s=PULL_EXPIRES_S,
                     on_drained=self._on_drained,
                     on_clear_changed=self._bands_changed,
+                    on_missing=functools.partial(self._ask_again, pool),
                     probe=True,
                 )
                 self.pools.append(pool)
@@ -246,6 +249,31 @@ class Runner:
 
     def _bands_changed(self) -> None:
         self._top_stale = True
+
+    def _ask_again(self, pool: _Pool) -> None:
+        """The pool's consumer is gone (removed as stale while no worker served its pool, or by an operator):
+        ask the scheduler for it again, then pull as before."""
+        pair = self.ctx.names.jobs_consumer_pair(pool.ref.consumer)
+        if pool.asking or pair is None or self.stopping.is_set():
+            return
+        pool.asking = True
+
+        async def again() -> None:
+            try:
+                await self._consumers(*pair)
+            except Exception as exc:  # stopping (or the scheduler refused it: the worker's log says why)
+                if not self.stopping.is_set():
+                    self.log.warning("job consumer not made again", consumer=pool.ref.consumer, error=repr(exc))
+                return
+            finally:
+                pool.asking = False
+            if pool.consumer is not None:
+                pool.consumer.reset()
+            self.log.info("job consumer made again", consumer=pool.ref.consumer)
+
+        task = asyncio.create_task(again(), name=f"consumer {pool.ref.consumer}")
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     async def _on_pause_advisory(self, msg: Msg) -> None:
         """A paused consumer answers "no messages" and holds long requests past its resume: while it is paused
