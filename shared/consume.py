@@ -160,8 +160,7 @@ class PullConsumer:
                 if not self.missing:
                     self.missing = True
                     self.log.warning("consumer not answering (removed, or electing its leader); asking for it again")
-                    if self.on_missing is not None:
-                        self.on_missing()
+                    self.on_missing()
             else:  # 409 and the rest: the server dropped our requests
                 if status != "409" or "Leadership Change" not in (headers.get("Description") or ""):
                     self.log.debug("pull request ended", status=status, description=headers.get("Description"))

@@ -34,6 +34,13 @@ def write(folder: Path, name: str, text: str) -> Path:
     return path
 
 
+async def module_worker(stack: Stack, home: Path, worker_id: str, module: str) -> ServiceProcess:
+    """`jetdag worker MODULE --id WORKER_ID` run from `home`, the way the README's reader runs it."""
+    proc = ServiceProcess(worker_id, [JETDAG, "worker", module, "--id", worker_id], stack.env(), stack.log_dir, home)
+    stack.procs.append(proc)
+    return await proc.start().wait_ready()
+
+
 async def test_readme_handler_module_from_the_current_directory_and_as_a_file(
     stack: Stack, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
@@ -46,15 +53,8 @@ async def test_readme_handler_module_from_the_current_directory_and_as_a_file(
         MY_JOBS.replace("resize", "crop").replace("from jetdag", "import helper\nfrom jetdag"),
     )
     write(home / "sub", "helper.py", "")  # a neighbour the file imports: its folder is on the path
-    by_name = ServiceProcess(
-        "by-name", [JETDAG, "worker", "my_jobs", "--id", "by-name"], stack.env(), stack.log_dir, home
-    )
-    by_path = ServiceProcess(
-        "by-path", [JETDAG, "worker", "./sub/other_jobs.py", "--id", "by-path"], stack.env(), stack.log_dir, home
-    )
-    stack.procs += [by_name, by_path]
-    await by_name.start().wait_ready()
-    await by_path.start().wait_ready()
+    await module_worker(stack, home, "by-name", "my_jobs")
+    await module_worker(stack, home, "by-path", "./sub/other_jobs.py")
     execution = await submit(
         http,
         stack.url,
@@ -127,9 +127,7 @@ async def test_startup_hooks_run_once_before_any_job_and_shutdown_hooks_after_th
     await stack.up()
     home = tmp_path / "home"
     write(home, "hooked.py", HOOKED)
-    worker = ServiceProcess("hooked", [JETDAG, "worker", "hooked", "--id", "hooked"], stack.env(), stack.log_dir, home)
-    stack.procs.append(worker)
-    await worker.start().wait_ready()
+    worker = await module_worker(stack, home, "hooked", "hooked")
     execution = await submit(http, stack.url, [job("a", "predict"), job("b", "predict", ["a"])])
     assert (await wait_final(http, stack.url, execution))["status"] == "completed"
     listed = await jobs(http, stack.url, execution)

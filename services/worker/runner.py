@@ -261,15 +261,19 @@ class Runner:
         async def again() -> None:
             try:
                 await self._consumers(*pair)
-            except Exception as exc:  # stopping (or the scheduler refused it: the worker's log says why)
-                if not self.stopping.is_set():
-                    self.log.warning("job consumer not made again", consumer=pool.ref.consumer, error=repr(exc))
-                return
+                self.log.info("job consumer made again", consumer=pool.ref.consumer)
+            except Exception as exc:  # NATS away, or stopping
+                if self.stopping.is_set():
+                    return
+                self.log.warning(
+                    "job consumer not made again; pulling to see", consumer=pool.ref.consumer, error=repr(exc)
+                )
+                await asyncio.sleep(1.0)
             finally:
                 pool.asking = False
+            # Pull again: a pull that finds it still missing asks for it again.
             if pool.consumer is not None:
                 pool.consumer.reset()
-            self.log.info("job consumer made again", consumer=pool.ref.consumer)
 
         task = asyncio.create_task(again(), name=f"consumer {pool.ref.consumer}")
         self._tasks.append(task)
