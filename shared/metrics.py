@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import ClassVar, Self
+from typing import ClassVar, Self, TypeVar
 
 import msgspec
 from nats.aio.client import Client
@@ -151,6 +151,17 @@ class RegistryMetrics(_Group):
         self.slots_capacity.set(capacity)
 
 
+_Metric = TypeVar("_Metric", Counter, Histogram)
+
+
+def _labelled(cache: dict[tuple[str, ...], _Metric], metric: _Metric, *values: str) -> _Metric:
+    """`metric.labels(*values)`, kept in `cache` after the first call."""
+    child = cache.get(values)
+    if child is None:
+        child = cache[values] = metric.labels(*values)
+    return child
+
+
 class SchedulerMetrics(_Group):
     """The scheduler: jobs, executions, the job queue and its own write path.
 
@@ -213,26 +224,17 @@ class SchedulerMetrics(_Group):
         # The labelled children of the per-job series, by label values: `labels()` takes a lock and builds a
         # key on every call, a few microseconds on each of thousands of jobs a second. The metrics hold a child
         # per label set anyway: these only keep references to the same children.
-        self._finished: dict[tuple[str, str], Counter] = {}
-        self._durations: dict[str, Histogram] = {}
-        self._waits: dict[str, Histogram] = {}
+        self._finished: dict[tuple[str, ...], Counter] = {}
+        self._durations: dict[tuple[str, ...], Histogram] = {}
+        self._waits: dict[tuple[str, ...], Histogram] = {}
 
     def job_finished(self, state: str, job_type: str, duration_s: float | None = None) -> None:
-        counter = self._finished.get((state, job_type))
-        if counter is None:
-            counter = self._finished[(state, job_type)] = self.jobs.labels(state, job_type)
-        counter.inc()
+        _labelled(self._finished, self.jobs, state, job_type).inc()
         if duration_s is not None:
-            histogram = self._durations.get(job_type)
-            if histogram is None:
-                histogram = self._durations[job_type] = self.job_duration.labels(job_type)
-            histogram.observe(duration_s)
+            _labelled(self._durations, self.job_duration, job_type).observe(duration_s)
 
     def queue_wait(self, job_type: str, seconds: float) -> None:
-        histogram = self._waits.get(job_type)
-        if histogram is None:
-            histogram = self._waits[job_type] = self.job_queue_wait.labels(job_type)
-        histogram.observe(max(0.0, seconds))
+        _labelled(self._waits, self.job_queue_wait, job_type).observe(max(0.0, seconds))
 
     def execution_finished(self, status: str) -> None:
         self.executions.labels(status).inc()

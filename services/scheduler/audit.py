@@ -142,7 +142,7 @@ class Audit:
         if not stalled:
             self._missing.clear()
             return
-        workers = await self._workers()
+        workers = await self._workers() or []
         pauses = await self.queue.pauses()
         for owned, jobs in stalled:
             reasons: dict[str, str | None] = {}
@@ -172,16 +172,14 @@ class Audit:
 
     async def stale_consumers(self) -> list[str]:
         """Remove the job consumers no live worker serves that hold nothing (see queue.remove_stale)."""
-        try:
-            reply = await request(
-                self.ctx.nc, self.ctx.names.registry("list"), ListWorkers(), WorkerList, service="registry", timeout=2.0
-            )
-        except CommandError:
+        workers = await self._workers()
+        if workers is None:
             return []  # who is live is not known now: remove nothing
-        served = pools_served(reply.workers)
+        served = pools_served(workers)
         return await self.queue.remove_stale(lambda cap, job_type: (cap, job_type) in served, self.stale_consumer_s)
 
-    async def _workers(self) -> list[WorkerView]:
+    async def _workers(self) -> list[WorkerView] | None:
+        """The registry's workers; None when it does not answer."""
         try:
             reply = await request(
                 self.ctx.nc,
@@ -192,7 +190,7 @@ class Audit:
                 timeout=2.0,
             )
         except CommandError:
-            return []
+            return None
         return reply.workers
 
     async def _lost_messages(self, owned: Owned, jobs: list[Job]) -> list[Job]:
